@@ -1,0 +1,21 @@
+//! token-bastion: the managed token bastion for HTCondor schedds.
+//!
+//! For every service in `services.yaml` it logs in to the Vault token broker (HTVault), reads a
+//! short-lived WLCG access token, proves the token good (signature, issuer, audience, lifetime,
+//! least-privilege scopes) and delivers the Vault and access tokens over SSH into each schedd's
+//! credd credential spool and to token files, then mails whoever must know about failures.
+//!
+//! Data flows one way: [`inventory`] → [`broker`] → [`validate`] → [`deliver`] → [`notify`], put
+//! in order by [`cycle`], which with the scheduler is the only code that touches [`state`].
+
+pub mod broker;
+pub mod cli;
+pub mod cycle;
+pub mod deliver;
+pub mod inventory;
+pub mod jwks;
+pub mod notify;
+pub mod scopes;
+pub mod secret;
+pub mod state;
+pub mod validate;

@@ -1,0 +1,105 @@
+//! Secret material and how it may be shown.
+//!
+//! Owns the [`Secret`] newtype that every token, password and passphrase travels in, and the
+//! [`Fingerprint`] by which a token is identified in logs, state and mail. A `Secret` prints as
+//! `[redacted]` in both `Debug` and `Display` and has no `Serialize`; the only way to its bytes is
+//! [`Secret::expose`], which is meant to be easy to grep for.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// A secret string: Vault token, JWT, secret_id, SMTP password, key passphrase.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret's text. Every call site is a place where secret bytes leave the process or
+    /// are handed to a library that sends them: keep them few.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// First 12 hex digits of the SHA-256 of the secret: enough to tell two tokens apart in a
+    /// log, useless for recovering either.
+    pub fn short_hash(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// How a token is named wherever it must be named: JWT id, expiry and a short hash.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// `jti` of a JWT; `None` for Vault tokens, which have none.
+    pub jti: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: Option<i64>,
+    /// [`Secret::short_hash`] of the token.
+    pub hash: String,
+}
+
+impl Fingerprint {
+    pub fn of(secret: &Secret, jti: Option<String>, exp: Option<i64>) -> Self {
+        Fingerprint { jti, exp, hash: secret.short_hash() }
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(jti) = &self.jti {
+            write!(f, "jti={jti} ")?;
+        }
+        if let Some(exp) = self.exp {
+            match chrono::DateTime::from_timestamp(exp, 0) {
+                Some(t) => write!(f, "exp={} ", t.format("%Y-%m-%dT%H:%M:%SZ"))?,
+                None => write!(f, "exp={exp} ")?,
+            }
+        }
+        write!(f, "sha256={}", self.hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_hide_the_value() {
+        let s = Secret::new("hvs.CAESIverysecret");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{s}"), "[redacted]");
+        assert_eq!(s.expose(), "hvs.CAESIverysecret");
+    }
+
+    #[test]
+    fn fingerprint_names_without_revealing() {
+        let s = Secret::new("eyJhbGciOi.payload.sig");
+        let fp = Fingerprint::of(&s, Some("abc-123".into()), Some(1_700_000_000));
+        let shown = fp.to_string();
+        assert_eq!(shown, format!("jti=abc-123 exp=2023-11-14T22:13:20Z sha256={}", s.short_hash()));
+        assert!(!shown.contains("payload"));
+        assert_eq!(s.short_hash().len(), 12);
+        assert_ne!(s.short_hash(), Secret::new("other").short_hash());
+    }
+}

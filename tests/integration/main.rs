@@ -1,0 +1,5 @@
+//! The one integration-test binary. Every test talks to real peers (OpenBao, OpenSSH sshd, an
+//! SMTP server) started on loopback by the shared [`harness`], and runs the real
+//! `token-bastion` binary against them.
+
+mod harness;
