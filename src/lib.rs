@@ -12,6 +12,7 @@ pub mod broker;
 pub mod cli;
 pub mod cycle;
 pub mod deliver;
+pub mod http;
 pub mod inventory;
 pub mod jwks;
 pub mod notify;

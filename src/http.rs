@@ -1,0 +1,79 @@
+//! The HTTPS client every outbound HTTP request is made with (broker and issuer key discovery).
+//!
+//! Owns trust: when a CA file or a CA directory is configured, only those certificates are
+//! trusted, never the platform store. Every request has a timeout.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the certificates that anchor trust come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSource {
+    /// The platform's trust store (only when nothing is configured).
+    System,
+    /// One PEM file, possibly holding several certificates.
+    File(PathBuf),
+    /// Every `*.pem` / `*.crt` / `*.0`-style PEM file in a directory
+    /// (`/etc/grid-security/certificates` on grid hosts).
+    Dir(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("CA {path}: {source}")]
+    ReadCa { path: PathBuf, #[source] source: std::io::Error },
+    #[error("CA {path}: no PEM certificate in it")]
+    NoCertificate { path: PathBuf },
+    #[error("CA {path}: {source}")]
+    BadCertificate { path: PathBuf, #[source] source: reqwest::Error },
+    #[error("cannot build the HTTPS client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
+/// PEM certificates from one file.
+fn certificates_in(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpError> {
+    let pem = std::fs::read(path).map_err(|source| HttpError::ReadCa { path: path.into(), source })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Ok(Vec::new());
+    }
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|source| HttpError::BadCertificate { path: path.into(), source })
+}
+
+/// Loads the configured anchors. A directory contributes every regular file holding a PEM
+/// certificate (IGTF directories also hold `.signing_policy` and `.namespaces` files, skipped).
+pub fn load_anchors(ca: &CaSource) -> Result<Vec<reqwest::Certificate>, HttpError> {
+    let (root, certs) = match ca {
+        CaSource::System => return Ok(Vec::new()),
+        CaSource::File(path) => (path, certificates_in(path)?),
+        CaSource::Dir(dir) => {
+            let rd = std::fs::read_dir(dir).map_err(|source| HttpError::ReadCa { path: dir.clone(), source })?;
+            let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+            names.sort();
+            let mut certs = Vec::new();
+            for p in names {
+                certs.extend(certificates_in(&p)?);
+            }
+            (dir, certs)
+        }
+    };
+    if certs.is_empty() {
+        return Err(HttpError::NoCertificate { path: root.clone() });
+    }
+    Ok(certs)
+}
+
+/// An HTTPS client trusting exactly `ca` (or the system store for [`CaSource::System`]), with
+/// `timeout` on connect and on every whole request.
+pub fn client(ca: &CaSource, timeout: Duration) -> Result<reqwest::Client, HttpError> {
+    let mut builder = reqwest::Client::builder()
+        .https_only(true)
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .user_agent(concat!("token-bastion/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none());
+    if *ca != CaSource::System {
+        builder = builder.tls_certs_only(load_anchors(ca)?);
+    }
+    builder.build().map_err(HttpError::Build)
+}
