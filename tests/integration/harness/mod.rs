@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod openbao;
+
 /// The product binary under test.
 pub fn product_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_token-bastion"))
