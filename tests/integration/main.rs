@@ -3,3 +3,5 @@
 //! `token-bastion` binary against them.
 
 mod harness;
+
+mod broker;
