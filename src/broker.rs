@@ -403,6 +403,11 @@ impl Broker {
         let parsed: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) { Some(Value::Null) } else { serde_json::from_slice(&bytes).ok() };
         if status.is_success() {
             let body = parsed.ok_or_else(|| call.bad_reply(status.as_u16(), "the body is not JSON"))?;
+            // E.g. "Endpoint ignored these unrecognized parameters: [minimum_seconds]" is how a
+            // broker without the oauthapp plugin behind these paths gives itself away.
+            if let Some(warnings) = body.get("warnings").and_then(Value::as_array).filter(|w| !w.is_empty()) {
+                tracing::debug!(method = %call.method, path = %call.path, warnings = %vault_errors(&serde_json::json!({ "errors": warnings }), &call.sent), "broker warnings");
+            }
             return Ok(Reply { status: status.as_u16(), body });
         }
         let errors = match &parsed {
