@@ -1,1 +1,61 @@
-//! (to be written)
+//! Command-line arguments: raw values as clap parses them. `main` turns them into the settings
+//! a command needs; nothing else reads them.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "token-bastion", version, about = "Fetch, validate and deliver WLCG tokens to HTCondor schedds")]
+pub struct Cli {
+    /// The inventory.
+    #[arg(long, global = true, env = "TOKEN_BASTION_CONFIG", default_value = "/etc/token-bastion/services.yaml")]
+    pub config: PathBuf,
+
+    /// Where state (SQLite), kept Vault tokens and the cycle lock live.
+    #[arg(long, global = true, env = "TOKEN_BASTION_STATE_DIR", default_value = "/var/lib/token-bastion")]
+    pub state_dir: PathBuf,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, env = "TOKEN_BASTION_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the inventory; errors as file:line:col: field: message. Exit 0 valid, 2 not.
+    Check {
+        /// Also fail on files the inventory names that do not exist (use on the bastion host).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run one cycle now: fetch, validate and deliver for all services or the named ones.
+    Run {
+        /// Only this service (repeatable).
+        #[arg(long = "service", value_name = "NAME")]
+        services: Vec<String>,
+        /// Log in, fetch and validate, connect to every host and verify its host key; write
+        /// nothing remotely.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Per service and destination: last success, token expiry, consecutive failures.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,1 +1,1180 @@
-//! (to be written)
+//! The inventory: `services.yaml` parsed once into a validated [`Inventory`].
+//!
+//! YAML goes into private raw structs (`deny_unknown_fields`, locations kept with
+//! `serde_saphyr::Spanned`), then one pass applies defaults, resolves overrides and references,
+//! and checks every rule the rest of the program relies on. Every problem is reported as a
+//! [`Diagnostic`] `file:line:col: field: message`, all of them at once, not just the first.
+//!
+//! Parsing does no IO besides reading the file; [`check_local_files`] is the separate step that
+//! looks at the key, keytab and secret files the inventory names. Nothing after this module looks
+//! a setting up by string.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+use crate::http::CaSource;
+use crate::scopes::Scope;
+
+/// One problem found in the inventory, with the place it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub col: u64,
+    /// Dotted path of the field, e.g. `services.wmagent.required[1]`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}: {}", self.file.display(), self.line, self.col, self.field, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated inventory
+// ---------------------------------------------------------------------------------------------
+
+/// The whole validated inventory. Maps are keyed by the inventory's own names.
+#[derive(Clone, Debug)]
+pub struct Inventory {
+    pub source: PathBuf,
+    pub broker: BrokerSpec,
+    pub issuers: BTreeMap<String, IssuerSpec>,
+    pub hosts: BTreeMap<String, HostSpec>,
+    pub services: BTreeMap<String, ServiceSpec>,
+    pub notify: NotifySpec,
+    /// Every local file the inventory names, with where it is named: checked by
+    /// [`check_local_files`].
+    pub local_files: Vec<LocalFile>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerSpec {
+    pub url: url::Url,
+    pub ca: CaSource,
+    /// The Vault issuer name: the `<issuer>` in `kerberos-<issuer>_<role>` and in
+    /// `secret/oauth/creds/<issuer>/...` — not a JWT `iss` URL.
+    pub issuer: String,
+    /// Base URL written into credd `.top` files (`https://host:8200`, no trailing slash); the
+    /// credmon needs the creds or sts path appended.
+    pub vault_url: String,
+    pub timeout: Duration,
+}
+
+/// How a service logs in to the broker, with templates already resolved for that service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginSpec {
+    AppRole { mount: String, role_id_file: PathBuf, secret_id_file: PathBuf },
+    TokenFile { path: PathBuf },
+}
+
+/// A JWT issuer whose tokens the bastion accepts.
+#[derive(Clone, Debug)]
+pub struct IssuerSpec {
+    pub name: String,
+    /// The `iss` claim exactly as the issuer writes it; keys are discovered from
+    /// `<url>/.well-known/openid-configuration`.
+    pub url: String,
+    pub ca: CaSource,
+    /// Audiences services of this issuer may ask for; empty means any.
+    pub audiences: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub user: String,
+    /// `None`: the user's login group.
+    pub group: Option<String>,
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.group {
+            Some(g) => write!(f, "{}:{}", self.user, g),
+            None => f.write_str(&self.user),
+        }
+    }
+}
+
+/// A schedd or other node reached over SSH.
+#[derive(Clone, Debug)]
+pub struct HostSpec {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub key_file: PathBuf,
+    pub key_passphrase_file: Option<PathBuf>,
+    pub known_hosts: PathBuf,
+    /// The credd credential spool (`SEC_CREDENTIAL_DIRECTORY_OAUTH`), when the host runs a credd.
+    pub spool: Option<String>,
+    pub spool_owner: Owner,
+    /// Send SIGHUP to the credmon after a delivery so it rescans at once.
+    pub signal_credmon: bool,
+    pub timeout: Duration,
+}
+
+/// What a token file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileContent {
+    VaultToken,
+    AccessToken,
+}
+
+impl fmt::Display for FileContent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileContent::VaultToken => "vault_token",
+            FileContent::AccessToken => "access_token",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestinationKind {
+    /// `<spool>/<account>/<oauth_service>.top` and `.use`, spool and owner from the host.
+    Credd,
+    /// A token file; `path` may still hold `{uid}`, resolved on the host with `id -u <account>`.
+    File { path: String, content: FileContent, owner: Owner, mode: u32 },
+}
+
+/// One place one service's tokens go: one host, one layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// Stable name used in state, status and mail: `credd@<host>` or `file@<host>:<path>`.
+    pub id: String,
+    pub host: String,
+    pub kind: DestinationKind,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// The inventory's key for the service.
+    pub name: String,
+    /// HTCondor's name for the service (`issuer[_role]`): the name jobs list in
+    /// `use_oauth_services` and the stem of the `.top`/`.use` files.
+    pub oauth_service: String,
+    /// The Unix account whose jobs use the tokens (the credd spool directory).
+    pub account: String,
+    pub credkey: String,
+    /// The broker role (`<credkey>:<role>` in the creds path); `default` when not given.
+    pub role: String,
+    /// Key into [`Inventory::issuers`].
+    pub issuer: String,
+    pub required: Vec<Scope>,
+    pub allowed: Vec<Scope>,
+    /// Ask the broker for exactly `required` (sts path) rather than the client's default scopes.
+    pub request_scopes: bool,
+    pub audience: Option<String>,
+    pub min_access_lifetime: Duration,
+    pub min_vault_lifetime: Duration,
+    pub expiry_warning: Duration,
+    pub owners: Vec<String>,
+    pub login: LoginSpec,
+    pub destinations: Vec<Destination>,
+}
+
+impl ServiceSpec {
+    /// The scopes to request from the broker (empty: the creds path, no down-scoping).
+    pub fn requested_scopes(&self) -> Vec<String> {
+        if self.request_scopes { self.required.iter().map(|s| s.to_string()).collect() } else { Vec::new() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Clone, Debug)]
+pub struct SmtpSpec {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub from: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct NotifySpec {
+    /// `None`: mail is queued in the state DB but not sent.
+    pub smtp: Option<SmtpSpec>,
+    pub admins: Vec<String>,
+    pub templates_dir: Option<PathBuf>,
+}
+
+/// Whether a local file holds a secret (and so must not be readable by group or others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Secret,
+    Public,
+}
+
+#[derive(Clone, Debug)]
+pub struct LocalFile {
+    pub path: PathBuf,
+    pub kind: FileKind,
+    pub line: u64,
+    pub col: u64,
+    pub field: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Built-in defaults
+// ---------------------------------------------------------------------------------------------
+
+const DEFAULT_ROLE: &str = "default";
+const DEFAULT_MIN_ACCESS: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_MIN_VAULT: Duration = Duration::from_secs(3600);
+const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(2 * 86400);
+const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_FILE_PATH: &str = "/tmp/vt_u{uid}-{oauth_service}";
+/// The WLCG profile's shortest recommended access-token lifetime is 15 minutes; a longest
+/// one of 6 h means a larger minimum can never be met.
+const MAX_ACCESS_LIFETIME: Duration = Duration::from_secs(6 * 3600);
+/// htvault-config caps Vault token leases at 28 days.
+const MAX_VAULT_LEASE: Duration = Duration::from_secs(28 * 86400);
+
+// ---------------------------------------------------------------------------------------------
+// Raw YAML shape
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    broker: Spanned<RawBroker>,
+    issuers: BTreeMap<String, Spanned<RawIssuer>>,
+    hosts: BTreeMap<String, Spanned<RawHost>>,
+    services: BTreeMap<String, Spanned<RawService>>,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    notify: Option<Spanned<RawNotify>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    url: Spanned<String>,
+    ca_file: Option<Spanned<String>>,
+    ca_dir: Option<Spanned<String>>,
+    issuer: Spanned<String>,
+    vault_url: Spanned<String>,
+    timeout: Option<Spanned<DurationValue>>,
+    auth: Spanned<RawAuth>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "method", rename_all = "snake_case")]
+enum RawAuth {
+    Approle {
+        #[serde(default)]
+        mount: Option<String>,
+        role_id_file: String,
+        secret_id_file: String,
+    },
+    TokenFile {
+        path: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    url: Spanned<String>,
+    ca_file: Option<Spanned<String>>,
+    ca_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    audiences: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    address: Spanned<String>,
+    port: Option<u16>,
+    user: Spanned<String>,
+    key_file: Spanned<String>,
+    key_passphrase_file: Option<Spanned<String>>,
+    known_hosts: Spanned<String>,
+    spool: Option<Spanned<String>>,
+    spool_owner: Option<Spanned<String>>,
+    signal_credmon: Option<bool>,
+    timeout: Option<Spanned<DurationValue>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    min_access_lifetime: Option<Spanned<DurationValue>>,
+    min_vault_lifetime: Option<Spanned<DurationValue>>,
+    expiry_warning: Option<Spanned<DurationValue>>,
+    request_scopes: Option<bool>,
+    owners: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    oauth_service: Option<Spanned<String>>,
+    account: Spanned<String>,
+    credkey: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
+    issuer: Option<Spanned<String>>,
+    #[serde(default)]
+    required: Vec<Spanned<String>>,
+    allowed: Option<Vec<Spanned<String>>>,
+    request_scopes: Option<bool>,
+    audience: Option<Spanned<String>>,
+    min_access_lifetime: Option<Spanned<DurationValue>>,
+    min_vault_lifetime: Option<Spanned<DurationValue>>,
+    expiry_warning: Option<Spanned<DurationValue>>,
+    owners: Option<Vec<Spanned<String>>>,
+    auth: Option<Spanned<RawAuth>>,
+    destinations: Spanned<Vec<Spanned<RawDestination>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawDestination {
+    Credd {
+        hosts: Vec<Spanned<String>>,
+    },
+    File {
+        hosts: Vec<Spanned<String>>,
+        path: Option<Spanned<String>>,
+        content: Option<Spanned<String>>,
+        owner: Option<Spanned<String>>,
+        mode: Option<Spanned<ModeValue>>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    smtp: Option<Spanned<RawSmtp>>,
+    #[serde(default)]
+    admins: Vec<Spanned<String>>,
+    templates_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: Spanned<String>,
+    port: Option<u16>,
+    tls: Option<Spanned<String>>,
+    from: Spanned<String>,
+    username: Option<String>,
+    password_file: Option<Spanned<String>>,
+    timeout: Option<Spanned<DurationValue>>,
+}
+
+/// A duration written as `90s`, `15m`, `7d`, `1h 30m` (humantime), or as whole seconds.
+#[derive(Clone, Debug)]
+enum DurationValue {
+    Text(String),
+    Seconds(u64),
+}
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 15m, 7d or 3600")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationValue, E> {
+                Ok(DurationValue::Seconds(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
+                u64::try_from(v).map(DurationValue::Seconds).map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
+                Ok(DurationValue::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl DurationValue {
+    fn to_duration(&self) -> Result<Duration, String> {
+        match self {
+            DurationValue::Seconds(s) => Ok(Duration::from_secs(*s)),
+            DurationValue::Text(t) => humantime::parse_duration(t.trim())
+                .map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. 15m, 12h, 7d")),
+        }
+    }
+}
+
+/// A file mode written as an octal string (`"0600"`, `"0o600"`) or an unquoted number whose
+/// digits are read as octal (`0600`, `600`): nobody writes modes in decimal.
+#[derive(Clone, Debug)]
+enum ModeValue {
+    Text(String),
+    Number(u64),
+}
+
+impl<'de> Deserialize<'de> for ModeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ModeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an octal file mode such as \"0600\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ModeValue, E> {
+                Ok(ModeValue::Number(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ModeValue, E> {
+                u64::try_from(v).map(ModeValue::Number).map_err(|_| E::custom("a mode cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModeValue, E> {
+                Ok(ModeValue::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl ModeValue {
+    fn to_mode(&self) -> Result<u32, String> {
+        let digits = match self {
+            ModeValue::Number(n) => n.to_string(),
+            ModeValue::Text(t) => t.trim().trim_start_matches("0o").to_string(),
+        };
+        match u32::from_str_radix(&digits, 8) {
+            Ok(m) if m <= 0o7777 => Ok(m),
+            _ => Err(format!("`{digits}` is not an octal file mode; write it quoted, e.g. \"0600\"")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+/// Reads and validates the inventory at `path`.
+pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read { path: path.into(), source })?;
+    parse(path, &text)
+}
+
+/// Validates inventory text; `path` is only used to name the file in diagnostics.
+pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+    let raw: RawInventory = serde_saphyr::from_str(text).map_err(|e| InventoryError::Invalid(vec![syntax_diagnostic(path, text, &e)]))?;
+    let mut v = Validator { file: path.to_path_buf(), diags: Vec::new(), local_files: Vec::new() };
+    let inv = v.inventory(raw);
+    if v.diags.is_empty() {
+        let mut inv = inv.expect("no diagnostics means a complete inventory");
+        inv.local_files = v.local_files;
+        Ok(inv)
+    } else {
+        v.diags.sort_by_key(|d| (d.line, d.col));
+        Err(InventoryError::Invalid(v.diags))
+    }
+}
+
+fn syntax_diagnostic(path: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let mut message = e.without_snippet().to_string();
+    // The library appends the position in prose; the diagnostic carries it already.
+    if let Some(i) = message.rfind(" at line ") {
+        message.truncate(i);
+    }
+    Diagnostic { file: path.into(), line, col, field: yaml_path_at(text, line), message }
+}
+
+/// The dotted key path leading to `line` (1-based), read off the indentation of the lines above
+/// it: enough to name the field of a syntax or type error that the parser only places by line.
+fn yaml_path_at(text: &str, line: u64) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = usize::try_from(line).ok().and_then(|l| l.checked_sub(1)).filter(|l| *l < lines.len()) else {
+        return "(document)".into();
+    };
+    let indent_of = |s: &str| s.len() - s.trim_start_matches([' ', '-']).len();
+    let key_of = |s: &str| {
+        let t = s.trim_start_matches([' ', '-']).trim_start();
+        let (k, _) = t.split_once(':')?;
+        let k = k.trim().trim_matches(['"', '\'']);
+        (!k.is_empty() && !k.contains(' ') && !k.starts_with('#')).then(|| k.to_string())
+    };
+    let mut parts = Vec::new();
+    let mut limit = usize::MAX;
+    for l in lines[..=start].iter().rev() {
+        if l.trim().is_empty() || l.trim_start().starts_with('#') {
+            continue;
+        }
+        let ind = indent_of(l);
+        if ind < limit {
+            if let Some(k) = key_of(l) {
+                parts.push(k);
+            }
+            limit = ind;
+            if ind == 0 {
+                break;
+            }
+        }
+    }
+    if parts.is_empty() {
+        return "(document)".into();
+    }
+    parts.reverse();
+    parts.join(".")
+}
+
+struct Validator {
+    file: PathBuf,
+    diags: Vec<Diagnostic>,
+    local_files: Vec<LocalFile>,
+}
+
+fn loc<T>(s: &Spanned<T>) -> (u64, u64) {
+    (s.referenced.line(), s.referenced.column())
+}
+
+/// Characters HTCondor allows in a credd service name.
+fn is_credd_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-+=_.".contains(c))
+}
+
+/// Account names as `useradd` accepts them; anything else cannot be a spool directory name.
+fn is_account_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('-')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+impl Validator {
+    fn err_at(&mut self, (line, col): (u64, u64), field: impl Into<String>, message: impl Into<String>) {
+        self.diags.push(Diagnostic { file: self.file.clone(), line, col, field: field.into(), message: message.into() });
+    }
+
+    fn err<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+        self.err_at(loc(at), field, message);
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<DurationValue>>, field: &str) -> Option<Duration> {
+        let v = v.as_ref()?;
+        match v.value.to_duration() {
+            Ok(d) => Some(d),
+            Err(m) => {
+                self.err(v, field, m);
+                None
+            }
+        }
+    }
+
+    fn file(&mut self, at: (u64, u64), field: &str, path: &str, kind: FileKind) -> PathBuf {
+        let p = PathBuf::from(path);
+        if !p.is_absolute() {
+            self.err_at(at, field, format!("`{path}` must be an absolute path"));
+        }
+        self.local_files.push(LocalFile { path: p.clone(), kind, line: at.0, col: at.1, field: field.into() });
+        p
+    }
+
+    fn ca(&mut self, file: &Option<Spanned<String>>, dir: &Option<Spanned<String>>, field: &str) -> CaSource {
+        match (file, dir) {
+            (Some(f), Some(_)) => {
+                self.err(f, format!("{field}.ca_file"), "give ca_file or ca_dir, not both");
+                CaSource::System
+            }
+            (Some(f), None) => CaSource::File(self.file(loc(f), &format!("{field}.ca_file"), &f.value, FileKind::Public)),
+            (None, Some(d)) => CaSource::Dir(self.file(loc(d), &format!("{field}.ca_dir"), &d.value, FileKind::Public)),
+            (None, None) => CaSource::System,
+        }
+    }
+
+    fn owner(&mut self, s: &Spanned<String>, field: &str) -> Option<Owner> {
+        let (user, group) = match s.value.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s.value.as_str(), None),
+        };
+        let ok = is_account_name(user) && group.is_none_or(is_account_name);
+        if !ok {
+            self.err(s, field, format!("`{}` is not an owner; write user or user:group", s.value));
+            return None;
+        }
+        Some(Owner { user: user.into(), group: group.map(str::to_string) })
+    }
+
+    fn inventory(&mut self, raw: RawInventory) -> Option<Inventory> {
+        let broker = self.broker(&raw.broker);
+        let issuers: BTreeMap<String, IssuerSpec> =
+            raw.issuers.iter().filter_map(|(name, i)| Some((name.clone(), self.issuer(name, i)?))).collect();
+        if raw.issuers.is_empty() {
+            self.err(&raw.broker, "issuers", "at least one JWT issuer is needed");
+        }
+        let hosts: BTreeMap<String, HostSpec> =
+            raw.hosts.iter().filter_map(|(name, h)| Some((name.clone(), self.host(name, h)?))).collect();
+        let notify = self.notify(&raw.notify);
+        let defaults = &raw.defaults;
+        let mut services = BTreeMap::new();
+        let mut stems: BTreeMap<(String, String), String> = BTreeMap::new();
+        for (name, s) in &raw.services {
+            let Some(spec) = self.service(name, s, defaults, &raw, &issuers, broker.as_ref()) else { continue };
+            // Two services writing the same `<account>/<oauth_service>.top` would overwrite each
+            // other on every cycle.
+            let key = (spec.account.clone(), spec.oauth_service.clone());
+            if let Some(other) = stems.insert(key, name.clone()) {
+                self.err(
+                    s,
+                    format!("services.{name}"),
+                    format!(
+                        "service `{other}` already delivers {}/{}.top; two services cannot share an account and oauth_service",
+                        spec.account, spec.oauth_service
+                    ),
+                );
+            }
+            services.insert(name.clone(), spec);
+        }
+        if raw.services.is_empty() {
+            self.err(&raw.broker, "services", "no services defined");
+        }
+        let _ = self.duration(&defaults.min_access_lifetime, "defaults.min_access_lifetime");
+        Some(Inventory {
+            source: self.file.clone(),
+            broker: broker?,
+            issuers,
+            hosts,
+            services,
+            notify: notify?,
+            local_files: Vec::new(),
+        })
+    }
+
+    fn broker(&mut self, b: &Spanned<RawBroker>) -> Option<BrokerSpec> {
+        let raw = &b.value;
+        let url = match url::Url::parse(&raw.url.value) {
+            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Some(u),
+            Ok(_) => {
+                self.err(&raw.url, "broker.url", "the broker is reached over https only (https://host:port)");
+                None
+            }
+            Err(e) => {
+                self.err(&raw.url, "broker.url", format!("not a URL: {e}"));
+                None
+            }
+        };
+        let ca = self.ca(&raw.ca_file, &raw.ca_dir, "broker");
+        let issuer = raw.issuer.value.clone();
+        if issuer.is_empty() || issuer.contains('_') || !is_credd_name(&issuer) {
+            self.err(&raw.issuer, "broker.issuer", format!("`{issuer}` is not a Vault issuer name (letters, digits, `-+=.`, no `_`)"));
+        }
+        let vault_url = self.vault_url(&raw.vault_url);
+        let timeout = self.duration(&raw.timeout, "broker.timeout").unwrap_or(DEFAULT_BROKER_TIMEOUT);
+        // The auth block is a template; it is resolved (and its files noted) per service.
+        Some(BrokerSpec { url: url?, ca, issuer, vault_url: vault_url?, timeout })
+    }
+
+    /// The credmon accepts a `vault_url` only if it is https with the port 8200 written out and
+    /// a path under `/v1`; the bastion appends that path itself, so the configured value must be
+    /// the bare origin.
+    fn vault_url(&mut self, s: &Spanned<String>) -> Option<String> {
+        let field = "broker.vault_url";
+        let text = s.value.trim_end_matches('/');
+        let parsed = match url::Url::parse(text) {
+            Ok(u) => u,
+            Err(e) => {
+                self.err(s, field, format!("not a URL: {e}"));
+                return None;
+            }
+        };
+        let authority = text.strip_prefix("https://").unwrap_or("").split(['/', '?', '#']).next().unwrap_or("");
+        let problem = if parsed.scheme() != "https" {
+            Some("the credmon accepts only https:// vault_url values")
+        } else if parsed.port() != Some(8200) || !authority.ends_with(":8200") {
+            Some("the credmon accepts only port 8200, written out (https://host:8200)")
+        } else if !(parsed.path() == "/" || parsed.path().is_empty()) || parsed.query().is_some() {
+            Some("give the origin only (https://host:8200); the /v1/secret/oauth/... path is appended per service")
+        } else {
+            None
+        };
+        match problem {
+            Some(m) => {
+                self.err(s, field, m);
+                None
+            }
+            None => Some(text.to_string()),
+        }
+    }
+
+    fn issuer(&mut self, name: &str, i: &Spanned<RawIssuer>) -> Option<IssuerSpec> {
+        let field = format!("issuers.{name}");
+        let raw = &i.value;
+        let ok = match url::Url::parse(&raw.url.value) {
+            Ok(u) if u.scheme() == "https" && u.host_str().is_some() => true,
+            Ok(_) => {
+                self.err(&raw.url, format!("{field}.url"), "an issuer URL must be https://");
+                false
+            }
+            Err(e) => {
+                self.err(&raw.url, format!("{field}.url"), format!("not a URL: {e}"));
+                false
+            }
+        };
+        let ca = self.ca(&raw.ca_file, &raw.ca_dir, &field);
+        let audiences = raw.audiences.iter().map(|a| a.value.clone()).collect();
+        ok.then(|| IssuerSpec { name: name.into(), url: raw.url.value.clone(), ca, audiences })
+    }
+
+    fn host(&mut self, name: &str, h: &Spanned<RawHost>) -> Option<HostSpec> {
+        let field = format!("hosts.{name}");
+        let raw = &h.value;
+        let mut ok = true;
+        if raw.address.value.trim().is_empty() || raw.address.value.contains(char::is_whitespace) {
+            self.err(&raw.address, format!("{field}.address"), "an address is a host name or an IP address");
+            ok = false;
+        }
+        if !is_account_name(&raw.user.value) {
+            self.err(&raw.user, format!("{field}.user"), format!("`{}` is not a user name", raw.user.value));
+            ok = false;
+        }
+        let key_file = self.file(loc(&raw.key_file), &format!("{field}.key_file"), &raw.key_file.value, FileKind::Secret);
+        let key_passphrase_file = raw.key_passphrase_file.as_ref().map(|p| {
+            self.file(loc(p), &format!("{field}.key_passphrase_file"), &p.value, FileKind::Secret)
+        });
+        let known_hosts = self.file(loc(&raw.known_hosts), &format!("{field}.known_hosts"), &raw.known_hosts.value, FileKind::Public);
+        let spool = raw.spool.as_ref().and_then(|s| {
+            let v = s.value.trim_end_matches('/');
+            if !v.starts_with('/') || v.contains("..") || v.is_empty() {
+                self.err(s, format!("{field}.spool"), format!("`{}` must be an absolute path", s.value));
+                None
+            } else {
+                Some(v.to_string())
+            }
+        });
+        let spool_owner = match &raw.spool_owner {
+            Some(o) => self.owner(o, &format!("{field}.spool_owner"))?,
+            None => Owner { user: "root".into(), group: Some("root".into()) },
+        };
+        let timeout = self.duration(&raw.timeout, &format!("{field}.timeout")).unwrap_or(DEFAULT_SSH_TIMEOUT);
+        ok.then(|| HostSpec {
+            name: name.into(),
+            address: raw.address.value.clone(),
+            port: raw.port.unwrap_or(22),
+            user: raw.user.value.clone(),
+            key_file,
+            key_passphrase_file,
+            known_hosts,
+            spool,
+            spool_owner,
+            signal_credmon: raw.signal_credmon.unwrap_or(true),
+            timeout,
+        })
+    }
+
+    fn notify(&mut self, n: &Option<Spanned<RawNotify>>) -> Option<NotifySpec> {
+        let Some(n) = n else {
+            return Some(NotifySpec { smtp: None, admins: Vec::new(), templates_dir: None });
+        };
+        let raw = &n.value;
+        for a in &raw.admins {
+            self.mail_address(a, "notify.admins");
+        }
+        let smtp = match &raw.smtp {
+            None => None,
+            Some(s) => {
+                let r = &s.value;
+                let tls = match r.tls.as_ref().map(|t| t.value.as_str()) {
+                    None | Some("starttls") => SmtpTls::StartTls,
+                    Some("none") => SmtpTls::None,
+                    Some("tls") => SmtpTls::Tls,
+                    Some(other) => {
+                        let t = r.tls.as_ref().expect("matched Some");
+                        self.err(t, "notify.smtp.tls", format!("`{other}` is not one of none, starttls, tls"));
+                        SmtpTls::StartTls
+                    }
+                };
+                self.mail_address(&r.from, "notify.smtp.from");
+                let password_file = r
+                    .password_file
+                    .as_ref()
+                    .map(|p| self.file(loc(p), "notify.smtp.password_file", &p.value, FileKind::Secret));
+                let port = r.port.unwrap_or(match tls {
+                    SmtpTls::Tls => 465,
+                    SmtpTls::StartTls => 587,
+                    SmtpTls::None => 25,
+                });
+                Some(SmtpSpec {
+                    host: r.host.value.clone(),
+                    port,
+                    tls,
+                    from: r.from.value.clone(),
+                    username: r.username.clone(),
+                    password_file,
+                    timeout: self.duration(&r.timeout, "notify.smtp.timeout").unwrap_or(DEFAULT_SMTP_TIMEOUT),
+                })
+            }
+        };
+        let templates_dir = raw.templates_dir.as_ref().map(|d| self.file(loc(d), "notify.templates_dir", &d.value, FileKind::Public));
+        Some(NotifySpec { smtp, admins: raw.admins.iter().map(|a| a.value.clone()).collect(), templates_dir })
+    }
+
+    fn mail_address(&mut self, a: &Spanned<String>, field: &str) {
+        let v = a.value.trim();
+        let ok = v.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !v.contains(char::is_whitespace));
+        if !ok {
+            self.err(a, field, format!("`{}` is not a mail address", a.value));
+        }
+    }
+
+    fn scopes(&mut self, list: &[Spanned<String>], field: &str) -> Vec<Scope> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            match s.value.parse::<Scope>() {
+                Ok(scope) => out.push(scope),
+                Err(e) => self.err(s, format!("{field}[{i}]"), e.to_string()),
+            }
+        }
+        out
+    }
+
+    fn login(&mut self, auth: &Spanned<RawAuth>, field: &str, vars: &Vars) -> LoginSpec {
+        let at = loc(auth);
+        let path = |v: &mut Self, name: &str, template: &str, kind| -> PathBuf {
+            let f = format!("{field}.{name}");
+            let resolved = v.template(at, &f, template, vars, false);
+            v.file(at, &f, &resolved, kind)
+        };
+        match &auth.value {
+            RawAuth::Approle { mount, role_id_file, secret_id_file } => LoginSpec::AppRole {
+                mount: mount.clone().unwrap_or_else(|| "approle".into()),
+                role_id_file: path(self, "role_id_file", role_id_file, FileKind::Public),
+                secret_id_file: path(self, "secret_id_file", secret_id_file, FileKind::Secret),
+            },
+            RawAuth::TokenFile { path: p } => LoginSpec::TokenFile { path: path(self, "path", p, FileKind::Secret) },
+        }
+    }
+
+    /// Fills `{service}`, `{account}`, `{oauth_service}`, `{credkey}` (and keeps `{uid}` when
+    /// `keep_uid`, for the host to resolve).
+    fn template(&mut self, at: (u64, u64), field: &str, template: &str, vars: &Vars, keep_uid: bool) -> String {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else {
+                self.err_at(at, field, format!("unclosed `{{` in `{template}`"));
+                return template.into();
+            };
+            let name = &rest[open + 1..open + close];
+            match name {
+                "service" => out.push_str(&vars.service),
+                "account" => out.push_str(&vars.account),
+                "oauth_service" => out.push_str(&vars.oauth_service),
+                "credkey" => out.push_str(&vars.credkey),
+                "uid" if keep_uid => out.push_str("{uid}"),
+                _ => {
+                    let known = if keep_uid { "{service}, {account}, {oauth_service}, {credkey}, {uid}" } else { "{service}, {account}, {oauth_service}, {credkey}" };
+                    self.err_at(at, field, format!("unknown placeholder `{{{name}}}` in `{template}`; known: {known}"));
+                    out.push_str(&rest[open..=open + close]);
+                }
+            }
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn service(
+        &mut self,
+        name: &str,
+        s: &Spanned<RawService>,
+        d: &RawDefaults,
+        raw: &RawInventory,
+        issuers: &BTreeMap<String, IssuerSpec>,
+        broker: Option<&BrokerSpec>,
+    ) -> Option<ServiceSpec> {
+        let field = format!("services.{name}");
+        let r = &s.value;
+        let before = self.diags.len();
+
+        let account = r.account.value.clone();
+        if !is_account_name(&account) {
+            self.err(&r.account, format!("{field}.account"), format!("`{account}` is not a Unix account name"));
+        }
+        let role = r.role.as_ref().map(|x| x.value.clone()).unwrap_or_else(|| DEFAULT_ROLE.into());
+        if let Some(rr) = &r.role {
+            if rr.value.is_empty() || rr.value.contains('_') || !is_credd_name(&rr.value) {
+                self.err(rr, format!("{field}.role"), format!("`{}` is not a role name (letters, digits, `-+=.`, no `_`)", rr.value));
+            }
+        }
+        let credkey = r.credkey.as_ref().map(|x| x.value.clone()).unwrap_or_else(|| account.clone());
+        if let Some(c) = &r.credkey {
+            if c.value.is_empty() || c.value.contains(['/', ':', '?', '#']) || c.value.contains(char::is_whitespace) {
+                self.err(c, format!("{field}.credkey"), format!("`{}` cannot be used in a broker path", c.value));
+            }
+        }
+
+        // HTCondor's service name: `<vault issuer>` for the default role, else
+        // `<vault issuer>_<role>`; the credmon finds a handle's parent by stripping the last `_…`.
+        let vault_issuer = broker.map(|b| b.issuer.clone()).unwrap_or_default();
+        let derived = if role == DEFAULT_ROLE { vault_issuer.clone() } else { format!("{vault_issuer}_{role}") };
+        let oauth_service = match &r.oauth_service {
+            None => derived,
+            Some(o) => {
+                let v = o.value.clone();
+                let parts: Vec<&str> = v.split('_').collect();
+                if !is_credd_name(&v) {
+                    self.err(o, format!("{field}.oauth_service"), format!("`{v}` has characters HTCondor refuses (allowed: letters, digits, `-+=_.`)"));
+                } else if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+                    self.err(o, format!("{field}.oauth_service"), format!("`{v}` is not of the form issuer[_role]"));
+                } else if broker.is_some() && parts[0] != vault_issuer {
+                    self.err(o, format!("{field}.oauth_service"), format!("`{v}` must start with the broker's issuer `{vault_issuer}`"));
+                }
+                v
+            }
+        };
+
+        let issuer = match &r.issuer {
+            Some(i) => {
+                if !issuers.contains_key(&i.value) && !raw.issuers.contains_key(&i.value) {
+                    let known: Vec<&str> = raw.issuers.keys().map(String::as_str).collect();
+                    self.err(i, format!("{field}.issuer"), format!("no issuer `{}` under issuers (known: {})", i.value, known.join(", ")));
+                }
+                i.value.clone()
+            }
+            None if raw.issuers.len() == 1 => raw.issuers.keys().next().cloned().unwrap_or_default(),
+            None => {
+                self.err(s, format!("{field}.issuer"), "several issuers are configured: name this service's issuer");
+                String::new()
+            }
+        };
+
+        let required = self.scopes(&r.required, &format!("{field}.required"));
+        let allowed = match &r.allowed {
+            Some(a) => self.scopes(a, &format!("{field}.allowed")),
+            None => required.clone(),
+        };
+        if let Some(a) = &r.allowed {
+            for (i, req) in required.iter().enumerate() {
+                if !allowed.iter().any(|al| al.covers(req)) {
+                    self.err(&r.required[i], format!("{field}.required[{i}]"), format!("`{req}` is required but not inside any allowed scope"));
+                }
+            }
+            let _ = a;
+        }
+        if required.is_empty() {
+            self.err(s, format!("{field}.required"), "list the scopes this service needs (least privilege needs a declaration)");
+        }
+
+        let audience = r.audience.as_ref().map(|a| a.value.clone());
+        if let (Some(a), Some(spec)) = (&r.audience, issuers.get(&issuer)) {
+            if !spec.audiences.is_empty() && !spec.audiences.contains(&a.value) {
+                self.err(a, format!("{field}.audience"), format!("`{}` is not among issuer `{issuer}`'s audiences ({})", a.value, spec.audiences.join(", ")));
+            }
+        }
+
+        let min_access = self
+            .duration(&r.min_access_lifetime, &format!("{field}.min_access_lifetime"))
+            .or_else(|| d.min_access_lifetime.as_ref().and_then(|v| v.value.to_duration().ok()))
+            .unwrap_or(DEFAULT_MIN_ACCESS);
+        if min_access > MAX_ACCESS_LIFETIME {
+            let at = r.min_access_lifetime.as_ref().map(loc).or(d.min_access_lifetime.as_ref().map(loc)).unwrap_or(loc(s));
+            self.err_at(at, format!("{field}.min_access_lifetime"), "longer than the 6 h an access token may live: no token could pass");
+        }
+        let min_vault = self
+            .duration(&r.min_vault_lifetime, &format!("{field}.min_vault_lifetime"))
+            .or_else(|| self.duration(&d.min_vault_lifetime, "defaults.min_vault_lifetime"))
+            .unwrap_or(DEFAULT_MIN_VAULT);
+        if min_vault > MAX_VAULT_LEASE {
+            let at = r.min_vault_lifetime.as_ref().map(loc).or(d.min_vault_lifetime.as_ref().map(loc)).unwrap_or(loc(s));
+            self.err_at(at, format!("{field}.min_vault_lifetime"), "longer than the 28-day lease cap of HTVault: no token could pass");
+        }
+        let expiry_warning = self
+            .duration(&r.expiry_warning, &format!("{field}.expiry_warning"))
+            .or_else(|| self.duration(&d.expiry_warning, "defaults.expiry_warning"))
+            .unwrap_or(DEFAULT_EXPIRY_WARNING);
+
+        let owners_raw = r.owners.as_ref().or(d.owners.as_ref());
+        let owners: Vec<String> = owners_raw.map(|o| o.iter().map(|a| a.value.clone()).collect()).unwrap_or_default();
+        if let Some(list) = &r.owners {
+            for a in list {
+                self.mail_address(a, &format!("{field}.owners"));
+            }
+        }
+
+        let vars = Vars { service: name.into(), account: account.clone(), oauth_service: oauth_service.clone(), credkey: credkey.clone() };
+        let login = match &r.auth {
+            Some(a) => self.login(a, &format!("{field}.auth"), &vars),
+            None => self.login(&raw.broker.value.auth, "broker.auth", &vars),
+        };
+
+        let destinations = self.destinations(name, &field, r, raw, &vars);
+
+        (self.diags.len() == before).then(|| ServiceSpec {
+            name: name.into(),
+            oauth_service,
+            account,
+            credkey,
+            role,
+            issuer,
+            required,
+            allowed,
+            request_scopes: r.request_scopes.or(d.request_scopes).unwrap_or(true),
+            audience,
+            min_access_lifetime: min_access,
+            min_vault_lifetime: min_vault,
+            expiry_warning,
+            owners,
+            login,
+            destinations,
+        })
+    }
+
+    fn destinations(&mut self, name: &str, field: &str, r: &RawService, raw: &RawInventory, vars: &Vars) -> Vec<Destination> {
+        let mut out: Vec<Destination> = Vec::new();
+        let mut seen = BTreeSet::new();
+        if r.destinations.value.is_empty() {
+            self.err(&r.destinations, format!("{field}.destinations"), "no destinations: the tokens would go nowhere");
+        }
+        for (di, dest) in r.destinations.value.iter().enumerate() {
+            let dfield = format!("{field}.destinations[{di}]");
+            let (hosts, kind) = match &dest.value {
+                RawDestination::Credd { hosts } => (hosts, DestinationKind::Credd),
+                RawDestination::File { hosts, path, content, owner, mode } => {
+                    let path_t = path.as_ref().map(|p| p.value.as_str()).unwrap_or(DEFAULT_FILE_PATH);
+                    let at = path.as_ref().map(loc).unwrap_or(loc(dest));
+                    let resolved = self.template(at, &format!("{dfield}.path"), path_t, vars, true);
+                    if !resolved.starts_with('/') || resolved.ends_with('/') || resolved.split('/').any(|c| c == "..") {
+                        self.err_at(at, format!("{dfield}.path"), format!("`{path_t}` must be an absolute file path"));
+                    }
+                    let content = match content.as_ref().map(|c| (c, c.value.as_str())) {
+                        None | Some((_, "vault_token")) => FileContent::VaultToken,
+                        Some((_, "access_token")) => FileContent::AccessToken,
+                        Some((c, other)) => {
+                            self.err(c, format!("{dfield}.content"), format!("`{other}` is not one of vault_token, access_token"));
+                            FileContent::VaultToken
+                        }
+                    };
+                    let owner = match owner {
+                        Some(o) => self.owner(o, &format!("{dfield}.owner")).unwrap_or(Owner { user: vars.account.clone(), group: None }),
+                        None => Owner { user: vars.account.clone(), group: None },
+                    };
+                    let mode = match mode {
+                        None => 0o600,
+                        Some(m) => match m.value.to_mode() {
+                            Ok(mode) if mode & 0o077 != 0 => {
+                                self.err(m, format!("{dfield}.mode"), format!("{mode:04o} lets group or others read a token; use 0600 or 0400"));
+                                0o600
+                            }
+                            Ok(mode) => mode,
+                            Err(e) => {
+                                self.err(m, format!("{dfield}.mode"), e);
+                                0o600
+                            }
+                        },
+                    };
+                    (hosts, DestinationKind::File { path: resolved, content, owner, mode })
+                }
+            };
+            if hosts.is_empty() {
+                self.err(dest, format!("{dfield}.hosts"), "list at least one host");
+            }
+            for (hi, h) in hosts.iter().enumerate() {
+                let hfield = format!("{dfield}.hosts[{hi}]");
+                let Some(host) = raw.hosts.get(&h.value) else {
+                    let known: Vec<&str> = raw.hosts.keys().map(String::as_str).collect();
+                    self.err(h, hfield, format!("no host `{}` under hosts (known: {})", h.value, known.join(", ")));
+                    continue;
+                };
+                if kind == DestinationKind::Credd && host.value.spool.is_none() {
+                    self.err(h, hfield.clone(), format!("host `{}` has no spool: a credd destination needs hosts.{}.spool", h.value, h.value));
+                }
+                let id = match &kind {
+                    DestinationKind::Credd => format!("credd@{}", h.value),
+                    DestinationKind::File { path, .. } => format!("file@{}:{}", h.value, path),
+                };
+                if !seen.insert(id.clone()) {
+                    self.err(h, hfield, format!("destination {id} is listed twice for service `{name}`"));
+                    continue;
+                }
+                out.push(Destination { id, host: h.value.clone(), kind: kind.clone() });
+            }
+        }
+        out
+    }
+}
+
+struct Vars {
+    service: String,
+    account: String,
+    oauth_service: String,
+    credkey: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local files
+// ---------------------------------------------------------------------------------------------
+
+/// Looks at every local file the inventory names. Errors: a secret file (key, passphrase,
+/// secret_id, token, password) that group or others may read, or a path that is not a file.
+/// Warnings: a file that does not exist (fatal only when `strict`, as on the bastion host
+/// itself; the example inventory names files that exist only there).
+pub fn check_local_files(inv: &Inventory, strict: bool) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut seen = BTreeSet::new();
+    for f in &inv.local_files {
+        if !seen.insert(f.path.clone()) {
+            continue;
+        }
+        let diag = |message: String| Diagnostic { file: inv.source.clone(), line: f.line, col: f.col, field: f.field.clone(), message };
+        match std::fs::metadata(&f.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let d = diag(format!("{} does not exist", f.path.display()));
+                if strict { errors.push(d) } else { warnings.push(d) }
+            }
+            Err(e) => errors.push(diag(format!("{}: {e}", f.path.display()))),
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o7777;
+                if f.kind == FileKind::Secret {
+                    if !meta.is_file() {
+                        errors.push(diag(format!("{} is not a regular file", f.path.display())));
+                    } else if mode & 0o077 != 0 {
+                        errors.push(diag(format!(
+                            "{} holds a secret but has mode {mode:04o}; group and others must have no access (chmod 600)",
+                            f.path.display()
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    (errors, warnings)
+}
+
+#[cfg(test)]
+mod tests;

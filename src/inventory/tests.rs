@@ -1,0 +1,201 @@
+use super::*;
+
+const BASE: &str = r#"broker:
+  url: https://vault.example:8200
+  ca_file: /etc/ca.pem
+  issuer: cms
+  vault_url: https://vault.example:8200
+  auth:
+    method: approle
+    role_id_file: /etc/tb/{service}.role_id
+    secret_id_file: /etc/tb/{service}.secret_id
+issuers:
+  iam:
+    url: https://iam.example/
+hosts:
+  s1:
+    address: 127.0.0.1
+    port: 2222
+    user: root
+    key_file: /etc/tb/id
+    known_hosts: /etc/tb/known_hosts
+    spool: /var/lib/condor/oauth_credentials
+  s2:
+    address: 127.0.0.1
+    user: root
+    key_file: /etc/tb/id
+    known_hosts: /etc/tb/known_hosts
+services:
+  prod:
+    account: cmst1
+    role: production
+    required: [storage.read:/, compute.create]
+    destinations:
+      - credd:
+          hosts: [s1]
+      - file:
+          hosts: [s1, s2]
+          mode: "0600"
+"#;
+
+fn parse_str(text: &str) -> Result<Inventory, Vec<Diagnostic>> {
+    match parse(Path::new("inv.yaml"), text) {
+        Ok(inv) => Ok(inv),
+        Err(InventoryError::Invalid(d)) => Err(d),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// Parses `BASE` with `from` replaced by `to` and expects exactly one diagnostic at `line:col`
+/// for `field` whose message contains `needle`.
+fn check(from: &str, to: &str, expected: &str, needle: &str) {
+    assert!(BASE.contains(from), "fixture does not contain {from:?}");
+    let text = BASE.replacen(from, to, 1);
+    let diags = parse_str(&text).expect_err("inventory should be refused");
+    let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert_eq!(diags.len(), 1, "{shown:#?}");
+    let d = &shown[0];
+    assert!(d.starts_with(&format!("inv.yaml:{expected}: ")), "{d}");
+    assert!(d.contains(needle), "{d} lacks {needle:?}");
+}
+
+#[test]
+fn base_fixture_resolves_defaults_and_templates() {
+    let inv = parse_str(BASE).unwrap();
+    let s = &inv.services["prod"];
+    assert_eq!(s.oauth_service, "cms_production");
+    assert_eq!(s.credkey, "cmst1");
+    assert_eq!(s.issuer, "iam");
+    assert_eq!(s.allowed, s.required);
+    assert_eq!(s.min_access_lifetime, DEFAULT_MIN_ACCESS);
+    assert_eq!(
+        s.login,
+        LoginSpec::AppRole {
+            mount: "approle".into(),
+            role_id_file: "/etc/tb/prod.role_id".into(),
+            secret_id_file: "/etc/tb/prod.secret_id".into()
+        }
+    );
+    let ids: Vec<&str> = s.destinations.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["credd@s1", "file@s1:/tmp/vt_u{uid}-cms_production", "file@s2:/tmp/vt_u{uid}-cms_production"]);
+    match &s.destinations[1].kind {
+        DestinationKind::File { mode, owner, content, .. } => {
+            assert_eq!(*mode, 0o600);
+            assert_eq!(owner.user, "cmst1");
+            assert_eq!(*content, FileContent::VaultToken);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(inv.hosts["s1"].port, 2222);
+    assert_eq!(inv.hosts["s2"].port, 22);
+    assert_eq!(inv.hosts["s1"].spool_owner, Owner { user: "root".into(), group: Some("root".into()) });
+    assert_eq!(inv.broker.vault_url, "https://vault.example:8200");
+}
+
+#[test]
+fn shipped_example_inventory_is_valid() {
+    let inv = parse(Path::new("services.yaml"), include_str!("../../services.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(inv.services.keys().collect::<Vec<_>>(), ["crab", "tier0", "wmagent"]);
+    assert_eq!(inv.services["wmagent"].destinations.len(), 3);
+    assert_eq!(inv.services["tier0"].min_access_lifetime, Duration::from_secs(1800));
+    assert_eq!(inv.services["crab"].min_vault_lifetime, Duration::from_secs(2 * 86400));
+    assert_eq!(inv.hosts["vocms0314"].spool_owner.to_string(), "condor:condor");
+}
+
+#[test]
+fn syntax_and_type_errors_carry_line_column_and_field() {
+    check("    port: 2222\n", "    prot: 2222\n", "16:5: hosts.s1.prot", "unknown field `prot`");
+    check("    port: 2222\n", "    port: twelve\n", "16:11: hosts.s1.port", "u16");
+    check("  ca_file: /etc/ca.pem\n", "\tca_file: /etc/ca.pem\n", "2:8: broker.url", "tab");
+    check("      - credd:\n", "      - crud:\n", "32:9: services.prod.destinations.crud", "unknown variant `crud`");
+}
+
+#[test]
+fn vault_url_is_checked_as_the_credmon_checks_it() {
+    let f = "broker.vault_url";
+    check("  vault_url: https://vault.example:8200\n", "  vault_url: http://vault.example:8200\n", "5:14", "only https");
+    check("  vault_url: https://vault.example:8200\n", "  vault_url: https://vault.example\n", &format!("5:14: {f}"), "port 8200");
+    check("  vault_url: https://vault.example:8200\n", "  vault_url: https://vault.example:8201\n", "5:14", "port 8200");
+    check("  vault_url: https://vault.example:8200\n", "  vault_url: https://vault.example:8200/v1/x\n", "5:14", "origin only");
+}
+
+#[test]
+fn references_and_duplicates_point_at_the_line() {
+    check("          hosts: [s1]\n", "          hosts: [s9]\n", "33:19: services.prod.destinations[0].hosts[0]", "no host `s9`");
+    check("          hosts: [s1]\n", "          hosts: [s2]\n", "33:19", "has no spool");
+    check("          hosts: [s1, s2]\n", "          hosts: [s1, s1]\n", "35:23", "listed twice");
+}
+
+#[test]
+fn service_fields_are_validated() {
+    check("    role: production\n", "    role: prod_uction\n", "29:11: services.prod.role", "no `_`");
+    check("    role: production\n", "    role: production\n    oauth_service: cms_a_b\n", "30:20", "issuer[_role]");
+    check("    role: production\n", "    role: production\n    oauth_service: atlas\n", "30:20", "must start with the broker's issuer");
+    check("    role: production\n", "    role: production\n    oauth_service: cms/x\n", "30:20", "characters");
+    check("    account: cmst1\n", "    account: cms t1\n", "28:14: services.prod.account", "not a Unix account");
+    check(
+        "    required: [storage.read:/, compute.create]\n",
+        "    required: [storage.read:/, compute.create]\n    allowed: [storage.read:/]\n",
+        "30:32: services.prod.required[1]",
+        "not inside any allowed scope",
+    );
+    check("    required: [storage.read:/, compute.create]\n", "    required: [storage.read, compute.create]\n", "30:16: services.prod.required[0]", "storage.read");
+    check("    required: [storage.read:/, compute.create]\n", "    required: []\n", "28:5", "least privilege");
+}
+
+#[test]
+fn durations_modes_owners_and_templates() {
+    let extra = "    min_access_lifetime: soon\n";
+    check("    role: production\n", &format!("    role: production\n{extra}"), "30:26: services.prod.min_access_lifetime", "not a duration");
+    check("    role: production\n", "    role: production\n    min_access_lifetime: 7h\n", "30:26", "6 h");
+    check("          mode: \"0600\"\n", "          mode: \"0644\"\n", "36:17: services.prod.destinations[1].mode", "group or others");
+    check("          mode: \"0600\"\n", "          mode: \"rw\"\n", "36:17", "not an octal");
+    check("          mode: \"0600\"\n", "          mode: \"0600\"\n          owner: \"bad user\"\n", "37:18", "not an owner");
+    check("          mode: \"0600\"\n", "          mode: \"0600\"\n          path: /tmp/{user}\n", "37:17", "unknown placeholder `{user}`");
+    check("    role_id_file: /etc/tb/{service}.role_id\n", "    role_id_file: /etc/tb/{uid}.role_id\n", "7:5: broker.auth.role_id_file", "unknown placeholder `{uid}`");
+    let inv = parse_str(&BASE.replacen("mode: \"0600\"", "mode: 400", 1)).unwrap();
+    assert!(matches!(inv.services["prod"].destinations[1].kind, DestinationKind::File { mode: 0o400, .. }));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = BASE.replacen("hosts: [s1]", "hosts: [nope]", 1).replacen("role: production", "role: a_b", 1);
+    let diags = parse_str(&text).unwrap_err();
+    assert_eq!(diags.len(), 2, "{diags:#?}");
+    assert!(diags[0].line < diags[1].line);
+}
+
+#[test]
+fn yaml_path_follows_indentation() {
+    let text = "a:\n  b:\n    - c: 1\n      d: 2\n  e: 3\n";
+    assert_eq!(yaml_path_at(text, 4), "a.b.d");
+    assert_eq!(yaml_path_at(text, 5), "a.e");
+    assert_eq!(yaml_path_at(text, 1), "a");
+    assert_eq!(yaml_path_at(text, 99), "(document)");
+}
+
+#[test]
+fn local_secret_files_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id");
+    std::fs::write(&key, "k").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, "").unwrap();
+    std::fs::set_permissions(&kh, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = BASE.replace("/etc/tb/id", key.to_str().unwrap()).replace("/etc/tb/known_hosts", kh.to_str().unwrap());
+    let inv = parse_str(&text).unwrap();
+    let (errors, warnings) = check_local_files(&inv, false);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].to_string().contains("hosts.s1.key_file"), "{}", errors[0]);
+    assert!(errors[0].message.contains("mode 0644"));
+    // role_id, secret_id and CA files do not exist here: warnings, or errors when strict.
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    let (strict_errors, _) = check_local_files(&inv, true);
+    assert_eq!(strict_errors.len(), 4);
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (errors, _) = check_local_files(&inv, false);
+    assert!(errors.is_empty(), "{errors:#?}");
+}
