@@ -264,6 +264,10 @@ fn check_version(version: &str) -> Result<(), ValidationError> {
 /// keys will verify it.
 pub fn peek(token: &Secret) -> Result<Unverified, ValidationError> {
     let (header, claims) = split_json(token)?;
+    read_unverified(&header, &claims)
+}
+
+fn read_unverified(header: &JsonObject, claims: &JsonObject) -> Result<Unverified, ValidationError> {
     let alg = match header.get("alg") {
         Some(Value::String(a)) => a.clone(),
         _ => return Err(ValidationError::Malformed { reason: "header has no alg" }),
@@ -273,7 +277,7 @@ pub fn peek(token: &Secret) -> Result<Unverified, ValidationError> {
         Some(Value::String(k)) => Some(k.clone()),
         Some(_) => return Err(ValidationError::Malformed { reason: "header kid is not a string" }),
     };
-    let iss = string_claim(&claims, "iss")?;
+    let iss = string_claim(claims, "iss")?;
     Ok(Unverified { iss, kid, alg })
 }
 
@@ -314,8 +318,8 @@ fn decoding_key(jwk: &Jwk, kid: &str, alg: Algorithm, alg_name: &str) -> Result<
 /// [`ValidationError::UnknownKid`] means "a token of the expected issuer, signed with a key not
 /// in this set" and is worth one key refetch.
 pub fn validate(token: &Secret, keys: &KeySet, expect: &Expectation, now_unix: i64) -> Result<ValidatedToken, ValidationError> {
-    let (header, _) = split_json(token)?;
-    let unverified = peek(token)?;
+    let (header, unverified_claims) = split_json(token)?;
+    let unverified = read_unverified(&header, &unverified_claims)?;
     let alg = accepted_algorithm(&unverified.alg)
         .ok_or_else(|| ValidationError::UnsupportedAlgorithm { alg: unverified.alg.clone() })?;
     // RFC 7515: a header parameter marked critical that is not understood makes the JWS invalid.
