@@ -130,13 +130,25 @@ pub struct OutboxReport {
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     #[error("mail template directory {path}: {source}")]
-    TemplateDir { path: PathBuf, #[source] source: std::io::Error },
+    TemplateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mail template {name}: {source}")]
-    Template { name: String, #[source] source: minijinja::Error },
+    Template {
+        name: String,
+        #[source]
+        source: minijinja::Error,
+    },
     #[error("mail template {name}: the first line must be \"Subject: <subject>\"")]
     TemplateShape { name: String },
     #[error("mail address {address:?}: {source}")]
-    Address { address: String, #[source] source: lettre::address::AddressError },
+    Address {
+        address: String,
+        #[source]
+        source: lettre::address::AddressError,
+    },
     #[error("mail has no recipient")]
     NoRecipient,
     #[error("cannot build mail: {0}")]
@@ -144,9 +156,18 @@ pub enum NotifyError {
     #[error("SMTP settings: a username needs a password and a password needs a username")]
     Credentials,
     #[error("SMTP TLS setup for {host}: {source}")]
-    Tls { host: String, #[source] source: lettre::transport::smtp::Error },
+    Tls {
+        host: String,
+        #[source]
+        source: lettre::transport::smtp::Error,
+    },
     #[error("sending mail via {host}:{port}: {source}")]
-    Send { host: String, port: u16, #[source] source: lettre::transport::smtp::Error },
+    Send {
+        host: String,
+        port: u16,
+        #[source]
+        source: lettre::transport::smtp::Error,
+    },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -243,7 +264,8 @@ impl Templates {
 
     fn render(&self, name: &str, ctx: Value, to: &[String]) -> Result<OutgoingMail, NotifyError> {
         let template_err = |source| NotifyError::Template { name: name.to_string(), source };
-        let text = self.env.get_template(name).map_err(template_err)?.render(ctx).map_err(template_err)?;
+        let text =
+            self.env.get_template(name).map_err(template_err)?.render(ctx).map_err(template_err)?;
         let shape_err = || NotifyError::TemplateShape { name: name.to_string() };
         let (first, rest) = text.split_once('\n').ok_or_else(shape_err)?;
         let subject = first.strip_prefix("Subject:").ok_or_else(shape_err)?.trim();
@@ -298,16 +320,23 @@ impl Templates {
             let Some(owners) = owners_by_service.get(service).filter(|o| !o.is_empty()) else {
                 continue;
             };
-            let failures: Vec<&FailureLine> = summary.failed.iter().filter(|f| f.service == service).collect();
-            let expiring: Vec<&ExpiryLine> = summary.expiring.iter().filter(|e| e.service == service).collect();
-            let ctx = context! { service => service, ..common_context(summary, &failures, &expiring) };
+            let failures: Vec<&FailureLine> =
+                summary.failed.iter().filter(|f| f.service == service).collect();
+            let expiring: Vec<&ExpiryLine> =
+                summary.expiring.iter().filter(|e| e.service == service).collect();
+            let ctx =
+                context! { service => service, ..common_context(summary, &failures, &expiring) };
             mails.push(self.render(OWNER_TEMPLATE, ctx, owners)?);
         }
         Ok(mails)
     }
 }
 
-fn common_context(summary: &RunSummary, failures: &[&FailureLine], expiring: &[&ExpiryLine]) -> Value {
+fn common_context(
+    summary: &RunSummary,
+    failures: &[&FailureLine],
+    expiring: &[&ExpiryLine],
+) -> Value {
     let failed_hosts: BTreeSet<String> = failures.iter().map(|f| f.host.clone()).collect();
     let expiring_hosts: BTreeSet<String> = expiring.iter().map(|e| e.host.clone()).collect();
     let failures: Vec<Value> = failures
@@ -359,9 +388,7 @@ fn show_duration(secs: i64) -> String {
 }
 
 fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
-    address
-        .parse()
-        .map_err(|source| NotifyError::Address { address: address.to_string(), source })
+    address.parse().map_err(|source| NotifyError::Address { address: address.to_string(), source })
 }
 
 fn transport(cfg: &SmtpConfig) -> Result<SmtpTransport, NotifyError> {
@@ -380,7 +407,8 @@ fn transport(cfg: &SmtpConfig) -> Result<SmtpTransport, NotifyError> {
         .timeout(Some(cfg.timeout));
     match (&cfg.username, &cfg.password) {
         (Some(user), Some(password)) => {
-            builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
+            builder =
+                builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
         }
         (None, None) => {}
         _ => return Err(NotifyError::Credentials),
@@ -394,22 +422,31 @@ pub fn send(cfg: &SmtpConfig, mail: &OutgoingMail) -> Result<(), NotifyError> {
     send_with(&transport, cfg, mail)
 }
 
-fn send_with(transport: &SmtpTransport, cfg: &SmtpConfig, mail: &OutgoingMail) -> Result<(), NotifyError> {
+fn send_with(
+    transport: &SmtpTransport,
+    cfg: &SmtpConfig,
+    mail: &OutgoingMail,
+) -> Result<(), NotifyError> {
     if mail.to.is_empty() {
         return Err(NotifyError::NoRecipient);
     }
     let mut builder = lettre::Message::builder()
         .from(mailbox(&cfg.from)?)
         .subject(mail.subject.as_str())
-        .header(ContentType::TEXT_PLAIN);
+        .header(ContentType::TEXT_PLAIN)
+        // Lets a mail client thread or deduplicate a mail the outbox retried.
+        .message_id(None);
     for to in &mail.to {
         builder = builder.to(mailbox(to)?);
     }
-    let message = builder.body(mail.body.clone()).map_err(NotifyError::Build)?;
-    transport
-        .send(&message)
-        .map(|_| ())
-        .map_err(|source| NotifyError::Send { host: cfg.host.clone(), port: cfg.port, source })
+    // lettre ends the body with CRLF itself; without this the mail would grow a blank line.
+    let body = mail.body.strip_suffix('\n').unwrap_or(&mail.body);
+    let message = builder.body(body.to_string()).map_err(NotifyError::Build)?;
+    transport.send(&message).map(|_| ()).map_err(|source| NotifyError::Send {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        source,
+    })
 }
 
 /// Sends every queued mail, oldest first, marking each sent or failed in the outbox.
@@ -548,7 +585,10 @@ mod tests {
         let t = Templates::load(None).unwrap();
         let owners = BTreeMap::from([
             ("crab".to_string(), vec!["crab-ops@example.org".to_string()]),
-            ("wmagent".to_string(), vec!["wma@example.org".to_string(), "wma2@example.org".to_string()]),
+            (
+                "wmagent".to_string(),
+                vec!["wma@example.org".to_string(), "wma2@example.org".to_string()],
+            ),
             ("tier0".to_string(), vec!["t0@example.org".to_string()]),
         ]);
         let mails = t.owner_mails(&summary(), &owners).unwrap();
@@ -557,14 +597,24 @@ mod tests {
         check(
             &mails[0],
             "[token-bastion] crab: tokens not delivered to vocms0101.cern.ch; 1 expiring",
-            &["\"crab\"", "* schedd-a on vocms0101.cern.ch\n  reason: ssh: connection refused", "* schedd-c on vocms0303.cern.ch: 2d 3h left"],
+            &[
+                "\"crab\"",
+                "* schedd-a on vocms0101.cern.ch\n  reason: ssh: connection refused",
+                "* schedd-c on vocms0303.cern.ch: 2d 3h left",
+            ],
             &["vocms0202", "wmagent"],
         );
         assert_eq!(mails[1].to, vec!["wma@example.org", "wma2@example.org"]);
-        check(&mails[1], "[token-bastion] wmagent: tokens not delivered to vocms0202.cern.ch", &["vocms0202.cern.ch"], &["vocms0101", "crab"]);
+        check(
+            &mails[1],
+            "[token-bastion] wmagent: tokens not delivered to vocms0202.cern.ch",
+            &["vocms0202.cern.ch"],
+            &["vocms0101", "crab"],
+        );
 
         // A service without owners gets no owner mail.
-        let only_crab = BTreeMap::from([("crab".to_string(), vec!["crab-ops@example.org".to_string()])]);
+        let only_crab =
+            BTreeMap::from([("crab".to_string(), vec!["crab-ops@example.org".to_string()])]);
         assert_eq!(t.owner_mails(&summary(), &only_crab).unwrap().len(), 1);
     }
 
@@ -579,19 +629,35 @@ mod tests {
         let t = Templates::load(Some(dir.path())).unwrap();
         let owners = BTreeMap::from([("crab".to_string(), vec!["c@example.org".to_string()])]);
         let mails = t.owner_mails(&summary(), &owners).unwrap();
-        assert_eq!((mails[0].subject.as_str(), mails[0].body.as_str()), ("crab broken", "vocms0101.cern.ch\n"));
+        assert_eq!(
+            (mails[0].subject.as_str(), mails[0].body.as_str()),
+            ("crab broken", "vocms0101.cern.ch\n")
+        );
         // The admin template was not overridden: the built-in one is used.
-        assert!(t.admin_mail(&summary(), &["a@example.org".into()]).unwrap().unwrap().body.contains("FAILED DELIVERIES"));
+        assert!(
+            t.admin_mail(&summary(), &["a@example.org".into()])
+                .unwrap()
+                .unwrap()
+                .body
+                .contains("FAILED DELIVERIES")
+        );
 
-        std::fs::write(dir.path().join(ADMIN_TEMPLATE), "Subject: x\n\n{{ failures[0].hots }}\n").unwrap();
+        std::fs::write(dir.path().join(ADMIN_TEMPLATE), "Subject: x\n\n{{ failures[0].hots }}\n")
+            .unwrap();
         let err = Templates::load(Some(dir.path())).unwrap_err();
-        assert!(matches!(&err, NotifyError::Template { name, .. } if name == ADMIN_TEMPLATE), "{err}");
+        assert!(
+            matches!(&err, NotifyError::Template { name, .. } if name == ADMIN_TEMPLATE),
+            "{err}"
+        );
 
         std::fs::write(dir.path().join(ADMIN_TEMPLATE), "Subject: x\n\n{{ run_idd }}\n").unwrap();
         assert!(matches!(Templates::load(Some(dir.path())), Err(NotifyError::Template { .. })));
 
         std::fs::write(dir.path().join(ADMIN_TEMPLATE), "no subject line\n\nbody\n").unwrap();
-        assert!(matches!(Templates::load(Some(dir.path())), Err(NotifyError::TemplateShape { .. })));
+        assert!(matches!(
+            Templates::load(Some(dir.path())),
+            Err(NotifyError::TemplateShape { .. })
+        ));
 
         std::fs::write(dir.path().join(ADMIN_TEMPLATE), "Subject: x\n\n{% for %}\n").unwrap();
         assert!(matches!(Templates::load(Some(dir.path())), Err(NotifyError::Template { .. })));
@@ -605,13 +671,22 @@ mod tests {
             .map(|i| FailureLine { host: format!("h{i}.example"), ..summary().failed[0].clone() })
             .collect();
         let mail = t.admin_mail(&s, &["a@example.org".into()]).unwrap().unwrap();
-        assert_eq!(mail.subject, "[token-bastion] FAILED 1 service on h1.example, h2.example, h3.example +2 more");
+        assert_eq!(
+            mail.subject,
+            "[token-bastion] FAILED 1 service on h1.example, h2.example, h3.example +2 more"
+        );
         assert!(mail.body.contains("h5.example"));
     }
 
     #[test]
     fn durations_read_well() {
-        for (secs, shown) in [(59, "0m"), (40 * 60, "40m"), (5 * 3600 + 12 * 60, "5h 12m"), (2 * 86400 + 3 * 3600 + 5, "2d 3h"), (-3 * 3600, "expired 3h 0m ago")] {
+        for (secs, shown) in [
+            (59, "0m"),
+            (40 * 60, "40m"),
+            (5 * 3600 + 12 * 60, "5h 12m"),
+            (2 * 86400 + 3 * 3600 + 5, "2d 3h"),
+            (-3 * 3600, "expired 3h 0m ago"),
+        ] {
             assert_eq!(show_duration(secs), shown);
         }
     }
@@ -643,7 +718,11 @@ mod tests {
             password: None,
             timeout: Duration::from_secs(1),
         };
-        let mail = OutgoingMail { to: vec!["a@example.org".into()], subject: "s".into(), body: "b".into() };
+        let mail = OutgoingMail {
+            to: vec!["a@example.org".into()],
+            subject: "s".into(),
+            body: "b".into(),
+        };
         assert!(matches!(send(&cfg, &mail), Err(NotifyError::Credentials)));
     }
 }

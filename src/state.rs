@@ -111,11 +111,23 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot create state directory {path}: {source}")]
-    CreateDir { path: PathBuf, #[source] source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create or protect state database {path}: {source}")]
-    File { path: PathBuf, #[source] source: std::io::Error },
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open state database {path}: {source}")]
-    Open { path: PathBuf, #[source] source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error(
         "{path} is not a token-bastion state database (SQLite application_id {found:#010x}, \
          expected {APPLICATION_ID:#010x}); refusing to touch it"
@@ -127,9 +139,19 @@ pub enum StateError {
     )]
     TooNew { path: PathBuf, found: i64 },
     #[error("migrating {path} to schema version {version} failed: {source}")]
-    Migrate { path: PathBuf, version: i64, #[source] source: rusqlite::Error },
+    Migrate {
+        path: PathBuf,
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("state database {path}: {what}: {source}")]
-    Query { path: PathBuf, what: &'static str, #[source] source: rusqlite::Error },
+    Query {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("state database {path}: {what}: unreadable stored value: {detail}")]
     Corrupt { path: PathBuf, what: &'static str, detail: String },
 }
@@ -286,13 +308,9 @@ impl StateStore {
         let file_err = |source| StateError::File { path: path.clone(), source };
         // Create the file ourselves so that it never exists with a wider mode than 0600, then
         // tighten one that an older tool or a restore left wider.
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
+        OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(file_err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(file_err)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(file_err)?;
 
         let open_err = |source| StateError::Open { path: path.clone(), source };
         let mut conn = Connection::open(&path).map_err(open_err)?;
@@ -329,7 +347,8 @@ impl StateStore {
 
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let target = i as i64 + 1;
-            let migrate_err = |source| StateError::Migrate { path: path.clone(), version: target, source };
+            let migrate_err =
+                |source| StateError::Migrate { path: path.clone(), version: target, source };
             let tx = conn.transaction().map_err(migrate_err)?;
             tx.execute_batch(sql).map_err(migrate_err)?;
             // Both header fields are written inside the transaction, so a crash leaves either
@@ -372,7 +391,12 @@ impl StateStore {
         Ok(RunId(self.conn.last_insert_rowid()))
     }
 
-    pub fn finish_run(&self, run: RunId, outcome: RunOutcome, exit_code: i32) -> Result<(), StateError> {
+    pub fn finish_run(
+        &self,
+        run: RunId,
+        outcome: RunOutcome,
+        exit_code: i32,
+    ) -> Result<(), StateError> {
         self.conn
             .execute(
                 "UPDATE runs SET finished = ?1, outcome = ?2, exit_code = ?3 WHERE id = ?4",
@@ -491,9 +515,11 @@ impl StateStore {
                     last_attempt: from_ts(r.get(3)?),
                     last_success: from_ts(r.get(4)?),
                     vault_expiry: from_ts(r.get(5)?),
-                    access: hash.map(|hash| -> rusqlite::Result<Fingerprint> {
-                        Ok(Fingerprint { jti: r.get(6)?, exp: r.get(7)?, hash })
-                    }).transpose()?,
+                    access: hash
+                        .map(|hash| -> rusqlite::Result<Fingerprint> {
+                            Ok(Fingerprint { jti: r.get(6)?, exp: r.get(7)?, hash })
+                        })
+                        .transpose()?,
                     consecutive_failures: u32::try_from(consecutive).unwrap_or(u32::MAX),
                     failing_since: from_ts(r.get(10)?),
                     last_error: r.get(11)?,
@@ -555,11 +581,12 @@ impl StateStore {
         for row in rows {
             let (id, created, recipients, subject, body, attempts, last_error) =
                 row.map_err(self.q("read outbox"))?;
-            let to: Vec<String> = serde_json::from_str(&recipients).map_err(|e| StateError::Corrupt {
-                path: self.path.clone(),
-                what: "outbox recipients",
-                detail: format!("mail {id}: {e}"),
-            })?;
+            let to: Vec<String> =
+                serde_json::from_str(&recipients).map_err(|e| StateError::Corrupt {
+                    path: self.path.clone(),
+                    what: "outbox recipients",
+                    detail: format!("mail {id}: {e}"),
+                })?;
             out.push(QueuedMail {
                 id: MailId(id),
                 created: from_ts(Some(created)).unwrap_or_default(),
@@ -598,9 +625,17 @@ pub enum LockError {
     #[error("another cycle (pid {}, since {}) holds {path}", show_or_unknown(.pid), show_or_unknown(.since))]
     Busy { path: PathBuf, pid: Option<u32>, since: Option<String> },
     #[error("cannot create state directory for {path}: {source}")]
-    Dir { path: PathBuf, #[source] source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot lock {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn show_or_unknown<T: std::fmt::Display>(v: &Option<T>) -> String {
@@ -688,7 +723,8 @@ impl Drop for CycleLock {
 
 fn read_holder(file: &mut File) -> (Option<u32>, Option<String>) {
     let mut text = String::new();
-    if file.seek(SeekFrom::Start(0)).is_err() || file.take(4096).read_to_string(&mut text).is_err() {
+    if file.seek(SeekFrom::Start(0)).is_err() || file.take(4096).read_to_string(&mut text).is_err()
+    {
         return (None, None);
     }
     let mut pid = None;
@@ -719,7 +755,11 @@ mod tests {
             host: format!("{dest}.example.org"),
             result: Ok(Delivered {
                 vault_expiry: Some(vault_expiry),
-                access: Some(Fingerprint { jti: Some("jti-1".into()), exp: Some(99), hash: "0123456789ab".into() }),
+                access: Some(Fingerprint {
+                    jti: Some("jti-1".into()),
+                    exp: Some(99),
+                    hash: "0123456789ab".into(),
+                }),
             }),
             dry_run,
         }
@@ -753,7 +793,11 @@ mod tests {
         for table in ["runs", "deliveries", "status", "outbox"] {
             let n: i64 = store
                 .conn
-                .query_row("SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1", [table], |r| r.get(0))
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1",
+                    [table],
+                    |r| r.get(0),
+                )
                 .unwrap();
             assert_eq!(n, 1, "table {table}");
         }
@@ -767,7 +811,8 @@ mod tests {
         store.record_delivery(run, &ok_rec("crab", "schedd1", 1000, false)).unwrap();
         drop(store);
         // A wider mode left by a restore is tightened again.
-        std::fs::set_permissions(tmp.path().join(DB_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(tmp.path().join(DB_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
         let store = StateStore::open(tmp.path()).unwrap();
         assert_eq!(mode(&tmp.path().join(DB_FILE)), 0o600);
         assert_eq!(store.statuses().unwrap().len(), 1);
@@ -790,7 +835,10 @@ mod tests {
         let conn = Connection::open(tmp.path().join(DB_FILE)).unwrap();
         conn.execute_batch("CREATE TABLE t (x);").unwrap();
         drop(conn);
-        assert!(matches!(StateStore::open(tmp.path()), Err(StateError::ForeignDatabase { found: 0, .. })));
+        assert!(matches!(
+            StateStore::open(tmp.path()),
+            Err(StateError::ForeignDatabase { found: 0, .. })
+        ));
     }
 
     #[test]
@@ -819,8 +867,10 @@ mod tests {
         let s = StateStore::open(tmp.path()).unwrap();
         let run = s.begin_run(RunKind::Daemon, &[]).unwrap();
         s.record_delivery_at(run, &ok_rec("crab", "schedd1", 5000, false), t(0)).unwrap();
-        s.record_delivery_at(run, &err_rec("crab", "schedd1", "connection refused", false), t(10)).unwrap();
-        s.record_delivery_at(run, &err_rec("crab", "schedd1", "host key mismatch", false), t(20)).unwrap();
+        s.record_delivery_at(run, &err_rec("crab", "schedd1", "connection refused", false), t(10))
+            .unwrap();
+        s.record_delivery_at(run, &err_rec("crab", "schedd1", "host key mismatch", false), t(20))
+            .unwrap();
         let st = &s.statuses().unwrap()[0];
         assert_eq!(st.consecutive_failures, 2);
         assert_eq!(st.failing_since, Some(t(10)), "streak starts at the first failure");
@@ -832,18 +882,29 @@ mod tests {
 
         s.record_delivery_at(run, &ok_rec("crab", "schedd1", 9000, false), t(30)).unwrap();
         let st = &s.statuses().unwrap()[0];
-        assert_eq!((st.consecutive_failures, st.failing_since, st.last_error.as_deref()), (0, None, None));
+        assert_eq!(
+            (st.consecutive_failures, st.failing_since, st.last_error.as_deref()),
+            (0, None, None)
+        );
         assert_eq!(st.last_success, Some(t(30)));
         assert_eq!(st.access.as_ref().unwrap().hash, "0123456789ab");
 
         // A destination whose very first attempt fails gets a row too.
-        s.record_delivery_at(run, &err_rec("wma", "schedd2", "refused token", false), t(40)).unwrap();
+        s.record_delivery_at(run, &err_rec("wma", "schedd2", "refused token", false), t(40))
+            .unwrap();
         let all = s.statuses().unwrap();
         assert_eq!(all.len(), 2);
-        assert_eq!((all[1].consecutive_failures, all[1].failing_since, all[1].last_success), (1, Some(t(40)), None));
+        assert_eq!(
+            (all[1].consecutive_failures, all[1].failing_since, all[1].last_success),
+            (1, Some(t(40)), None)
+        );
         s.finish_run(run, RunOutcome::Failures, 1).unwrap();
-        let (outcome, code): (String, i32) =
-            s.conn.query_row("SELECT outcome, exit_code FROM runs WHERE id = ?1", [run.0], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        let (outcome, code): (String, i32) = s
+            .conn
+            .query_row("SELECT outcome, exit_code FROM runs WHERE id = ?1", [run.0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
         assert_eq!((outcome.as_str(), code), ("failures", 1));
     }
 
@@ -859,7 +920,10 @@ mod tests {
         s.record_delivery_at(run, &err_rec("crab", "schedd1", "boom", true), t(2)).unwrap();
         s.record_delivery_at(run, &ok_rec("crab", "schedd1", 999, true), t(3)).unwrap();
         assert_eq!(s.statuses().unwrap(), before);
-        let audited: i64 = s.conn.query_row("SELECT count(*) FROM deliveries WHERE dry_run = 1", [], |r| r.get(0)).unwrap();
+        let audited: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM deliveries WHERE dry_run = 1", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(audited, 3);
     }
 
@@ -872,7 +936,8 @@ mod tests {
         assert!(s.forget_destination("crab", "schedd1").unwrap());
         assert!(!s.forget_destination("crab", "schedd1").unwrap());
         assert!(s.statuses().unwrap().is_empty());
-        let audited: i64 = s.conn.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0)).unwrap();
+        let audited: i64 =
+            s.conn.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0)).unwrap();
         assert_eq!(audited, 1);
     }
 
@@ -893,18 +958,32 @@ mod tests {
     fn outbox_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
         let s = StateStore::open(tmp.path()).unwrap();
-        let a = OutgoingMail { to: vec!["a@example.org".into(), "b@example.org".into()], subject: "s1".into(), body: "b1\n".into() };
-        let b = OutgoingMail { to: vec!["c@example.org".into()], subject: "s2".into(), body: "b2\n".into() };
+        let a = OutgoingMail {
+            to: vec!["a@example.org".into(), "b@example.org".into()],
+            subject: "s1".into(),
+            body: "b1\n".into(),
+        };
+        let b = OutgoingMail {
+            to: vec!["c@example.org".into()],
+            subject: "s2".into(),
+            body: "b2\n".into(),
+        };
         let ia = s.enqueue_mail(&a).unwrap();
         let ib = s.enqueue_mail(&b).unwrap();
         let pending = s.pending_mail().unwrap();
-        assert_eq!(pending.iter().map(|q| (q.id, q.mail.clone())).collect::<Vec<_>>(), vec![(ia, a), (ib, b.clone())]);
+        assert_eq!(
+            pending.iter().map(|q| (q.id, q.mail.clone())).collect::<Vec<_>>(),
+            vec![(ia, a), (ib, b.clone())]
+        );
         s.mark_sent(ia).unwrap();
         s.mark_failed(ib, "connection refused").unwrap();
         s.mark_failed(ib, "timed out").unwrap();
         let pending = s.pending_mail().unwrap();
         assert_eq!(pending.len(), 1);
-        assert_eq!((pending[0].id, pending[0].attempts, pending[0].last_error.as_deref()), (ib, 2, Some("timed out")));
+        assert_eq!(
+            (pending[0].id, pending[0].attempts, pending[0].last_error.as_deref()),
+            (ib, 2, Some("timed out"))
+        );
         assert_eq!(pending[0].mail, b);
     }
 
@@ -920,7 +999,10 @@ mod tests {
         let LockError::Busy { pid, since, .. } = &err else { panic!("{err:?}") };
         assert_eq!(*pid, Some(std::process::id()));
         assert!(since.is_some());
-        assert!(msg.starts_with(&format!("another cycle (pid {}, since 20", std::process::id())), "{msg}");
+        assert!(
+            msg.starts_with(&format!("another cycle (pid {}, since 20", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.ends_with("cycle.lock"), "{msg}");
 
         let started = Instant::now();
@@ -940,7 +1022,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let held = CycleLock::acquire(tmp.path(), None).unwrap();
         let dir = tmp.path().to_path_buf();
-        let waiter = std::thread::spawn(move || CycleLock::acquire(&dir, Some(Duration::from_secs(10))).map(|_| ()));
+        let waiter = std::thread::spawn(move || {
+            CycleLock::acquire(&dir, Some(Duration::from_secs(10))).map(|_| ())
+        });
         std::thread::sleep(Duration::from_millis(200));
         drop(held);
         waiter.join().unwrap().unwrap();
