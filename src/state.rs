@@ -790,6 +790,11 @@ mod tests {
         let ver: i64 = store.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         let jm: String = store.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!((app, ver, jm.as_str()), (APPLICATION_ID, SCHEMA_VERSION, "wal"));
+        // SQLite gives the WAL and shared-memory files the database file's mode.
+        store.begin_run(RunKind::Run, &[]).unwrap();
+        for side in ["state.db-wal", "state.db-shm"] {
+            assert_eq!(mode(&dir.join(side)), 0o600, "{side}");
+        }
         for table in ["runs", "deliveries", "status", "outbox"] {
             let n: i64 = store
                 .conn
