@@ -1,1 +1,1037 @@
-//! (to be written)
+//! Local state: the SQLite database and the cycle lock of one state directory.
+//!
+//! Owns `<state_dir>/state.db` — the record of runs, the audit trail of every delivery attempt,
+//! the per service × destination status that `status` prints and alerting reads, and the outbox
+//! of mail queued by a cycle — and `<state_dir>/cycle.lock`, which keeps two cycles from ever
+//! interleaving on one state directory.
+//!
+//! The API is blocking; async callers run it on `spawn_blocking`.
+//!
+//! Invariants:
+//! - **No token bytes, ever.** Tokens are stored only as [`Fingerprint`]s (jti, exp, short hash).
+//!   Error strings handed to [`StateStore::record_delivery`] and [`StateStore::mark_failed`] must
+//!   come from product errors, which are secret-free by construction; this module cannot check
+//!   that, so callers must never format a [`crate::secret::Secret`] with `expose()` into one.
+//! - The database belongs to this product: a file with another SQLite `application_id`, or with
+//!   a schema newer than this binary knows, is refused rather than modified.
+//! - The directory is created 0700 and the database file is kept 0600: the audit trail names
+//!   services, hosts and token fingerprints, which are nobody else's business.
+//! - Times are stored as integer seconds since the Unix epoch (UTC).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use crate::notify::OutgoingMail;
+use crate::secret::Fingerprint;
+
+/// SQLite `application_id` of a token-bastion state database: ASCII "TkBs".
+pub const APPLICATION_ID: i32 = 0x546B_4273;
+
+/// Name of the database file inside the state directory.
+pub const DB_FILE: &str = "state.db";
+
+/// Name of the lock file inside the state directory.
+pub const LOCK_FILE: &str = "cycle.lock";
+
+/// How long a statement waits for another connection (a `status` beside a running daemon)
+/// before giving up with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations in order; migration `i` takes the schema from version `i` to `i + 1`, and
+/// `PRAGMA user_version` holds the number applied. Append only: a released migration is never
+/// edited, because databases in the field have already run it.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        started     INTEGER NOT NULL,
+        finished    INTEGER,
+        kind        TEXT NOT NULL CHECK (kind IN ('run', 'dry-run', 'daemon')),
+        services    TEXT NOT NULL,          -- JSON array of service names; [] = all
+        outcome     TEXT,
+        exit_code   INTEGER
+    );
+    CREATE TABLE deliveries (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id        INTEGER NOT NULL REFERENCES runs(id),
+        service       TEXT NOT NULL,
+        destination   TEXT NOT NULL,
+        host          TEXT NOT NULL,
+        ok            INTEGER NOT NULL,
+        error         TEXT,
+        dry_run       INTEGER NOT NULL,
+        vault_expiry  INTEGER,
+        access_jti    TEXT,
+        access_exp    INTEGER,
+        access_hash   TEXT,
+        at            INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_by_destination ON deliveries (service, destination, at);
+    CREATE INDEX deliveries_by_run ON deliveries (run_id);
+    CREATE TABLE status (
+        service               TEXT NOT NULL,
+        destination           TEXT NOT NULL,
+        host                  TEXT NOT NULL,
+        last_attempt          INTEGER,
+        last_success          INTEGER,
+        vault_expiry          INTEGER,
+        access_jti            TEXT,
+        access_exp            INTEGER,
+        access_hash           TEXT,
+        consecutive_failures  INTEGER NOT NULL DEFAULT 0,
+        failing_since         INTEGER,
+        last_error            TEXT,
+        PRIMARY KEY (service, destination)
+    );
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        created     INTEGER NOT NULL,
+        recipients  TEXT NOT NULL,          -- JSON array of addresses
+        subject     TEXT NOT NULL,
+        body        TEXT NOT NULL,
+        sent_at     INTEGER,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (sent_at, id);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create or protect state database {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open state database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{path} is not a token-bastion state database (SQLite application_id {found:#010x}, \
+         expected {APPLICATION_ID:#010x}); refusing to touch it"
+    )]
+    ForeignDatabase { path: PathBuf, found: i32 },
+    #[error(
+        "{path} has schema version {found}, newer than this binary's {SCHEMA_VERSION}; \
+         run a token-bastion at least as new as the one that wrote it"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("migrating {path} to schema version {version} failed: {source}")]
+    Migrate {
+        path: PathBuf,
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: {what}: {source}")]
+    Query {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: {what}: unreadable stored value: {detail}")]
+    Corrupt { path: PathBuf, what: &'static str, detail: String },
+}
+
+/// What started a run; stored as `run`, `dry-run` or `daemon`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunKind {
+    /// `token-bastion run`.
+    Run,
+    /// `token-bastion run --dry-run`.
+    DryRun,
+    /// A cycle fired by the daemon's scheduler.
+    Daemon,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Run => "run",
+            RunKind::DryRun => "dry-run",
+            RunKind::Daemon => "daemon",
+        }
+    }
+}
+
+/// How a run ended; stored as its `as_str` form beside the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunOutcome {
+    /// Every service × destination delivered (or, for a dry run, verified).
+    Success,
+    /// At least one service × destination not delivered.
+    Failures,
+    /// Configuration or local setup error: nothing was attempted.
+    Error,
+    /// Shutdown's grace period ended with writes still in flight.
+    Interrupted,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Success => "success",
+            RunOutcome::Failures => "failures",
+            RunOutcome::Error => "error",
+            RunOutcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Row id of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct RunId(pub i64);
+
+/// Row id of an outbox mail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct MailId(pub i64);
+
+/// What a successful delivery left at the destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// Expiry of the delivered Vault token (seconds since the epoch): the "time left" of a
+    /// credd destination. `None` for destinations that receive no Vault token.
+    pub vault_expiry: Option<i64>,
+    /// Fingerprint of the delivered access token, if one was delivered.
+    pub access: Option<Fingerprint>,
+}
+
+/// One attempt to deliver one service to one destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub service: String,
+    pub destination: String,
+    pub host: String,
+    /// `Err` carries the product error's message, which must already be secret-free.
+    pub result: Result<Delivered, String>,
+    /// A dry run goes into the audit trail but leaves the status row alone: nothing was written
+    /// at the destination, so nothing about it changed.
+    pub dry_run: bool,
+}
+
+/// Where one service × destination stands; what `status` prints (`--json` serializes this).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DestinationStatus {
+    pub service: String,
+    pub destination: String,
+    pub host: String,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    /// Expiry of the Vault token last delivered there.
+    pub vault_expiry: Option<DateTime<Utc>>,
+    /// Fingerprint of the access token last delivered there.
+    pub access: Option<Fingerprint>,
+    pub consecutive_failures: u32,
+    /// Time of the first failure of the current streak; `None` while healthy.
+    pub failing_since: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+impl DestinationStatus {
+    /// Seconds until the delivered Vault token expires (negative once it has), if known.
+    pub fn vault_time_left_secs(&self, now: DateTime<Utc>) -> Option<i64> {
+        self.vault_expiry.map(|e| (e - now).num_seconds())
+    }
+}
+
+/// A mail waiting in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMail {
+    pub id: MailId,
+    pub created: DateTime<Utc>,
+    pub mail: OutgoingMail,
+    /// Send attempts so far (all failed, or it would not be pending).
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// The state database of one state directory.
+pub struct StateStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// Creates the state directory (and missing parents) with mode 0700. An existing directory is
+/// left as the operator made it.
+fn ensure_state_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StateError::CreateDir { path: dir.to_path_buf(), source })
+}
+
+fn ts(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+fn from_ts(secs: Option<i64>) -> Option<DateTime<Utc>> {
+    secs.and_then(|s| DateTime::from_timestamp(s, 0))
+}
+
+impl StateStore {
+    /// Opens (creating and migrating as needed) `<state_dir>/state.db`.
+    pub fn open(state_dir: &Path) -> Result<StateStore, StateError> {
+        ensure_state_dir(state_dir)?;
+        let path = state_dir.join(DB_FILE);
+        let file_err = |source| StateError::File { path: path.clone(), source };
+        // Create the file ourselves so that it never exists with a wider mode than 0600, then
+        // tighten one that an older tool or a restore left wider.
+        OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(file_err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(file_err)?;
+
+        let open_err = |source| StateError::Open { path: path.clone(), source };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+
+        // The first read of the header is where a file that is not SQLite at all fails.
+        let app_id: i32 =
+            conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(open_err)?;
+        if app_id != APPLICATION_ID {
+            let objects: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(open_err)?;
+            // A zero id on an empty file is a database we are about to create; a zero id on a
+            // file with tables is someone else's SQLite that happens to sit at our path.
+            if app_id != 0 || objects > 0 {
+                return Err(StateError::ForeignDatabase { path, found: app_id });
+            }
+        }
+        let version: i64 =
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::TooNew { path, found: version });
+        }
+
+        // WAL lets `status` read while a cycle writes; NORMAL is durable enough under WAL (a
+        // power cut may lose the last commit, never corrupt the file).
+        let mode: String =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), journal_mode = %mode, "state database is not in WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(open_err)?;
+
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let target = i as i64 + 1;
+            let migrate_err =
+                |source| StateError::Migrate { path: path.clone(), version: target, source };
+            let tx = conn.transaction().map_err(migrate_err)?;
+            tx.execute_batch(sql).map_err(migrate_err)?;
+            // Both header fields are written inside the transaction, so a crash leaves either
+            // the old version or the new one, never a half-migrated schema with a new number.
+            tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(migrate_err)?;
+            tx.pragma_update(None, "user_version", target).map_err(migrate_err)?;
+            tx.commit().map_err(migrate_err)?;
+            tracing::info!(path = %path.display(), version = target, "state database migrated");
+        }
+        Ok(StateStore { conn, path })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn q(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        move |source| StateError::Query { path: self.path.clone(), what, source }
+    }
+
+    /// Records the start of a run; `services` is what was asked for (empty = all).
+    pub fn begin_run(&self, kind: RunKind, services: &[String]) -> Result<RunId, StateError> {
+        self.begin_run_at(kind, services, Utc::now())
+    }
+
+    pub fn begin_run_at(
+        &self,
+        kind: RunKind,
+        services: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<RunId, StateError> {
+        let services = serde_json::to_string(services).expect("a list of strings serializes");
+        self.conn
+            .execute(
+                "INSERT INTO runs (started, kind, services) VALUES (?1, ?2, ?3)",
+                params![ts(at), kind.as_str(), services],
+            )
+            .map_err(self.q("begin run"))?;
+        Ok(RunId(self.conn.last_insert_rowid()))
+    }
+
+    pub fn finish_run(
+        &self,
+        run: RunId,
+        outcome: RunOutcome,
+        exit_code: i32,
+    ) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished = ?1, outcome = ?2, exit_code = ?3 WHERE id = ?4",
+                params![ts(Utc::now()), outcome.as_str(), exit_code, run.0],
+            )
+            .map_err(self.q("finish run"))?;
+        Ok(())
+    }
+
+    /// Appends one attempt to the audit trail and, unless it was a dry run, folds it into the
+    /// destination's status.
+    pub fn record_delivery(&self, run: RunId, rec: &DeliveryRecord) -> Result<(), StateError> {
+        self.record_delivery_at(run, rec, Utc::now())
+    }
+
+    /// [`Self::record_delivery`] with the attempt's time given.
+    pub fn record_delivery_at(
+        &self,
+        run: RunId,
+        rec: &DeliveryRecord,
+        at: DateTime<Utc>,
+    ) -> Result<(), StateError> {
+        let (ok, error, vault_expiry, access) = match &rec.result {
+            Ok(d) => (true, None, d.vault_expiry, d.access.as_ref()),
+            Err(e) => (false, Some(e.as_str()), None, None),
+        };
+        let at = ts(at);
+        // Audit row and status change commit together or not at all.
+        let tx = self.conn.unchecked_transaction().map_err(self.q("record delivery"))?;
+        tx.execute(
+            "INSERT INTO deliveries (run_id, service, destination, host, ok, error, dry_run,
+                                     vault_expiry, access_jti, access_exp, access_hash, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                run.0,
+                rec.service,
+                rec.destination,
+                rec.host,
+                ok,
+                error,
+                rec.dry_run,
+                vault_expiry,
+                access.and_then(|f| f.jti.as_deref()),
+                access.and_then(|f| f.exp),
+                access.map(|f| f.hash.as_str()),
+                at
+            ],
+        )
+        .map_err(self.q("record delivery"))?;
+        if !rec.dry_run {
+            if ok {
+                tx.execute(
+                    "INSERT INTO status (service, destination, host, last_attempt, last_success,
+                                         vault_expiry, access_jti, access_exp, access_hash,
+                                         consecutive_failures, failing_since, last_error)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, 0, NULL, NULL)
+                     ON CONFLICT (service, destination) DO UPDATE SET
+                         host = excluded.host, last_attempt = excluded.last_attempt,
+                         last_success = excluded.last_success, vault_expiry = excluded.vault_expiry,
+                         access_jti = excluded.access_jti, access_exp = excluded.access_exp,
+                         access_hash = excluded.access_hash, consecutive_failures = 0,
+                         failing_since = NULL, last_error = NULL",
+                    params![
+                        rec.service,
+                        rec.destination,
+                        rec.host,
+                        at,
+                        vault_expiry,
+                        access.and_then(|f| f.jti.as_deref()),
+                        access.and_then(|f| f.exp),
+                        access.map(|f| f.hash.as_str()),
+                    ],
+                )
+                .map_err(self.q("update status"))?;
+            } else {
+                // A failure keeps last_success and the fingerprints: they describe what is still
+                // sitting at the destination, which is what on-call needs to judge urgency.
+                tx.execute(
+                    "INSERT INTO status (service, destination, host, last_attempt,
+                                         consecutive_failures, failing_since, last_error)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?4, ?5)
+                     ON CONFLICT (service, destination) DO UPDATE SET
+                         host = excluded.host, last_attempt = excluded.last_attempt,
+                         consecutive_failures = status.consecutive_failures + 1,
+                         failing_since = COALESCE(status.failing_since, excluded.failing_since),
+                         last_error = excluded.last_error",
+                    params![rec.service, rec.destination, rec.host, at, error],
+                )
+                .map_err(self.q("update status"))?;
+            }
+        }
+        tx.commit().map_err(self.q("record delivery"))?;
+        Ok(())
+    }
+
+    /// Every service × destination ever delivered to (and not forgotten), ordered by service
+    /// then destination.
+    pub fn statuses(&self) -> Result<Vec<DestinationStatus>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT service, destination, host, last_attempt, last_success, vault_expiry,
+                        access_jti, access_exp, access_hash, consecutive_failures,
+                        failing_since, last_error
+                 FROM status ORDER BY service, destination",
+            )
+            .map_err(self.q("read status"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let hash: Option<String> = r.get(8)?;
+                let consecutive: i64 = r.get(9)?;
+                Ok(DestinationStatus {
+                    service: r.get(0)?,
+                    destination: r.get(1)?,
+                    host: r.get(2)?,
+                    last_attempt: from_ts(r.get(3)?),
+                    last_success: from_ts(r.get(4)?),
+                    vault_expiry: from_ts(r.get(5)?),
+                    access: hash
+                        .map(|hash| -> rusqlite::Result<Fingerprint> {
+                            Ok(Fingerprint { jti: r.get(6)?, exp: r.get(7)?, hash })
+                        })
+                        .transpose()?,
+                    consecutive_failures: u32::try_from(consecutive).unwrap_or(u32::MAX),
+                    failing_since: from_ts(r.get(10)?),
+                    last_error: r.get(11)?,
+                })
+            })
+            .map_err(self.q("read status"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.q("read status"))
+    }
+
+    /// Drops the status row of a destination removed from the inventory, so that it no longer
+    /// shows in `status` or alerts. The audit trail keeps its history. Returns whether a row
+    /// existed.
+    pub fn forget_destination(&self, service: &str, destination: &str) -> Result<bool, StateError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM status WHERE service = ?1 AND destination = ?2",
+                params![service, destination],
+            )
+            .map_err(self.q("forget destination"))?;
+        Ok(n > 0)
+    }
+
+    /// Queues a mail for [`crate::notify::deliver_outbox`].
+    pub fn enqueue_mail(&self, mail: &OutgoingMail) -> Result<MailId, StateError> {
+        let recipients = serde_json::to_string(&mail.to).expect("a list of strings serializes");
+        self.conn
+            .execute(
+                "INSERT INTO outbox (created, recipients, subject, body) VALUES (?1, ?2, ?3, ?4)",
+                params![ts(Utc::now()), recipients, mail.subject, mail.body],
+            )
+            .map_err(self.q("enqueue mail"))?;
+        Ok(MailId(self.conn.last_insert_rowid()))
+    }
+
+    /// Mail not yet sent, oldest first.
+    pub fn pending_mail(&self) -> Result<Vec<QueuedMail>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, created, recipients, subject, body, attempts, last_error
+                 FROM outbox WHERE sent_at IS NULL ORDER BY id",
+            )
+            .map_err(self.q("read outbox"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ))
+            })
+            .map_err(self.q("read outbox"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, created, recipients, subject, body, attempts, last_error) =
+                row.map_err(self.q("read outbox"))?;
+            let to: Vec<String> =
+                serde_json::from_str(&recipients).map_err(|e| StateError::Corrupt {
+                    path: self.path.clone(),
+                    what: "outbox recipients",
+                    detail: format!("mail {id}: {e}"),
+                })?;
+            out.push(QueuedMail {
+                id: MailId(id),
+                created: from_ts(Some(created)).unwrap_or_default(),
+                mail: OutgoingMail { to, subject, body },
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                last_error,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn mark_sent(&self, id: MailId) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET sent_at = ?1, attempts = attempts + 1 WHERE id = ?2",
+                params![ts(Utc::now()), id.0],
+            )
+            .map_err(self.q("mark mail sent"))?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt; the mail stays pending. `error` must be secret-free.
+    pub fn mark_failed(&self, id: MailId, error: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?1 WHERE id = ?2",
+                params![error, id.0],
+            )
+            .map_err(self.q("mark mail failed"))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another cycle (pid {}, since {}) holds {path}", show_or_unknown(.pid), show_or_unknown(.since))]
+    Busy { path: PathBuf, pid: Option<u32>, since: Option<String> },
+    #[error("cannot create state directory for {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn show_or_unknown<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "unknown".to_string(), |v| v.to_string())
+}
+
+/// Exclusive right to run a cycle on one state directory, held until dropped.
+///
+/// An advisory `flock` on `<state_dir>/cycle.lock`: the kernel releases it when the holder's
+/// file is closed, so a crashed cycle never leaves a stale lock behind. The file's content (the
+/// holder's pid and start time) only serves the message a waiting cycle prints.
+#[derive(Debug)]
+pub struct CycleLock {
+    file: File,
+    path: PathBuf,
+}
+
+/// How often a waiting `acquire` retries.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
+impl CycleLock {
+    /// Takes the lock. With `wait: None` a held lock is refused at once; with `Some(d)` it is
+    /// retried until `d` has passed.
+    pub fn acquire(state_dir: &Path, wait: Option<Duration>) -> Result<CycleLock, LockError> {
+        let path = state_dir.join(LOCK_FILE);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| LockError::Dir { path: path.clone(), source })?;
+        let io_err = |source| LockError::Io { path: path.clone(), source };
+        // Not truncated on open: the current holder's details must survive until we own it.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err)?;
+        let deadline = wait.map(|w| Instant::now() + w);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let now = Instant::now();
+                    match deadline {
+                        Some(d) if now < d => std::thread::sleep(LOCK_POLL.min(d - now)),
+                        _ => {
+                            let (pid, since) = read_holder(&mut file);
+                            return Err(LockError::Busy { path, pid, since });
+                        }
+                    }
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+            }
+        }
+        let holder = format!(
+            "pid={}\nsince={}\n",
+            std::process::id(),
+            Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        (|| {
+            file.set_len(0)?;
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(holder.as_bytes())?;
+            file.flush()
+        })()
+        .map_err(io_err)?;
+        Ok(CycleLock { file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for CycleLock {
+    fn drop(&mut self) {
+        // Clear the holder line before unlocking so that nobody later reads a stale pid.
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+fn read_holder(file: &mut File) -> (Option<u32>, Option<String>) {
+    let mut text = String::new();
+    if file.seek(SeekFrom::Start(0)).is_err() || file.take(4096).read_to_string(&mut text).is_err()
+    {
+        return (None, None);
+    }
+    let mut pid = None;
+    let mut since = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("pid=") {
+            pid = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("since=") {
+            since = Some(v.trim().to_string()).filter(|s| !s.is_empty());
+        }
+    }
+    (pid, since)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn ok_rec(service: &str, dest: &str, vault_expiry: i64, dry_run: bool) -> DeliveryRecord {
+        DeliveryRecord {
+            service: service.into(),
+            destination: dest.into(),
+            host: format!("{dest}.example.org"),
+            result: Ok(Delivered {
+                vault_expiry: Some(vault_expiry),
+                access: Some(Fingerprint {
+                    jti: Some("jti-1".into()),
+                    exp: Some(99),
+                    hash: "0123456789ab".into(),
+                }),
+            }),
+            dry_run,
+        }
+    }
+
+    fn err_rec(service: &str, dest: &str, err: &str, dry_run: bool) -> DeliveryRecord {
+        DeliveryRecord {
+            service: service.into(),
+            destination: dest.into(),
+            host: format!("{dest}.example.org"),
+            result: Err(err.into()),
+            dry_run,
+        }
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn open_creates_migrates_and_protects() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        let app: i32 = store.conn.pragma_query_value(None, "application_id", |r| r.get(0)).unwrap();
+        let ver: i64 = store.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let jm: String = store.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!((app, ver, jm.as_str()), (APPLICATION_ID, SCHEMA_VERSION, "wal"));
+        // SQLite gives the WAL and shared-memory files the database file's mode.
+        store.begin_run(RunKind::Run, &[]).unwrap();
+        for side in ["state.db-wal", "state.db-shm"] {
+            assert_eq!(mode(&dir.join(side)), 0o600, "{side}");
+        }
+        for table in ["runs", "deliveries", "status", "outbox"] {
+            let n: i64 = store
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "table {table}");
+        }
+    }
+
+    #[test]
+    fn reopen_is_idempotent_and_keeps_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::open(tmp.path()).unwrap();
+        let run = store.begin_run(RunKind::Run, &["crab".into()]).unwrap();
+        store.record_delivery(run, &ok_rec("crab", "schedd1", 1000, false)).unwrap();
+        drop(store);
+        // A wider mode left by a restore is tightened again.
+        std::fs::set_permissions(tmp.path().join(DB_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let store = StateStore::open(tmp.path()).unwrap();
+        assert_eq!(mode(&tmp.path().join(DB_FILE)), 0o600);
+        assert_eq!(store.statuses().unwrap().len(), 1);
+        let store2 = StateStore::open(tmp.path()).unwrap();
+        assert_eq!(store2.statuses().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn foreign_application_id_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = Connection::open(tmp.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("PRAGMA application_id = 42; CREATE TABLE t (x);").unwrap();
+        drop(conn);
+        let err = StateStore::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, StateError::ForeignDatabase { found: 42, .. }), "{err:?}");
+        assert!(err.to_string().contains("not a token-bastion state database"), "{err}");
+
+        // Someone else's SQLite without any application id is not ours either.
+        let tmp = tempfile::tempdir().unwrap();
+        let conn = Connection::open(tmp.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("CREATE TABLE t (x);").unwrap();
+        drop(conn);
+        assert!(matches!(
+            StateStore::open(tmp.path()),
+            Err(StateError::ForeignDatabase { found: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(StateStore::open(tmp.path()).unwrap());
+        let conn = Connection::open(tmp.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        drop(conn);
+        let err = StateStore::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, StateError::TooNew { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn non_sqlite_file_is_an_open_error_naming_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(DB_FILE), vec![b'x'; 4096]).unwrap();
+        let err = StateStore::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, StateError::Open { .. }), "{err:?}");
+        assert!(err.to_string().contains("state.db"), "{err}");
+    }
+
+    #[test]
+    fn failure_counters_streak_and_reset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let run = s.begin_run(RunKind::Daemon, &[]).unwrap();
+        s.record_delivery_at(run, &ok_rec("crab", "schedd1", 5000, false), t(0)).unwrap();
+        s.record_delivery_at(run, &err_rec("crab", "schedd1", "connection refused", false), t(10))
+            .unwrap();
+        s.record_delivery_at(run, &err_rec("crab", "schedd1", "host key mismatch", false), t(20))
+            .unwrap();
+        let st = &s.statuses().unwrap()[0];
+        assert_eq!(st.consecutive_failures, 2);
+        assert_eq!(st.failing_since, Some(t(10)), "streak starts at the first failure");
+        assert_eq!(st.last_attempt, Some(t(20)));
+        assert_eq!(st.last_success, Some(t(0)), "a failure keeps the last success");
+        assert_eq!(st.last_error.as_deref(), Some("host key mismatch"));
+        assert_eq!(st.vault_expiry.map(|e| e.timestamp()), Some(5000), "what is still there");
+        assert_eq!(st.vault_time_left_secs(DateTime::from_timestamp(4000, 0).unwrap()), Some(1000));
+
+        s.record_delivery_at(run, &ok_rec("crab", "schedd1", 9000, false), t(30)).unwrap();
+        let st = &s.statuses().unwrap()[0];
+        assert_eq!(
+            (st.consecutive_failures, st.failing_since, st.last_error.as_deref()),
+            (0, None, None)
+        );
+        assert_eq!(st.last_success, Some(t(30)));
+        assert_eq!(st.access.as_ref().unwrap().hash, "0123456789ab");
+
+        // A destination whose very first attempt fails gets a row too.
+        s.record_delivery_at(run, &err_rec("wma", "schedd2", "refused token", false), t(40))
+            .unwrap();
+        let all = s.statuses().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[1].consecutive_failures, all[1].failing_since, all[1].last_success),
+            (1, Some(t(40)), None)
+        );
+        s.finish_run(run, RunOutcome::Failures, 1).unwrap();
+        let (outcome, code): (String, i32) = s
+            .conn
+            .query_row("SELECT outcome, exit_code FROM runs WHERE id = ?1", [run.0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((outcome.as_str(), code), ("failures", 1));
+    }
+
+    #[test]
+    fn dry_runs_are_audited_but_leave_status_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let run = s.begin_run(RunKind::DryRun, &[]).unwrap();
+        s.record_delivery_at(run, &err_rec("crab", "schedd1", "boom", true), t(0)).unwrap();
+        assert!(s.statuses().unwrap().is_empty());
+        s.record_delivery_at(run, &ok_rec("crab", "schedd1", 100, false), t(1)).unwrap();
+        let before = s.statuses().unwrap();
+        s.record_delivery_at(run, &err_rec("crab", "schedd1", "boom", true), t(2)).unwrap();
+        s.record_delivery_at(run, &ok_rec("crab", "schedd1", 999, true), t(3)).unwrap();
+        assert_eq!(s.statuses().unwrap(), before);
+        let audited: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM deliveries WHERE dry_run = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(audited, 3);
+    }
+
+    #[test]
+    fn forget_destination_drops_status_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let run = s.begin_run(RunKind::Run, &[]).unwrap();
+        s.record_delivery(run, &ok_rec("crab", "schedd1", 100, false)).unwrap();
+        assert!(s.forget_destination("crab", "schedd1").unwrap());
+        assert!(!s.forget_destination("crab", "schedd1").unwrap());
+        assert!(s.statuses().unwrap().is_empty());
+        let audited: i64 =
+            s.conn.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0)).unwrap();
+        assert_eq!(audited, 1);
+    }
+
+    #[test]
+    fn status_serializes_for_json_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let run = s.begin_run(RunKind::Run, &[]).unwrap();
+        s.record_delivery_at(run, &ok_rec("crab", "schedd1", 1_800_000_100, false), t(0)).unwrap();
+        let json = serde_json::to_value(s.statuses().unwrap()).unwrap();
+        assert_eq!(json[0]["service"], "crab");
+        assert_eq!(json[0]["consecutive_failures"], 0);
+        assert_eq!(json[0]["access"]["jti"], "jti-1");
+        assert!(json[0]["vault_expiry"].as_str().unwrap().starts_with("2027-01-15T08:"));
+    }
+
+    #[test]
+    fn outbox_round_trip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let a = OutgoingMail {
+            to: vec!["a@example.org".into(), "b@example.org".into()],
+            subject: "s1".into(),
+            body: "b1\n".into(),
+        };
+        let b = OutgoingMail {
+            to: vec!["c@example.org".into()],
+            subject: "s2".into(),
+            body: "b2\n".into(),
+        };
+        let ia = s.enqueue_mail(&a).unwrap();
+        let ib = s.enqueue_mail(&b).unwrap();
+        let pending = s.pending_mail().unwrap();
+        assert_eq!(
+            pending.iter().map(|q| (q.id, q.mail.clone())).collect::<Vec<_>>(),
+            vec![(ia, a), (ib, b.clone())]
+        );
+        s.mark_sent(ia).unwrap();
+        s.mark_failed(ib, "connection refused").unwrap();
+        s.mark_failed(ib, "timed out").unwrap();
+        let pending = s.pending_mail().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (pending[0].id, pending[0].attempts, pending[0].last_error.as_deref()),
+            (ib, 2, Some("timed out"))
+        );
+        assert_eq!(pending[0].mail, b);
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = CycleLock::acquire(tmp.path(), None).unwrap();
+        assert_eq!(mode(held.path()), 0o600);
+        // A second open of the file is a second open file description: flock conflicts even
+        // inside one process, exactly as between a daemon and a `run`.
+        let err = CycleLock::acquire(tmp.path(), None).unwrap_err();
+        let msg = err.to_string();
+        let LockError::Busy { pid, since, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(*pid, Some(std::process::id()));
+        assert!(since.is_some());
+        assert!(
+            msg.starts_with(&format!("another cycle (pid {}, since 20", std::process::id())),
+            "{msg}"
+        );
+        assert!(msg.ends_with("cycle.lock"), "{msg}");
+
+        let started = Instant::now();
+        assert!(matches!(
+            CycleLock::acquire(tmp.path(), Some(Duration::from_millis(300))),
+            Err(LockError::Busy { .. })
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        drop(held);
+        let again = CycleLock::acquire(tmp.path(), None).unwrap();
+        drop(again);
+    }
+
+    #[test]
+    fn waiting_acquire_gets_the_lock_when_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = CycleLock::acquire(tmp.path(), None).unwrap();
+        let dir = tmp.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            CycleLock::acquire(&dir, Some(Duration::from_secs(10))).map(|_| ())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        drop(held);
+        waiter.join().unwrap().unwrap();
+    }
+}

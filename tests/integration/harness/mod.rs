@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::collections::HashSet;
 use std::io::Read;
 use std::net::TcpListener;
