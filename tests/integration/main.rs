@@ -5,4 +5,6 @@
 mod harness;
 
 mod broker;
+mod check;
+mod run;
 mod notify;

@@ -1,0 +1,179 @@
+//! A whole local stack for end-to-end tests of the `token-bastion` binary: OpenBao laid out like
+//! HTVault with its stand-in JWT issuer, the product's state directory, and an inventory written
+//! from the stack's real addresses. Tests add services, put access tokens where the broker hands
+//! them out, and run the binary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use super::openbao::{JwtSpec, OpenBao, ServiceCreds};
+use super::{run_product, Leaks};
+
+/// The Vault issuer name (path segment) every stack uses.
+pub const VAULT_ISSUER: &str = "cms";
+
+/// One service as the test wants it in `services.yaml`.
+#[derive(Clone, Debug)]
+pub struct ServiceDef {
+    pub name: String,
+    pub account: String,
+    pub role: String,
+    pub required: Vec<String>,
+    pub allowed: Option<Vec<String>>,
+    pub audience: Option<String>,
+    pub request_scopes: bool,
+    pub min_access_lifetime: String,
+    /// Raw YAML lines added to the service block (indented by the caller's intent: 4 spaces).
+    pub extra: String,
+}
+
+impl ServiceDef {
+    pub fn new(name: &str, required: &[&str]) -> ServiceDef {
+        ServiceDef {
+            name: name.into(),
+            account: format!("acct{name}"),
+            role: name.into(),
+            required: required.iter().map(|s| s.to_string()).collect(),
+            allowed: None,
+            audience: None,
+            request_scopes: true,
+            min_access_lifetime: "15m".into(),
+            extra: String::new(),
+        }
+    }
+}
+
+pub struct Stack<'l> {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub leaks: &'l Leaks,
+    pub bao: OpenBao<'l>,
+    pub creds: BTreeMap<String, ServiceCreds>,
+    pub defs: BTreeMap<String, ServiceDef>,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    /// Raw YAML for the `hosts:` section (empty: a placeholder host no service uses).
+    pub hosts_yaml: String,
+    /// Raw YAML for each service's `destinations:` list, by service name.
+    pub destinations: BTreeMap<String, String>,
+}
+
+impl<'l> Stack<'l> {
+    pub fn new(leaks: &'l Leaks) -> Stack<'l> {
+        let dir = tempfile::Builder::new().prefix("tb-stack-").tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let bao = OpenBao::start(&root.join("bao"), leaks);
+        let state_dir = root.join("state");
+        leaks.path(&state_dir);
+        Stack {
+            _dir: dir,
+            config: root.join("services.yaml"),
+            root,
+            leaks,
+            bao,
+            creds: BTreeMap::new(),
+            defs: BTreeMap::new(),
+            state_dir,
+            hosts_yaml: String::new(),
+            destinations: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a service: an AppRole in OpenBao and an entry in the inventory.
+    pub fn add_service(&mut self, def: ServiceDef) -> &ServiceCreds {
+        let creds = self.bao.add_service(&def.name, VAULT_ISSUER, &def.account, &def.role);
+        let name = def.name.clone();
+        self.defs.insert(name.clone(), def);
+        self.creds.insert(name.clone(), creds);
+        &self.creds[&name]
+    }
+
+    /// Mints a JWT with the stand-in issuer and stores it where the broker hands out the
+    /// service's access token (the sts path when the service requests scopes or an audience).
+    pub fn put_token(&self, service: &str, spec: &JwtSpec) -> String {
+        let def = &self.defs[service];
+        let jwt = self.bao.mint_jwt(spec);
+        let sts = def.request_scopes && !def.required.is_empty() || def.audience.is_some();
+        let exp = chrono::Utc::now() + chrono::Duration::from_std(spec.ttl).unwrap();
+        self.bao.put_access_token(VAULT_ISSUER, &def.account, &def.role, sts, &jwt, Some(exp));
+        jwt
+    }
+
+    /// Writes `services.yaml` from the stack's state.
+    pub fn write_inventory(&self) {
+        let mut y = String::new();
+        let ca = self.bao.ca_path();
+        writeln!(y, "broker:").unwrap();
+        writeln!(y, "  url: {}", self.bao.addr()).unwrap();
+        writeln!(y, "  ca_file: {}", ca.display()).unwrap();
+        writeln!(y, "  issuer: {VAULT_ISSUER}").unwrap();
+        writeln!(y, "  vault_url: https://htvault.example:8200").unwrap();
+        writeln!(y, "  timeout: 20s").unwrap();
+        writeln!(y, "  auth:\n    method: approle").unwrap();
+        writeln!(y, "    role_id_file: {}/{{service}}.role_id", self.bao.dir().display()).unwrap();
+        writeln!(y, "    secret_id_file: {}/{{service}}.secret_id", self.bao.dir().display()).unwrap();
+        writeln!(y, "issuers:\n  bao:").unwrap();
+        writeln!(y, "    url: {}", self.bao.issuer_url()).unwrap();
+        writeln!(y, "    ca_file: {}", ca.display()).unwrap();
+        writeln!(y, "hosts:").unwrap();
+        if self.hosts_yaml.is_empty() {
+            // A host is needed for any destination; tests without sshd never connect to it.
+            writeln!(y, "  unused:\n    address: 127.0.0.1\n    port: 1\n    user: root").unwrap();
+            writeln!(y, "    key_file: {}/no-key\n    known_hosts: {}/no-known-hosts", self.root.display(), self.root.display()).unwrap();
+            writeln!(y, "    spool: /nonexistent").unwrap();
+        } else {
+            y.push_str(&self.hosts_yaml);
+        }
+        writeln!(y, "defaults:\n  min_vault_lifetime: 10m").unwrap();
+        writeln!(y, "services:").unwrap();
+        for def in self.defs.values() {
+            writeln!(y, "  {}:", def.name).unwrap();
+            writeln!(y, "    account: {}", def.account).unwrap();
+            writeln!(y, "    role: {}", def.role).unwrap();
+            writeln!(y, "    required: [{}]", def.required.join(", ")).unwrap();
+            if let Some(a) = &def.allowed {
+                writeln!(y, "    allowed: [{}]", a.join(", ")).unwrap();
+            }
+            if let Some(a) = &def.audience {
+                writeln!(y, "    audience: {a}").unwrap();
+            }
+            writeln!(y, "    request_scopes: {}", def.request_scopes).unwrap();
+            writeln!(y, "    min_access_lifetime: {}", def.min_access_lifetime).unwrap();
+            y.push_str(&def.extra);
+            match self.destinations.get(&def.name) {
+                Some(d) => y.push_str(d),
+                None => writeln!(y, "    destinations:\n      - credd:\n          hosts: [unused]").unwrap(),
+            }
+        }
+        std::fs::write(&self.config, y).unwrap();
+    }
+
+    pub fn inventory_text(&self) -> String {
+        std::fs::read_to_string(&self.config).unwrap()
+    }
+
+    /// Runs the product against this stack's inventory and state directory.
+    pub fn run(&self, label: &str, args: &[&str]) -> Output {
+        let config = self.config.to_str().unwrap();
+        let state = self.state_dir.to_str().unwrap();
+        let mut all = vec!["--config", config, "--state-dir", state];
+        all.extend_from_slice(args);
+        run_product(self.leaks, label, &all, &[])
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// stdout and stderr of a run, for assertion messages.
+pub fn shown(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
