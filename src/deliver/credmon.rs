@@ -7,7 +7,6 @@
 
 use super::session::{Remote, rpath};
 use super::DeliverError;
-use super::batch::one_line;
 use std::io::Read;
 
 /// A pid file is a number and a newline; anything bigger is not one.
@@ -39,7 +38,7 @@ pub(crate) fn signal(remote: &Remote, spool: &str, dry_run: bool) -> Result<bool
         tracing::warn!(host = %host, path = %pid_path, pid, "pid file names no running process; credmon not signalled");
         return Ok(false);
     }
-    if !is_credmon(inspect.output.as_bytes()) {
+    if !is_credmon(inspect.stdout.as_bytes()) {
         tracing::warn!(host = %host, path = %pid_path, pid, "pid file names a process that is not a credmon; not signalled");
         return Ok(false);
     }
@@ -47,9 +46,9 @@ pub(crate) fn signal(remote: &Remote, spool: &str, dry_run: bool) -> Result<bool
         tracing::info!(host = %host, path = %pid_path, pid, "dry run: credmon found, not signalled");
         return Ok(false);
     }
-    let kill = remote.exec("signal credmon", &format!("kill -HUP {pid} 2>&1"))?;
+    let kill = remote.exec("signal credmon", &format!("kill -HUP {pid}"))?;
     if kill.status != 0 {
-        return Err(DeliverError::Signal { host, path: pid_path, pid, detail: one_line(&kill.output) });
+        return Err(DeliverError::Signal { host, path: pid_path, pid, detail: kill.detail() });
     }
     tracing::info!(host = %host, path = %pid_path, pid, "credmon signalled to rescan");
     Ok(true)

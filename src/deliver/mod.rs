@@ -258,9 +258,9 @@ fn lookup_uid(remote: &Remote, account: &str) -> Result<u32, String> {
     let out = remote
         .exec("look up uid", &format!("id -u -- {}", sh_quote(account)))
         .map_err(|e| e.to_string())?;
-    let text = out.output.trim();
+    let text = out.stdout.trim();
     if out.status != 0 {
-        return Err(format!("id -u exited {}: {}", out.status, one_line(text)));
+        return Err(format!("id -u exited {}: {}", out.status, out.detail()));
     }
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("id -u printed no uid: {}", one_line(text)));
@@ -372,7 +372,7 @@ fn ensure_dir(remote: &Remote, path: &str, dir: &RemoteDir, dry_run: bool) -> Re
         let out = remote.exec("set directory owner", &chown_command(owner, path));
         let failure = match out {
             Ok(out) if out.status == 0 => None,
-            Ok(out) => Some(one_line(&out.output)),
+            Ok(out) => Some(out.detail()),
             Err(e) => Some(e.to_string()),
         };
         if let Some(detail) = failure {
@@ -506,12 +506,15 @@ fn run_batch(remote: &Remote, purpose: &str, batch: &Batch) -> Vec<Result<(), St
             (0..batch.len()).map(|_| Err(detail.clone())).collect()
         }
         Ok(out) => batch
-            .parse(&out.output)
+            .parse(&out.stdout)
             .into_iter()
             .map(|r| match r.status {
                 Some(0) => Ok(()),
                 Some(status) => Err(format!("exit status {status}: {}", r.output)),
-                None => Err("the remote shell did not report a result; outcome unknown".into()),
+                None => Err(format!(
+                    "the remote shell did not report a result (outcome unknown): {}",
+                    one_line(&out.stderr)
+                )),
             })
             .collect(),
     }

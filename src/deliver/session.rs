@@ -11,7 +11,7 @@ use std::path::Path;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use ssh2::{CheckResult, ExtendedData, KnownHostFileKind, MethodType, Session, Sftp};
+use ssh2::{CheckResult, KnownHostFileKind, MethodType, Session, Sftp};
 
 use super::{DeliverError, HostTarget};
 
@@ -25,10 +25,20 @@ pub(crate) struct Remote {
     sftp: Option<Sftp>,
 }
 
-/// What an exec channel returned: merged stdout+stderr and the exit status.
+/// What an exec channel returned. stderr is kept apart because sshd itself writes there
+/// before the command runs (e.g. "Could not chdir to home directory" for an account without
+/// one), which must not be mistaken for the command's output.
 pub(crate) struct ExecOutput {
     pub status: i32,
-    pub output: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ExecOutput {
+    /// Both streams on one line, for an error message.
+    pub fn detail(&self) -> String {
+        super::batch::one_line(&format!("{} {}", self.stderr, self.stdout))
+    }
 }
 
 impl Remote {
@@ -128,8 +138,8 @@ impl Remote {
         self.sftp.as_ref().expect("open until drop")
     }
 
-    /// Runs `script` under `sh -c` (whatever the login shell is) on a fresh exec channel, with
-    /// stderr merged into stdout. A non-zero exit status is returned, not turned into an error:
+    /// Runs `script` under `sh -c` (whatever the login shell is) on a fresh exec channel. A
+    /// non-zero exit status is returned, not turned into an error:
     /// callers decide what it means.
     pub fn exec(&self, purpose: &str, script: &str) -> Result<ExecOutput, DeliverError> {
         let fail = |detail: String| DeliverError::Exec {
@@ -138,13 +148,20 @@ impl Remote {
             detail,
         };
         let mut channel = self.session.channel_session().map_err(|e| fail(e.to_string()))?;
-        channel.handle_extended_data(ExtendedData::Merge).map_err(|e| fail(e.to_string()))?;
         channel.exec(&format!("sh -c {}", sh_quote(script))).map_err(|e| fail(e.to_string()))?;
-        let mut raw = Vec::new();
-        (&mut channel).take(MAX_EXEC_OUTPUT).read_to_end(&mut raw).map_err(|e| fail(e.to_string()))?;
+        // The commands run here print a few lines at most, far below the channel window, so
+        // reading stdout to the end before stderr cannot stall the remote side.
+        let mut stdout = Vec::new();
+        (&mut channel).take(MAX_EXEC_OUTPUT).read_to_end(&mut stdout).map_err(|e| fail(e.to_string()))?;
+        let mut stderr = Vec::new();
+        channel.stderr().take(MAX_EXEC_OUTPUT).read_to_end(&mut stderr).map_err(|e| fail(e.to_string()))?;
         channel.wait_close().map_err(|e| fail(e.to_string()))?;
         let status = channel.exit_status().map_err(|e| fail(e.to_string()))?;
-        Ok(ExecOutput { status, output: String::from_utf8_lossy(&raw).into_owned() })
+        Ok(ExecOutput {
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
     }
 }
 
