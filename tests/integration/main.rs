@@ -3,3 +3,4 @@
 //! `token-bastion` binary against them.
 
 mod harness;
+mod deliver;
