@@ -26,7 +26,7 @@ const TEST_USER: &str = "tb-deliver-test";
 fn test_user() -> (u32, u32) {
     static CREATED: OnceLock<(u32, u32)> = OnceLock::new();
     *CREATED.get_or_init(|| {
-        if !id_of(&["-u", TEST_USER]).is_some() {
+        if id_of(&["-u", TEST_USER]).is_none() {
             let out = Command::new("useradd")
                 .args(["-M", "-U", "-s", "/bin/sh", "-p", "*", TEST_USER])
                 .output()
@@ -603,5 +603,68 @@ fn a_passphrase_protected_key_logs_in_and_a_wrong_passphrase_is_a_named_failure(
         other => panic!("expected an authentication failure, got {other:?}"),
     }
     assert_eq!(std::fs::read_to_string(&path).unwrap(), token.expose());
+    leaks.assert_clean();
+}
+
+#[test]
+fn a_failed_rename_is_reported_for_its_file_and_the_others_land() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    // A directory where the file should be: mv must fail, not move the token into it.
+    let blocked = sshd.spool.join("blocked.top");
+    std::fs::create_dir(&blocked).unwrap();
+    let fine = sshd.spool.join("fine.top");
+    let token = minted(&leaks, "hvs.RENAME");
+    let files = vec![
+        plain_file("fine-1", &fine, &token, 0o600, None),
+        plain_file("blocked", &blocked, &token, 0o600, None),
+        plain_file("fine-2", &sshd.spool.join("fine2.top"), &token, 0o600, None),
+    ];
+    let outcome = push(&leaks, &plan(&sshd, "root", vec![], files, vec![]), false);
+    assert!(outcome.files[0].result.is_ok() && outcome.files[2].result.is_ok(), "{:?}", errors(&outcome));
+    match &outcome.files[1].result {
+        Err(e @ DeliverError::Rename { host, path, .. }) => {
+            assert_eq!(host, "schedd-test");
+            assert_eq!(path, blocked.to_str().unwrap());
+            assert!(e.to_string().contains("blocked.top"), "{e}");
+        }
+        other => panic!("expected a rename error, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_dir(&blocked).unwrap().count(), 0, "nothing may be moved into the directory");
+    assert_eq!(std::fs::read_to_string(&fine).unwrap(), token.expose());
+    assert!(temp_files(&sshd.spool).is_empty(), "{:?}", temp_files(&sshd.spool));
+    leaks.assert_clean();
+}
+
+#[test]
+fn a_host_that_never_speaks_ssh_fails_within_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    // Accepts the TCP connection and then says nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut target = sshd.target("schedd-silent", "root");
+    target.port = silent.local_addr().unwrap().port();
+    target.timeout = Duration::from_secs(1);
+    let token = minted(&leaks, "hvs.SILENT");
+    let host_plan = HostPlan {
+        target,
+        dirs: vec![],
+        files: vec![plain_file("a", &sshd.spool.join("x.top"), &token, 0o600, None)],
+        signal_credmon: vec![],
+    };
+    let started = std::time::Instant::now();
+    let outcome = push(&leaks, &host_plan, false);
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    match &outcome.connected {
+        Err(e @ DeliverError::Ssh { host, .. }) => {
+            assert_eq!(host, "schedd-silent");
+            assert!(e.to_string().contains("schedd-silent"), "{e}");
+        }
+        other => panic!("expected an SSH failure, got {other:?}"),
+    }
+    assert!(!sshd.spool.join("x.top").exists());
+    drop(silent);
     leaks.assert_clean();
 }
