@@ -6,5 +6,6 @@ mod harness;
 
 mod broker;
 mod check;
-mod run;
+mod deliver;
 mod notify;
+mod run;

@@ -237,3 +237,4 @@ mod self_tests {
         assert_ne!(a, b + 1);
     }
 }
+pub mod sshd;

@@ -1,0 +1,129 @@
+//! Waking the credmon after a delivery: read `<spool>/pid`, and SIGHUP that pid only if the
+//! process behind it is a credmon, so that it rescans the spool at once instead of at its next
+//! periodic pass.
+//!
+//! Must never signal a process whose command line does not name a credmon: a pid file left over
+//! from a dead credmon may point at any process by now.
+
+use super::session::{Remote, rpath};
+use super::DeliverError;
+use std::io::Read;
+
+/// A pid file is a number and a newline; anything bigger is not one.
+const MAX_PID_FILE: u64 = 64;
+
+/// Reads the pid file, checks the process, and (unless `dry_run`) signals it. `Ok(false)` means
+/// nothing was signalled: no pid file, no such process, or not a credmon.
+pub(crate) fn signal(remote: &Remote, spool: &str, dry_run: bool) -> Result<bool, DeliverError> {
+    let host = remote.host.clone();
+    let pid_path = format!("{}/pid", spool.trim_end_matches('/'));
+    let pid_err = |detail: String| DeliverError::PidFile { host: host.clone(), path: pid_path.clone(), detail };
+
+    let sftp = remote.sftp();
+    let mut text = Vec::new();
+    match sftp.open(rpath(&pid_path)) {
+        Ok(mut f) => {
+            f.by_ref().take(MAX_PID_FILE).read_to_end(&mut text).map_err(|e| pid_err(e.to_string()))?;
+        }
+        Err(e) if is_no_such_file(&e) => {
+            tracing::warn!(host = %host, path = %pid_path, "no credmon pid file; credmon not signalled");
+            return Ok(false);
+        }
+        Err(e) => return Err(pid_err(e.to_string())),
+    }
+    let pid = parse_pid(&text).ok_or_else(|| pid_err("does not hold a process id".into()))?;
+
+    let inspect = remote.exec("read credmon command line", &format!("cat /proc/{pid}/cmdline 2>/dev/null"))?;
+    if inspect.status != 0 {
+        tracing::warn!(host = %host, path = %pid_path, pid, "pid file names no running process; credmon not signalled");
+        return Ok(false);
+    }
+    if !is_credmon(inspect.stdout.as_bytes()) {
+        tracing::warn!(host = %host, path = %pid_path, pid, "pid file names a process that is not a credmon; not signalled");
+        return Ok(false);
+    }
+    if dry_run {
+        tracing::info!(host = %host, path = %pid_path, pid, "dry run: credmon found, not signalled");
+        return Ok(false);
+    }
+    let kill = remote.exec("signal credmon", &format!("kill -HUP {pid}"))?;
+    if kill.status != 0 {
+        return Err(DeliverError::Signal { host, path: pid_path, pid, detail: kill.detail() });
+    }
+    tracing::info!(host = %host, path = %pid_path, pid, "credmon signalled to rescan");
+    Ok(true)
+}
+
+pub(crate) fn is_no_such_file(e: &ssh2::Error) -> bool {
+    // SSH_FX_NO_SUCH_FILE
+    matches!(e.code(), ssh2::ErrorCode::SFTP(2))
+}
+
+/// A positive pid other than 1 (never signal init), surrounded by whitespace at most.
+pub(crate) fn parse_pid(text: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(text).ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let pid: u32 = text.parse().ok()?;
+    (pid > 1).then_some(pid)
+}
+
+/// Whether a `/proc/<pid>/cmdline` (NUL-separated arguments) is a credmon's. The credmon is a
+/// Python script, so its name is the program or, behind an interpreter and its options, the
+/// script; later arguments (file names an editor or `tail` was given) do not count.
+pub(crate) fn is_credmon(cmdline: &[u8]) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    let mut candidates = Vec::new();
+    if let Some(first) = args.first() {
+        candidates.push(*first);
+        if is_interpreter(first) {
+            // The script is the first argument after the interpreter's options.
+            if let Some(script) = args.iter().skip(1).find(|a| !a.starts_with(b"-")) {
+                candidates.push(*script);
+            }
+        }
+    }
+    candidates.iter().any(|arg| {
+        let base = arg.rsplit(|b| *b == b'/').next().unwrap_or(arg);
+        base.windows(b"credmon".len()).any(|w| w == b"credmon")
+    })
+}
+
+fn is_interpreter(arg: &[u8]) -> bool {
+    let base = arg.rsplit(|b| *b == b'/').next().unwrap_or(arg);
+    base.starts_with(b"python") || base.starts_with(b"platform-python")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(cmdline: &str, expected: bool) {
+        assert_eq!(is_credmon(cmdline.replace(' ', "\0").as_bytes()), expected, "{cmdline}");
+    }
+
+    #[test]
+    fn credmon_command_lines() {
+        check("/usr/bin/python3 -s /usr/sbin/condor_credmon_vault -f", true);
+        check("python3 /usr/sbin/condor_credmon_oauth", true);
+        check("condor_credmon_vault", true);
+        check("/usr/libexec/condor/condor_credmon_vault", true);
+        check("/usr/bin/sleep 60", false);
+        check("vim /etc/condor/credmon.conf", false);
+        check("/usr/bin/python3 /opt/other.py condor_credmon_vault", false);
+        check("", false);
+    }
+
+    #[test]
+    fn pid_files() {
+        assert_eq!(parse_pid(b"1234\n"), Some(1234));
+        assert_eq!(parse_pid(b" 42 "), Some(42));
+        assert_eq!(parse_pid(b"1\n"), None);
+        assert_eq!(parse_pid(b"0"), None);
+        assert_eq!(parse_pid(b"-5"), None);
+        assert_eq!(parse_pid(b"12 34"), None);
+        assert_eq!(parse_pid(b"$(reboot)"), None);
+        assert_eq!(parse_pid(b""), None);
+    }
+}

@@ -1,0 +1,202 @@
+//! Real OpenSSH sshd "schedds" on 127.0.0.1, one per call, each with its own temporary ed25519
+//! host key, client key pair, known_hosts line and spool directory, all under the test's temp
+//! dir. Killed on drop.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use token_bastion::deliver::HostTarget;
+
+use super::{ChildGuard, Leaks, free_port, wait_until};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+pub struct Sshd {
+    /// The temp dir holding everything of this instance.
+    pub dir: PathBuf,
+    pub port: u16,
+    /// Private key authorized for every account (root included) on this instance.
+    pub client_key: PathBuf,
+    /// `[127.0.0.1]:<port> ssh-ed25519 <key>` for the current host key.
+    pub known_hosts: PathBuf,
+    /// An empty directory standing in for the credd's credential spool (mode 0755).
+    pub spool: PathBuf,
+    config: PathBuf,
+    host_key: PathBuf,
+    log: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Sshd {
+    /// Starts an sshd in `dir` (made traversable so that unprivileged test accounts can read
+    /// the shared authorized_keys). Its log is registered with `leaks`: nothing delivered may
+    /// show up there.
+    pub fn start(dir: &Path, leaks: &Leaks) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let host_key = dir.join("ssh_host_ed25519_key");
+        let client_key = dir.join("client_ed25519");
+        keygen(&host_key);
+        keygen(&client_key);
+        let authorized = dir.join("authorized_keys");
+        std::fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+        std::fs::set_permissions(&authorized, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let spool = dir.join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\n\
+                 HostKey {host_key}\n\
+                 AuthorizedKeysFile {authorized}\n\
+                 PidFile {pid}\n\
+                 StrictModes no\n\
+                 UsePAM no\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\n\
+                 UseDNS no\n\
+                 PrintMotd no\n\
+                 LogLevel VERBOSE\n\
+                 MaxStartups 100:30:200\n\
+                 Subsystem sftp internal-sftp\n",
+                host_key = host_key.display(),
+                authorized = authorized.display(),
+                pid = dir.join("sshd.pid").display(),
+            ),
+        )
+        .unwrap();
+
+        let log = dir.join("sshd.log");
+        leaks.path(&log);
+        let mut sshd = Sshd {
+            dir: dir.to_path_buf(),
+            port: 0,
+            client_key,
+            known_hosts: dir.join("known_hosts"),
+            spool,
+            config,
+            host_key,
+            log,
+            child: None,
+        };
+        // Another process on this shared machine may take the port between probe and bind.
+        for _ in 0..5 {
+            sshd.port = free_port(false);
+            if sshd.launch() {
+                sshd.write_known_hosts();
+                return sshd;
+            }
+        }
+        panic!("sshd did not start on any of 5 ports:\n{}", sshd.log_text());
+    }
+
+    /// A delivery target for `user` on this instance.
+    pub fn target(&self, name: &str, user: &str) -> HostTarget {
+        HostTarget {
+            name: name.to_string(),
+            address: "127.0.0.1".into(),
+            port: self.port,
+            user: user.to_string(),
+            key_file: self.client_key.clone(),
+            key_passphrase: None,
+            known_hosts: self.known_hosts.clone(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A second client key, encrypted with `passphrase`, authorized like the first.
+    pub fn passphrase_key(&self, passphrase: &str) -> PathBuf {
+        let key = self.dir.join("client_passphrase_ed25519");
+        keygen_with(&key, passphrase);
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let mut authorized = std::fs::OpenOptions::new().append(true).open(self.dir.join("authorized_keys")).unwrap();
+        std::io::Write::write_all(&mut authorized, public.as_bytes()).unwrap();
+        key
+    }
+
+    /// The known_hosts line for the current host key.
+    pub fn known_hosts_line(&self) -> String {
+        let public = std::fs::read_to_string(self.host_key.with_extension("pub")).unwrap();
+        let mut fields = public.split_whitespace();
+        let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+        format!("[127.0.0.1]:{} {kind} {key}\n", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        self.child = None;
+    }
+
+    /// Stops and starts again on the same port (known_hosts stays as it is).
+    pub fn restart(&mut self) {
+        self.stop();
+        // The old listener was killed and reaped; its socket is closed, so the port is free
+        // unless something else grabbed it, which is a failure worth seeing.
+        assert!(self.launch(), "sshd did not restart on port {}:\n{}", self.port, self.log_text());
+    }
+
+    /// Replaces the host key with a fresh one and restarts, leaving known_hosts with the old
+    /// key: what a reinstalled host, or a man in the middle, looks like.
+    pub fn regenerate_host_key(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.host_key);
+        let _ = std::fs::remove_file(self.host_key.with_extension("pub"));
+        keygen(&self.host_key);
+        assert!(self.launch(), "sshd did not restart on port {}:\n{}", self.port, self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn write_known_hosts(&self) {
+        std::fs::write(&self.known_hosts, self.known_hosts_line()).unwrap();
+    }
+
+    /// Starts sshd on `self.port`; false if it exited before listening (port taken).
+    fn launch(&mut self) -> bool {
+        let before = self.log_text().len();
+        let mut cmd = Command::new(SSHD);
+        cmd.arg("-D").arg("-e").arg("-f").arg(&self.config).arg("-p").arg(self.port.to_string());
+        let mut child = ChildGuard::spawn("sshd", cmd, &self.log);
+        let mut exited = false;
+        let ready = wait_until(Duration::from_secs(10), || {
+            if let Ok(Some(_)) = child.child.try_wait() {
+                exited = true;
+                return true;
+            }
+            self.log_text()[before..].contains("Server listening")
+        });
+        if exited || !ready {
+            child.stop();
+            let log = self.log_text();
+            assert!(
+                log[before..].contains("Address already in use") || log[before..].contains("Cannot bind"),
+                "sshd failed to start:\n{log}"
+            );
+            return false;
+        }
+        self.child = Some(child);
+        true
+    }
+}
+
+fn keygen(path: &Path) {
+    keygen_with(path, "");
+}
+
+fn keygen_with(path: &Path, passphrase: &str) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-C", "token-bastion-test", "-f"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+}
