@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{info, warn, Instrument};
 
-use crate::broker::{AccessRequest, AuthMethod, Broker, BrokerConfig};
-use crate::inventory::{Inventory, LoginSpec, ServiceSpec};
+use crate::broker::{AccessRequest, Broker};
+use crate::inventory::{Inventory, ServiceSpec};
 use crate::jwks::{IssuerSource, JwksCache};
 use crate::secret::{Fingerprint, Secret};
 use crate::validate::{Expectation, ValidatedToken};
@@ -126,21 +126,6 @@ fn selected<'a>(inv: &'a Inventory, opts: &CycleOptions) -> Result<Vec<&'a Servi
         .collect()
 }
 
-pub fn broker_config(inv: &Inventory) -> BrokerConfig {
-    BrokerConfig { url: inv.broker.url.clone(), ca: inv.broker.ca.clone(), issuer: inv.broker.issuer.clone(), timeout: inv.broker.timeout }
-}
-
-pub fn auth_method(login: &LoginSpec) -> AuthMethod {
-    match login {
-        LoginSpec::AppRole { mount, role_id_file, secret_id_file } => AuthMethod::AppRole {
-            mount: mount.clone(),
-            role_id_file: role_id_file.clone(),
-            secret_id_file: secret_id_file.clone(),
-        },
-        LoginSpec::TokenFile { path } => AuthMethod::TokenFile { path: path.clone() },
-    }
-}
-
 /// The JWKS cache for every configured issuer, each reached with its own CA.
 pub fn jwks_cache(inv: &Inventory) -> Result<JwksCache, CycleError> {
     let sources = inv
@@ -162,7 +147,7 @@ fn now_unix() -> i64 {
 /// Runs one cycle for the selected services.
 pub async fn run_cycle(inv: &Inventory, opts: &CycleOptions) -> Result<RunReport, CycleError> {
     let services = selected(inv, opts)?;
-    let broker = Broker::new(&broker_config(inv)).map_err(CycleError::Broker)?;
+    let broker = Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?;
     let jwks = Arc::new(jwks_cache(inv)?);
     let gate = Arc::new(Semaphore::new(BROKER_FAN_OUT));
 
@@ -224,7 +209,7 @@ fn fail_chain(stage: Stage, e: &(dyn std::error::Error + 'static)) -> StageFailu
 
 /// Login → lookup → fetch → validate for one service.
 async fn obtain(broker: &Broker, jwks: &JwksCache, spec: &ServiceSpec, issuer_url: &str) -> Result<ServiceTokens, StageFailure> {
-    let login = broker.login(&auth_method(&spec.login)).await.map_err(|e| fail_chain(Stage::Login, &e))?;
+    let login = broker.login(&spec.login).await.map_err(|e| fail_chain(Stage::Login, &e))?;
     let info = broker.lookup_self(&login.token).await.map_err(|e| fail_chain(Stage::Lookup, &e))?;
     let now = now_unix();
     let ttl = info.ttl;

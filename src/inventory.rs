@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
+use crate::broker::{AuthMethod, BrokerConfig};
 use crate::http::CaSource;
 use crate::scopes::Scope;
 
@@ -81,11 +82,11 @@ pub struct BrokerSpec {
     pub timeout: Duration,
 }
 
-/// How a service logs in to the broker, with templates already resolved for that service.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LoginSpec {
-    AppRole { mount: String, role_id_file: PathBuf, secret_id_file: PathBuf },
-    TokenFile { path: PathBuf },
+impl BrokerSpec {
+    /// What the broker client needs of this section.
+    pub fn client_config(&self) -> BrokerConfig {
+        BrokerConfig { url: self.url.clone(), ca: self.ca.clone(), issuer: self.issuer.clone(), timeout: self.timeout }
+    }
 }
 
 /// A JWT issuer whose tokens the bastion accepts.
@@ -190,7 +191,8 @@ pub struct ServiceSpec {
     pub min_vault_lifetime: Duration,
     pub expiry_warning: Duration,
     pub owners: Vec<String>,
-    pub login: LoginSpec,
+    /// How this service logs in to the broker, templates resolved.
+    pub login: AuthMethod,
     pub destinations: Vec<Destination>,
 }
 
@@ -860,7 +862,7 @@ impl Validator {
         out
     }
 
-    fn login(&mut self, auth: &Spanned<RawAuth>, field: &str, vars: &Vars) -> LoginSpec {
+    fn login(&mut self, auth: &Spanned<RawAuth>, field: &str, vars: &Vars) -> AuthMethod {
         let at = loc(auth);
         let path = |v: &mut Self, name: &str, template: &str, kind| -> PathBuf {
             let f = format!("{field}.{name}");
@@ -868,12 +870,12 @@ impl Validator {
             v.file(at, &f, &resolved, kind)
         };
         match &auth.value {
-            RawAuth::Approle { mount, role_id_file, secret_id_file } => LoginSpec::AppRole {
-                mount: mount.clone().unwrap_or_else(|| "approle".into()),
+            RawAuth::Approle { mount, role_id_file, secret_id_file } => AuthMethod::AppRole {
+                mount: mount.clone().unwrap_or_else(|| AuthMethod::DEFAULT_APPROLE_MOUNT.into()),
                 role_id_file: path(self, "role_id_file", role_id_file, FileKind::Public),
                 secret_id_file: path(self, "secret_id_file", secret_id_file, FileKind::Secret),
             },
-            RawAuth::TokenFile { path: p } => LoginSpec::TokenFile { path: path(self, "path", p, FileKind::Secret) },
+            RawAuth::TokenFile { path: p } => AuthMethod::TokenFile { path: path(self, "path", p, FileKind::Secret) },
         }
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::broker::AuthMethod;
 
 const BASE: &str = r#"broker:
   url: https://vault.example:8200
@@ -70,7 +71,7 @@ fn base_fixture_resolves_defaults_and_templates() {
     assert_eq!(s.min_access_lifetime, DEFAULT_MIN_ACCESS);
     assert_eq!(
         s.login,
-        LoginSpec::AppRole {
+        AuthMethod::AppRole {
             mount: "approle".into(),
             role_id_file: "/etc/tb/prod.role_id".into(),
             secret_id_file: "/etc/tb/prod.secret_id".into()
