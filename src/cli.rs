@@ -51,6 +51,10 @@ pub enum Command {
         /// nothing remotely.
         #[arg(long)]
         dry_run: bool,
+        /// How long to wait for a cycle already running on this state directory (e.g. the
+        /// daemon's) before giving up; 0 refuses at once.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
     /// Per service and destination: last success, token expiry, consecutive failures.
     Status {

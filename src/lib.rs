@@ -19,4 +19,5 @@ pub mod notify;
 pub mod scopes;
 pub mod secret;
 pub mod state;
+pub mod status;
 pub mod validate;

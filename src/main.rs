@@ -14,7 +14,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use token_bastion::cli::{Cli, Command, LogFormat};
-use token_bastion::cycle::{self, CycleOptions, RunReport};
+use token_bastion::cycle::{self, CycleOptions, CycleSetupError, RunReport};
+use token_bastion::state::StateStore;
 use token_bastion::inventory::{self, InventoryError};
 
 const EXIT_OK: u8 = 0;
@@ -40,11 +41,8 @@ fn main() -> ExitCode {
     init_tracing(&cli);
     ExitCode::from(match &cli.command {
         Command::Check { strict } => check(&cli, *strict),
-        Command::Run { services, dry_run } => run(&cli, CycleOptions { services: services.clone(), dry_run: *dry_run }),
-        Command::Status { .. } => {
-            eprintln!("status: no state has been recorded yet (delivery is not enabled in this build)");
-            EXIT_SETUP
-        }
+        Command::Run { services, dry_run, wait } => run(&cli, CycleOptions { services: services.clone(), dry_run: *dry_run }, *wait),
+        Command::Status { json } => status(&cli, *json),
     })
 }
 
@@ -91,7 +89,7 @@ fn check(cli: &Cli, strict: bool) -> u8 {
     EXIT_OK
 }
 
-fn run(cli: &Cli, opts: CycleOptions) -> u8 {
+fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration) -> u8 {
     let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
     let runtime = match tokio::runtime::Runtime::new().context("cannot start the async runtime") {
         Ok(rt) => rt,
@@ -100,13 +98,18 @@ fn run(cli: &Cli, opts: CycleOptions) -> u8 {
             return EXIT_SETUP;
         }
     };
-    match runtime.block_on(cycle::run_cycle(&inv, &opts)) {
+    match cycle::run_once(&inv, &cli.state_dir, &opts, &runtime, wait) {
         Ok(report) => {
             print_report(&report);
             if report.all_ok() { EXIT_OK } else { EXIT_NOT_DELIVERED }
         }
+        // Another cycle holds the lock: nothing was delivered by this run.
+        Err(e @ CycleSetupError::Busy(_)) => {
+            eprintln!("error: {e}; nothing was done (waited {})", humantime::format_duration(wait));
+            EXIT_NOT_DELIVERED
+        }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", cycle::error_chain(&e));
             EXIT_SETUP
         }
     }
@@ -124,12 +127,55 @@ fn print_report(report: &RunReport) {
             ),
             Err(f) => println!("{}: FAILED at {}: {}", s.service, f.stage, f.reason),
         }
+        for d in &s.destinations {
+            match &d.result {
+                Ok(_) => println!("  {} {}", d.id, if report.dry_run { "reachable, host key verified" } else { "delivered" }),
+                Err(reason) => println!("  {} NOT DELIVERED: {reason}", d.id),
+            }
+        }
     }
-    let failed = report.services.iter().filter(|s| s.tokens.is_err()).count();
+    let total = report.destinations().count();
+    let ok = report.destinations().filter(|(_, d)| d.result.is_ok()).count();
+    let failed_services = report.services.iter().filter(|s| s.tokens.is_err()).count();
     println!(
-        "{}{} of {} services ok",
+        "{}{} of {} services ok, {} of {} destinations {}",
         if report.dry_run { "dry run: " } else { "" },
-        report.services.len() - failed,
-        report.services.len()
+        report.services.len() - failed_services,
+        report.services.len(),
+        ok,
+        total,
+        if report.dry_run { "reachable" } else { "delivered" }
     );
+}
+
+fn status(cli: &Cli, json: bool) -> u8 {
+    let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
+    let store = match StateStore::open(&cli.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    let statuses = match store.statuses() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    let now = chrono::Utc::now();
+    let rows = token_bastion::status::rows(&inv, &statuses, now);
+    if json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_SETUP;
+            }
+        }
+    } else {
+        print!("{}", token_bastion::status::render_table(&rows, now));
+    }
+    if rows.iter().any(|r| r.health.needs_attention()) { EXIT_NOT_DELIVERED } else { EXIT_OK }
 }

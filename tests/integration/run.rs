@@ -30,7 +30,7 @@ fn requests(bao: &OpenBao, path: &str) -> Vec<Value> {
 #[test]
 fn a_good_token_passes_and_the_broker_saw_exactly_what_the_service_needs() {
     let leaks = Leaks::default();
-    let mut stack = Stack::new(&leaks);
+    let mut stack = Stack::new(&leaks).with_hosts(1);
     let mut sts = ServiceDef::new("prod", &["storage.read:/", "compute.create"]);
     sts.audience = Some(WLCG_ANY_AUDIENCE.into());
     sts.min_access_lifetime = "20m".into();
@@ -47,6 +47,10 @@ fn a_good_token_passes_and_the_broker_saw_exactly_what_the_service_needs() {
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert!(line_for(&out, "prod").contains("tokens valid"), "{}", shown(&out));
     assert!(line_for(&out, "plain").contains("tokens valid"), "{}", shown(&out));
+    assert!(stdout(&out).contains("credd@schedd1 reachable, host key verified"), "{}", shown(&out));
+    // A dry run writes nothing on the host.
+    let spool = &stack.host("schedd1").spool;
+    assert_eq!(std::fs::read_dir(spool).unwrap().count(), 0, "dry run wrote into {}", spool.display());
 
     // The sts path with scopes, audience and minimum_seconds = 20 min + 60 s margin.
     let sts_reqs = requests(&stack.bao, &format!("secret/oauth/sts/{VAULT_ISSUER}/acctprod:prod"));
@@ -71,7 +75,7 @@ fn a_good_token_passes_and_the_broker_saw_exactly_what_the_service_needs() {
 #[test]
 fn bad_tokens_are_refused_naming_the_claim() {
     let leaks = Leaks::default();
-    let mut stack = Stack::new(&leaks);
+    let mut stack = Stack::new(&leaks).with_hosts(1);
     let cases: &[(&str, &[&str], Option<&[&str]>)] = &[
         ("good", &["storage.read:/store", "compute.create"], None),
         ("missing", &["storage.read:/store", "compute.create"], None),
@@ -136,7 +140,7 @@ fn bad_tokens_are_refused_naming_the_claim() {
 #[test]
 fn a_foreign_issuer_is_refused() {
     let leaks = Leaks::default();
-    let mut stack = Stack::new(&leaks);
+    let mut stack = Stack::new(&leaks).with_hosts(1);
     stack.add_service(ServiceDef::new("svc", &["compute.create"]));
     let foreign_dir = stack.root().join("foreign");
     let foreign = OpenBao::start(&foreign_dir, &leaks);
@@ -200,7 +204,7 @@ async fn a_rotated_key_is_found_by_refetching_once() {
 #[test]
 fn an_unknown_service_is_a_setup_error() {
     let leaks = Leaks::default();
-    let mut stack = Stack::new(&leaks);
+    let mut stack = Stack::new(&leaks).with_hosts(1);
     stack.add_service(ServiceDef::new("svc", &["compute.create"]));
     stack.write_inventory();
     let out = stack.run("unknown service", &["run", "--dry-run", "--service", "nope"]);
@@ -214,7 +218,7 @@ fn an_unknown_service_is_a_setup_error() {
 #[test]
 fn a_refused_login_names_the_stage_and_status() {
     let leaks = Leaks::default();
-    let mut stack = Stack::new(&leaks);
+    let mut stack = Stack::new(&leaks).with_hosts(1);
     stack.add_service(ServiceDef::new("svc", &["compute.create"]));
     stack.add_service(ServiceDef::new("ok", &["compute.create"]));
     stack.put_token("ok", &spec("compute.create"));

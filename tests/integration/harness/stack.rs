@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use super::openbao::{JwtSpec, OpenBao, ServiceCreds};
+use super::smtp::Smtp;
+use super::sshd::Sshd;
 use super::{run_product, Leaks};
 
 /// The Vault issuer name (path segment) every stack uses.
@@ -54,10 +56,14 @@ pub struct Stack<'l> {
     pub defs: BTreeMap<String, ServiceDef>,
     pub config: PathBuf,
     pub state_dir: PathBuf,
-    /// Raw YAML for the `hosts:` section (empty: a placeholder host no service uses).
-    pub hosts_yaml: String,
-    /// Raw YAML for each service's `destinations:` list, by service name.
+    /// sshd "schedds", by inventory host name.
+    pub hosts: BTreeMap<String, Sshd>,
+    /// Raw YAML for each service's `destinations:` list, by service name (default: credd on
+    /// every host).
     pub destinations: BTreeMap<String, String>,
+    pub smtp: Option<Smtp>,
+    /// Raw YAML added to the `notify:` section after `smtp` (e.g. `admins`).
+    pub notify_extra: String,
 }
 
 impl<'l> Stack<'l> {
@@ -76,9 +82,45 @@ impl<'l> Stack<'l> {
             creds: BTreeMap::new(),
             defs: BTreeMap::new(),
             state_dir,
-            hosts_yaml: String::new(),
+            hosts: BTreeMap::new(),
             destinations: BTreeMap::new(),
+            smtp: None,
+            notify_extra: String::new(),
         }
+    }
+
+    /// Starts `n` sshd schedds named `schedd1`…`schedd<n>`.
+    pub fn with_hosts(mut self, n: usize) -> Self {
+        for i in 1..=n {
+            self.add_host(&format!("schedd{i}"));
+        }
+        self
+    }
+
+    pub fn add_host(&mut self, name: &str) -> &Sshd {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sshd = Sshd::start(&dir, self.leaks);
+        self.hosts.insert(name.to_string(), sshd);
+        &self.hosts[name]
+    }
+
+    pub fn host(&self, name: &str) -> &Sshd {
+        &self.hosts[name]
+    }
+
+    pub fn host_mut(&mut self, name: &str) -> &mut Sshd {
+        self.hosts.get_mut(name).unwrap()
+    }
+
+    /// Starts the SMTP sink and mails admins `oncall@example.org`.
+    pub fn with_smtp(mut self) -> Self {
+        let dir = self.root.join("smtp");
+        std::fs::create_dir_all(&dir).unwrap();
+        let smtp = Smtp::start(&dir, self.leaks);
+        self.smtp = Some(smtp);
+        self.notify_extra = "  admins: [oncall@example.org]\n".into();
+        self
     }
 
     /// Adds a service: an AppRole in OpenBao and an entry in the inventory.
@@ -118,13 +160,20 @@ impl<'l> Stack<'l> {
         writeln!(y, "    url: {}", self.bao.issuer_url()).unwrap();
         writeln!(y, "    ca_file: {}", ca.display()).unwrap();
         writeln!(y, "hosts:").unwrap();
-        if self.hosts_yaml.is_empty() {
-            // A host is needed for any destination; tests without sshd never connect to it.
+        if self.hosts.is_empty() {
+            // The inventory needs a host; tests that never reach delivery never connect to it.
             writeln!(y, "  unused:\n    address: 127.0.0.1\n    port: 1\n    user: root").unwrap();
             writeln!(y, "    key_file: {}/no-key\n    known_hosts: {}/no-known-hosts", self.root.display(), self.root.display()).unwrap();
             writeln!(y, "    spool: /nonexistent").unwrap();
-        } else {
-            y.push_str(&self.hosts_yaml);
+        }
+        for (name, h) in &self.hosts {
+            writeln!(y, "  {name}:\n    address: 127.0.0.1\n    port: {}\n    user: root", h.port).unwrap();
+            writeln!(y, "    key_file: {}\n    known_hosts: {}", h.client_key.display(), h.known_hosts.display()).unwrap();
+            writeln!(y, "    spool: {}\n    timeout: 10s", h.spool.display()).unwrap();
+        }
+        if let Some(smtp) = &self.smtp {
+            writeln!(y, "notify:\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    tls: none\n    from: token-bastion@example.org", smtp.port).unwrap();
+            y.push_str(&self.notify_extra);
         }
         writeln!(y, "defaults:\n  min_vault_lifetime: 10m").unwrap();
         writeln!(y, "services:").unwrap();
@@ -141,10 +190,14 @@ impl<'l> Stack<'l> {
             }
             writeln!(y, "    request_scopes: {}", def.request_scopes).unwrap();
             writeln!(y, "    min_access_lifetime: {}", def.min_access_lifetime).unwrap();
+            writeln!(y, "    owners: [{}-owner@example.org]", def.name).unwrap();
             y.push_str(&def.extra);
             match self.destinations.get(&def.name) {
                 Some(d) => y.push_str(d),
-                None => writeln!(y, "    destinations:\n      - credd:\n          hosts: [unused]").unwrap(),
+                None => {
+                    let hosts: Vec<&str> = if self.hosts.is_empty() { vec!["unused"] } else { self.hosts.keys().map(String::as_str).collect() };
+                    writeln!(y, "    destinations:\n      - credd:\n          hosts: [{}]", hosts.join(", ")).unwrap()
+                }
             }
         }
         std::fs::write(&self.config, y).unwrap();

@@ -1,0 +1,261 @@
+//! What `status` shows: per service × destination, from the state DB and the inventory.
+//!
+//! Pure: takes the recorded statuses, the inventory and the time, returns rows; `main` prints
+//! them. The inventory contributes the destinations that were never delivered and each
+//! service's `expiry_warning`; the state DB contributes everything that happened.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::inventory::Inventory;
+use crate::secret::Fingerprint;
+use crate::state::DestinationStatus;
+
+/// How a destination stands, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// What it holds has expired.
+    Expired,
+    /// Nothing was ever delivered there.
+    Never,
+    /// Less time left than the service's `expiry_warning`.
+    Expiring,
+    /// The last attempt failed, but what it holds is still good for longer than the warning.
+    Failing,
+    Ok,
+    /// Recorded in state, but no longer in the inventory.
+    Removed,
+}
+
+impl Health {
+    /// Whether `status` should exit non-zero for this row.
+    pub fn needs_attention(self) -> bool {
+        matches!(self, Health::Expired | Health::Never | Health::Expiring)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Health::Expired => "EXPIRED",
+            Health::Never => "NEVER",
+            Health::Expiring => "EXPIRING",
+            Health::Failing => "FAILING",
+            Health::Ok => "ok",
+            Health::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusRow {
+    pub service: String,
+    pub destination: String,
+    pub host: String,
+    pub health: Health,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_attempt: Option<DateTime<Utc>>,
+    /// Expiry of the credential the destination depends on (the Vault token for credd and
+    /// Vault-token files, the access token for access-token files).
+    pub expires: Option<DateTime<Utc>>,
+    pub time_left_secs: Option<i64>,
+    pub expiry_warning_secs: Option<i64>,
+    pub access: Option<Fingerprint>,
+    pub consecutive_failures: u32,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// One row per destination in the inventory (recorded or not) and per recorded destination no
+/// longer in it.
+pub fn rows(inv: &Inventory, statuses: &[DestinationStatus], now: DateTime<Utc>) -> Vec<StatusRow> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for st in statuses {
+        seen.insert((st.service.clone(), st.destination.clone()));
+        let spec = inv.services.get(&st.service);
+        let in_inventory = spec.is_some_and(|s| s.destinations.iter().any(|d| d.id == st.destination));
+        let warning = spec.map(|s| s.expiry_warning.as_secs() as i64);
+        let left = st.vault_time_left_secs(now);
+        let health = match (in_inventory, left, warning) {
+            (false, _, _) => Health::Removed,
+            (true, None, _) => Health::Never,
+            (true, Some(l), _) if l <= 0 => Health::Expired,
+            (true, Some(l), Some(w)) if l < w => Health::Expiring,
+            _ if st.consecutive_failures > 0 => Health::Failing,
+            _ => Health::Ok,
+        };
+        out.push(StatusRow {
+            service: st.service.clone(),
+            destination: st.destination.clone(),
+            host: st.host.clone(),
+            health,
+            last_success: st.last_success,
+            last_attempt: st.last_attempt,
+            expires: st.vault_expiry,
+            time_left_secs: left,
+            expiry_warning_secs: warning,
+            access: st.access.clone(),
+            consecutive_failures: st.consecutive_failures,
+            failing_since: st.failing_since,
+            last_error: st.last_error.clone(),
+        });
+    }
+    for spec in inv.services.values() {
+        for d in &spec.destinations {
+            if seen.contains(&(spec.name.clone(), d.id.clone())) {
+                continue;
+            }
+            out.push(StatusRow {
+                service: spec.name.clone(),
+                destination: d.id.clone(),
+                host: d.host.clone(),
+                health: Health::Never,
+                last_success: None,
+                last_attempt: None,
+                expires: None,
+                time_left_secs: None,
+                expiry_warning_secs: Some(spec.expiry_warning.as_secs() as i64),
+                access: None,
+                consecutive_failures: 0,
+                failing_since: None,
+                last_error: None,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.service, &a.destination).cmp(&(&b.service, &b.destination)));
+    out
+}
+
+/// `3d 4h`, `2h 5m`, `4m 10s`, `-1h 3m` for something already past.
+pub fn human_duration(secs: i64) -> String {
+    let sign = if secs < 0 { "-" } else { "" };
+    let s = secs.unsigned_abs();
+    let (d, h, m, sec) = (s / 86400, s % 86400 / 3600, s % 3600 / 60, s % 60);
+    let text = if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else {
+        format!("{m}m {sec}s")
+    };
+    format!("{sign}{text}")
+}
+
+/// The human table.
+pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
+    let header = ["SERVICE", "DESTINATION", "STATE", "LAST SUCCESS", "TIME LEFT", "FAILS", "LAST ERROR"];
+    let mut table: Vec<[String; 7]> = vec![header.map(str::to_string)];
+    for r in rows {
+        let last = r.last_success.map(|t| format!("{} ({} ago)", t.format("%Y-%m-%d %H:%M"), human_duration((now - t).num_seconds())));
+        let left = r.time_left_secs.map(human_duration);
+        let error = if r.consecutive_failures > 0 { r.last_error.clone().unwrap_or_default() } else { String::new() };
+        table.push([
+            r.service.clone(),
+            r.destination.clone(),
+            r.health.label().to_string(),
+            last.unwrap_or_else(|| "never".into()),
+            left.unwrap_or_else(|| "-".into()),
+            r.consecutive_failures.to_string(),
+            error,
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const INV: &str = r#"broker:
+  url: https://vault.example:8200
+  issuer: cms
+  vault_url: https://vault.example:8200
+  auth: {method: token_file, path: /etc/tb/token}
+issuers:
+  iam: {url: "https://iam.example/"}
+hosts:
+  s1: {address: s1.example, user: root, key_file: /k, known_hosts: /kh, spool: /spool}
+services:
+  a:
+    account: a
+    required: [compute.create]
+    expiry_warning: 2d
+    destinations:
+      - credd: {hosts: [s1]}
+      - file: {hosts: [s1]}
+"#;
+
+    fn status(service: &str, dest: &str, left: Option<i64>, fails: u32, now: DateTime<Utc>) -> DestinationStatus {
+        DestinationStatus {
+            service: service.into(),
+            destination: dest.into(),
+            host: "s1".into(),
+            last_attempt: Some(now),
+            last_success: left.map(|_| now),
+            vault_expiry: left.map(|l| now + chrono::Duration::seconds(l)),
+            access: None,
+            consecutive_failures: fails,
+            failing_since: None,
+            last_error: (fails > 0).then(|| "deliver: refused".into()),
+        }
+    }
+
+    fn check(statuses: &[DestinationStatus], expected: &[(&str, Health)]) {
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
+        let now = Utc::now();
+        let got: Vec<(String, Health)> = rows(&inv, statuses, now).into_iter().map(|r| (format!("{}/{}", r.service, r.destination), r.health)).collect();
+        let want: Vec<(String, Health)> = expected.iter().map(|(k, h)| (k.to_string(), *h)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn health_follows_time_left_against_the_warning() {
+        let now = Utc::now();
+        let file = "file@s1:/tmp/vt_u{uid}-cms";
+        check(&[], &[("a/credd@s1", Health::Never), (&format!("a/{file}"), Health::Never)]);
+        check(
+            &[status("a", "credd@s1", Some(3 * 86400), 0, now), status("a", file, Some(86400), 0, now)],
+            &[("a/credd@s1", Health::Ok), (&format!("a/{file}"), Health::Expiring)],
+        );
+        check(
+            &[status("a", "credd@s1", Some(3 * 86400), 2, now), status("a", file, Some(-5), 1, now), status("gone", "credd@s1", Some(10), 0, now)],
+            &[("a/credd@s1", Health::Failing), (&format!("a/{file}"), Health::Expired), ("gone/credd@s1", Health::Removed)],
+        );
+    }
+
+    #[test]
+    fn attention_is_needed_for_expired_never_and_expiring_only() {
+        assert!(Health::Expired.needs_attention() && Health::Never.needs_attention() && Health::Expiring.needs_attention());
+        assert!(!Health::Ok.needs_attention() && !Health::Failing.needs_attention() && !Health::Removed.needs_attention());
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(3 * 86400 + 4 * 3600 + 59), "3d 4h");
+        assert_eq!(human_duration(2 * 3600 + 5 * 60), "2h 5m");
+        assert_eq!(human_duration(250), "4m 10s");
+        assert_eq!(human_duration(-3780), "-1h 3m");
+    }
+}
