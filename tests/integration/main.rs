@@ -8,4 +8,5 @@ mod broker;
 mod check;
 mod deliver;
 mod notify;
+mod push;
 mod run;

@@ -175,7 +175,7 @@ impl<'l> Stack<'l> {
             writeln!(y, "notify:\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    tls: none\n    from: token-bastion@example.org", smtp.port).unwrap();
             y.push_str(&self.notify_extra);
         }
-        writeln!(y, "defaults:\n  min_vault_lifetime: 10m").unwrap();
+        writeln!(y, "defaults:\n  min_vault_lifetime: 10m\n  expiry_warning: 10m").unwrap();
         writeln!(y, "services:").unwrap();
         for def in self.defs.values() {
             writeln!(y, "  {}:", def.name).unwrap();
