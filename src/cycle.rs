@@ -601,8 +601,7 @@ async fn deliver_all(
         };
         for (spool, signalled) in &outcome.signalled {
             match signalled {
-                Ok(true) => info!(host = %host, spool = %spool, "credmon signalled to rescan"),
-                Ok(false) => {}
+                Ok(_) => {}
                 Err(e) => warn!(host = %host, spool = %spool, error = %error_chain(e), "cannot signal the credmon"),
             }
         }

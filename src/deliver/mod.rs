@@ -156,8 +156,8 @@ pub fn push_to_host(plan: &HostPlan, dry_run: bool) -> HostOutcome {
         .into_iter()
         .map(|w| {
             match &w.failed {
-                None if dry_run => tracing::info!(host = %host, path = %w.path, "dry run: deliverable"),
-                None => tracing::info!(host = %host, path = %w.path, sha256 = %w.file.content.short_hash(), "delivered"),
+                None if dry_run => tracing::debug!(host = %host, path = %w.path, "dry run: deliverable"),
+                None => tracing::debug!(host = %host, path = %w.path, sha256 = %w.file.content.short_hash(), "delivered"),
                 Some(e) => tracing::debug!(host = %host, path = %w.path, error = %e, "not delivered"),
             }
             FileOutcome { id: w.file.id.clone(), path: w.path, result: w.failed.map_or(Ok(()), Err) }

@@ -17,9 +17,15 @@ use std::time::{Duration, Instant};
 pub mod openbao;
 pub mod stack;
 
-/// The product binary under test.
+/// The product binary under test: the one cargo built for the integration tests, or, for the
+/// local-stack example (which shares this harness), the one beside the example's own directory.
 pub fn product_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_token-bastion"))
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_token-bastion") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("own executable path");
+    // target/<profile>/examples/<example> → target/<profile>/token-bastion
+    exe.parent().and_then(|p| p.parent()).map(|p| p.join("token-bastion")).expect("target directory")
 }
 
 /// Ports handed out in this process, so parallel tests never get the same one twice.
