@@ -699,3 +699,84 @@ async fn obtain(broker: &Broker, jwks: &JwksCache, spec: &ServiceSpec, issuer_ur
         .map_err(|e| fail_chain(Stage::Validate, &e))?;
     Ok(ServiceTokens { vault_token: login.token, vault_expiry, vault_fingerprint, access_token: reply.token, validated })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VAULT: &str = "hvs.CAESIJfixturevaulttoken0123456789";
+    const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJmaXh0dXJlIjoxfQ.fixture-signature-bytes";
+    const PASSWORD: &str = "smtp-fixture-password-42";
+
+    fn tokens() -> ServiceTokens {
+        let vault = Secret::new(VAULT);
+        let access = Secret::new(JWT);
+        ServiceTokens {
+            vault_fingerprint: Fingerprint::of(&vault, None, Some(1_800_000_000)),
+            vault_token: vault,
+            vault_expiry: 1_800_000_000,
+            validated: ValidatedToken {
+                fingerprint: Fingerprint::of(&access, Some("jti-1".into()), Some(1_800_000_000)),
+                iss: "https://iam.example/".into(),
+                sub: "sub".into(),
+                aud: vec!["aud".into()],
+                exp: 1_800_000_000,
+                iat: 1_799_990_000,
+                jti: "jti-1".into(),
+                scopes: vec!["compute.create".parse().unwrap()],
+                wlcg_ver: "1.0".into(),
+            },
+            access_token: access,
+        }
+    }
+
+    /// Everything a cycle holds, printed with `{:?}` the way a careless log line or a panic
+    /// would, shows fingerprints and never the fixture secrets.
+    #[test]
+    fn debug_output_of_a_populated_run_holds_no_secret() {
+        let report = RunReport {
+            run_id: Some(RunId(7)),
+            started: Utc::now(),
+            dry_run: false,
+            services: vec![ServiceReport {
+                service: "prod".into(),
+                tokens: Ok(tokens()),
+                destinations: vec![DestinationReport {
+                    id: "credd@s1".into(),
+                    host: "s1".into(),
+                    result: Ok(Delivered { vault_expiry: Some(1), access: None }),
+                }],
+            }],
+            mail: OutboxReport::default(),
+        };
+        let t = tokens();
+        let top = TopFile { vault_token: t.vault_token.clone(), vault_url: "https://v:8200/v1/x".into(), scopes: None, audience: None };
+        let smtp = SmtpConfig {
+            host: "mx".into(),
+            port: 25,
+            from: "a@b.c".into(),
+            tls: Tls::None,
+            username: Some("u".into()),
+            password: Some(Secret::new(PASSWORD)),
+            timeout: Duration::from_secs(1),
+        };
+        let file = RemoteFile { id: "x".into(), path: "/p".into(), uid_of: None, content: top.to_json(), mode: 0o600, owner: None };
+        let shown = format!("{report:?}\n{top:?}\n{smtp:?}\n{file:?}\n{:?}", t.access_token);
+        for secret in [VAULT, JWT, PASSWORD, "fixturevaulttoken", "fixture-signature"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains(&t.validated.fingerprint.hash), "fingerprints are what is shown");
+    }
+
+    #[test]
+    fn error_chain_keeps_causes_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner")]
+        struct Inner(#[source] std::io::Error);
+        let e = Outer(Inner(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused")));
+        assert_eq!(error_chain(&e), "outer: inner: refused");
+    }
+}

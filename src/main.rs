@@ -91,6 +91,15 @@ fn check(cli: &Cli, strict: bool) -> u8 {
 
 fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration) -> u8 {
     let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
+    // A secret file others can read is refused here as in `check`: the bastion does not use a
+    // credential that may already have leaked on its own host.
+    let (errors, _) = inventory::check_local_files(&inv, false);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        return EXIT_SETUP;
+    }
     let runtime = match tokio::runtime::Runtime::new().context("cannot start the async runtime") {
         Ok(rt) => rt,
         Err(e) => {
