@@ -56,6 +56,20 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// The incident drill: remove a service's credentials from its destinations (or one host's)
+    /// and revoke every Vault token the bastion holds for it.
+    Revoke {
+        /// The service (also one already removed from the inventory).
+        #[arg(long, value_name = "NAME")]
+        service: String,
+        /// Only this host (a compromised schedd); the service's other destinations get fresh
+        /// tokens from a new login right away.
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// How long to wait for a cycle already running on this state directory.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Per service and destination: last success, token expiry, consecutive failures.
     Status {
         /// Machine-readable output.

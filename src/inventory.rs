@@ -156,7 +156,8 @@ pub enum DestinationKind {
     /// `<spool>/<account>/<oauth_service>.top` and `.use`, spool and owner from the host.
     Credd,
     /// A token file; `path` may still hold `{uid}`, resolved on the host with `id -u <account>`.
-    File { path: String, content: FileContent, owner: Owner, mode: u32 },
+    /// `ttl`: lifetime of the child token a Vault-token file receives (never beyond its parent's).
+    File { path: String, content: FileContent, owner: Owner, mode: u32, ttl: Duration },
 }
 
 /// One place one service's tokens go: one host, one layout.
@@ -189,6 +190,9 @@ pub struct ServiceSpec {
     pub audience: Option<String>,
     pub min_access_lifetime: Duration,
     pub min_vault_lifetime: Duration,
+    /// A kept login token is reused while it has more than this left; below it the service
+    /// logs in again and the new token is delivered.
+    pub renew_before: Duration,
     pub expiry_warning: Duration,
     pub owners: Vec<String>,
     /// How this service logs in to the broker, templates resolved.
@@ -253,6 +257,10 @@ const DEFAULT_ROLE: &str = "default";
 const DEFAULT_MIN_ACCESS: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_MIN_VAULT: Duration = Duration::from_secs(3600);
 const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(2 * 86400);
+/// condor_vault_storer renews the credd's 28-day token when less than a week is left, and keeps
+/// 7-day children for token files.
+const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(7 * 86400);
+const DEFAULT_CHILD_TTL: Duration = Duration::from_secs(7 * 86400);
 const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -336,6 +344,7 @@ struct RawHost {
 struct RawDefaults {
     min_access_lifetime: Option<Spanned<DurationValue>>,
     min_vault_lifetime: Option<Spanned<DurationValue>>,
+    renew_before: Option<Spanned<DurationValue>>,
     expiry_warning: Option<Spanned<DurationValue>>,
     request_scopes: Option<bool>,
     owners: Option<Vec<Spanned<String>>>,
@@ -356,6 +365,7 @@ struct RawService {
     audience: Option<Spanned<String>>,
     min_access_lifetime: Option<Spanned<DurationValue>>,
     min_vault_lifetime: Option<Spanned<DurationValue>>,
+    renew_before: Option<Spanned<DurationValue>>,
     expiry_warning: Option<Spanned<DurationValue>>,
     owners: Option<Vec<Spanned<String>>>,
     auth: Option<Spanned<RawAuth>>,
@@ -374,6 +384,7 @@ enum RawDestination {
         content: Option<Spanned<String>>,
         owner: Option<Spanned<String>>,
         mode: Option<Spanned<ModeValue>>,
+        ttl: Option<Spanned<DurationValue>>,
     },
 }
 
@@ -922,6 +933,10 @@ impl Validator {
         let field = format!("services.{name}");
         let r = &s.value;
         let before = self.diags.len();
+        // The name becomes part of file names in the state directory and of path templates.
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            self.err(s, field.clone(), format!("service name `{name}` may hold only letters, digits, `-` and `_`"));
+        }
 
         let account = r.account.value.clone();
         if !is_account_name(&account) {
@@ -1015,6 +1030,10 @@ impl Validator {
             let at = r.min_vault_lifetime.as_ref().map(loc).or(d.min_vault_lifetime.as_ref().map(loc)).unwrap_or(loc(s));
             self.err_at(at, format!("{field}.min_vault_lifetime"), "longer than the 28-day lease cap of HTVault: no token could pass");
         }
+        let renew_before = self
+            .duration(&r.renew_before, &format!("{field}.renew_before"))
+            .or_else(|| self.duration(&d.renew_before, "defaults.renew_before"))
+            .unwrap_or(DEFAULT_RENEW_BEFORE);
         let expiry_warning = self
             .duration(&r.expiry_warning, &format!("{field}.expiry_warning"))
             .or_else(|| self.duration(&d.expiry_warning, "defaults.expiry_warning"))
@@ -1049,6 +1068,7 @@ impl Validator {
             audience,
             min_access_lifetime: min_access,
             min_vault_lifetime: min_vault,
+            renew_before,
             expiry_warning,
             owners,
             login,
@@ -1066,7 +1086,8 @@ impl Validator {
             let dfield = format!("{field}.destinations[{di}]");
             let (hosts, kind) = match &dest.value {
                 RawDestination::Credd { hosts } => (hosts, DestinationKind::Credd),
-                RawDestination::File { hosts, path, content, owner, mode } => {
+                RawDestination::File { hosts, path, content, owner, mode, ttl } => {
+                    let ttl = self.duration(ttl, &format!("{dfield}.ttl")).unwrap_or(DEFAULT_CHILD_TTL);
                     let path_t = path.as_ref().map(|p| p.value.as_str()).unwrap_or(DEFAULT_FILE_PATH);
                     let at = path.as_ref().map(loc).unwrap_or(loc(dest));
                     let resolved = self.template(at, &format!("{dfield}.path"), path_t, vars, true);
@@ -1099,7 +1120,7 @@ impl Validator {
                             }
                         },
                     };
-                    (hosts, DestinationKind::File { path: resolved, content, owner, mode })
+                    (hosts, DestinationKind::File { path: resolved, content, owner, mode, ttl })
                 }
             };
             if hosts.is_empty() {

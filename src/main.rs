@@ -41,7 +41,10 @@ fn main() -> ExitCode {
     init_tracing(&cli);
     ExitCode::from(match &cli.command {
         Command::Check { strict } => check(&cli, *strict),
-        Command::Run { services, dry_run, wait } => run(&cli, CycleOptions { services: services.clone(), dry_run: *dry_run }, *wait),
+        Command::Run { services, dry_run, wait } => {
+            run(&cli, CycleOptions { services: services.clone(), dry_run: *dry_run, skip_hosts: Vec::new() }, *wait)
+        }
+        Command::Revoke { service, host, wait } => revoke(&cli, service, host.as_deref(), *wait),
         Command::Status { json } => status(&cli, *json),
     })
 }
@@ -115,6 +118,55 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration) -> u8 {
         // Another cycle holds the lock: nothing was delivered by this run.
         Err(e @ CycleSetupError::Busy(_)) => {
             eprintln!("error: {e}; nothing was done (waited {})", humantime::format_duration(wait));
+            EXIT_NOT_DELIVERED
+        }
+        Err(e) => {
+            eprintln!("error: {}", cycle::error_chain(&e));
+            EXIT_SETUP
+        }
+    }
+}
+
+fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duration) -> u8 {
+    let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
+    if let Some(h) = host {
+        if !inv.hosts.contains_key(h) {
+            eprintln!("error: no host `{h}` in the inventory");
+            return EXIT_SETUP;
+        }
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    match cycle::revoke(&inv, &cli.state_dir, service, host, &runtime, wait) {
+        Ok(report) => {
+            for (hash, r) in &report.revoked {
+                match r {
+                    Ok(()) => println!("{service}: Vault token sha256={hash} revoked"),
+                    Err(e) => println!("{service}: Vault token sha256={hash} NOT REVOKED: {e}"),
+                }
+            }
+            for (dest, h, r) in &report.removed {
+                match r {
+                    Ok(()) => println!("{service}: {dest} removed from {h}"),
+                    Err(e) => println!("{service}: {dest} on {h} NOT REMOVED: {e}"),
+                }
+            }
+            if report.revoked.is_empty() && report.removed.is_empty() {
+                println!("{service}: nothing held and nothing recorded as delivered");
+            }
+            if let Some(r) = &report.redelivered {
+                println!("re-delivering {service} to its other destinations:");
+                print_report(r);
+            }
+            if report.all_ok() { EXIT_OK } else { EXIT_NOT_DELIVERED }
+        }
+        Err(e @ CycleSetupError::Busy(_)) => {
+            eprintln!("error: {e}; nothing was done");
             EXIT_NOT_DELIVERED
         }
         Err(e) => {

@@ -103,6 +103,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_pending ON outbox (sent_at, id);
     "#,
+    // 2: which Vault token tree a destination depends on (so a superseded login token is revoked
+    // only once nothing depends on it) and the paths written there (so `revoke` can remove them
+    // even after the service left the inventory).
+    r#"
+    ALTER TABLE status ADD COLUMN vault_root TEXT;
+    ALTER TABLE status ADD COLUMN paths TEXT;
+    ALTER TABLE deliveries ADD COLUMN vault_root TEXT;
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -219,6 +227,12 @@ pub struct Delivered {
     pub vault_expiry: Option<i64>,
     /// Fingerprint of the delivered access token, if one was delivered.
     pub access: Option<Fingerprint>,
+    /// Short hash of the login token whose tree the delivered Vault token belongs to (the
+    /// token itself, or the parent of a child token): while a destination depends on a tree, its
+    /// root is not revoked.
+    pub vault_root: Option<String>,
+    /// Paths written at the destination.
+    pub paths: Vec<String>,
 }
 
 /// One attempt to deliver one service to one destination.
@@ -246,6 +260,10 @@ pub struct DestinationStatus {
     pub vault_expiry: Option<DateTime<Utc>>,
     /// Fingerprint of the access token last delivered there.
     pub access: Option<Fingerprint>,
+    /// Short hash of the login token the destination's Vault token depends on.
+    pub vault_root: Option<String>,
+    /// Paths last written there.
+    pub paths: Vec<String>,
     pub consecutive_failures: u32,
     /// Time of the first failure of the current streak; `None` while healthy.
     pub failing_since: Option<DateTime<Utc>>,
@@ -419,17 +437,18 @@ impl StateStore {
         rec: &DeliveryRecord,
         at: DateTime<Utc>,
     ) -> Result<(), StateError> {
-        let (ok, error, vault_expiry, access) = match &rec.result {
-            Ok(d) => (true, None, d.vault_expiry, d.access.as_ref()),
-            Err(e) => (false, Some(e.as_str()), None, None),
+        let (ok, error, vault_expiry, access, vault_root, paths) = match &rec.result {
+            Ok(d) => (true, None, d.vault_expiry, d.access.as_ref(), d.vault_root.as_deref(), Some(d.paths.as_slice())),
+            Err(e) => (false, Some(e.as_str()), None, None, None, None),
         };
+        let paths = paths.map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()));
         let at = ts(at);
         // Audit row and status change commit together or not at all.
         let tx = self.conn.unchecked_transaction().map_err(self.q("record delivery"))?;
         tx.execute(
             "INSERT INTO deliveries (run_id, service, destination, host, ok, error, dry_run,
-                                     vault_expiry, access_jti, access_exp, access_hash, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                     vault_expiry, access_jti, access_exp, access_hash, at, vault_root)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 run.0,
                 rec.service,
@@ -442,7 +461,8 @@ impl StateStore {
                 access.and_then(|f| f.jti.as_deref()),
                 access.and_then(|f| f.exp),
                 access.map(|f| f.hash.as_str()),
-                at
+                at,
+                vault_root
             ],
         )
         .map_err(self.q("record delivery"))?;
@@ -451,14 +471,16 @@ impl StateStore {
                 tx.execute(
                     "INSERT INTO status (service, destination, host, last_attempt, last_success,
                                          vault_expiry, access_jti, access_exp, access_hash,
-                                         consecutive_failures, failing_since, last_error)
-                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, 0, NULL, NULL)
+                                         consecutive_failures, failing_since, last_error,
+                                         vault_root, paths)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, 0, NULL, NULL, ?9, ?10)
                      ON CONFLICT (service, destination) DO UPDATE SET
                          host = excluded.host, last_attempt = excluded.last_attempt,
                          last_success = excluded.last_success, vault_expiry = excluded.vault_expiry,
                          access_jti = excluded.access_jti, access_exp = excluded.access_exp,
                          access_hash = excluded.access_hash, consecutive_failures = 0,
-                         failing_since = NULL, last_error = NULL",
+                         failing_since = NULL, last_error = NULL,
+                         vault_root = excluded.vault_root, paths = excluded.paths",
                     params![
                         rec.service,
                         rec.destination,
@@ -468,6 +490,8 @@ impl StateStore {
                         access.and_then(|f| f.jti.as_deref()),
                         access.and_then(|f| f.exp),
                         access.map(|f| f.hash.as_str()),
+                        vault_root,
+                        paths,
                     ],
                 )
                 .map_err(self.q("update status"))?;
@@ -500,7 +524,7 @@ impl StateStore {
             .prepare(
                 "SELECT service, destination, host, last_attempt, last_success, vault_expiry,
                         access_jti, access_exp, access_hash, consecutive_failures,
-                        failing_since, last_error
+                        failing_since, last_error, vault_root, paths
                  FROM status ORDER BY service, destination",
             )
             .map_err(self.q("read status"))?;
@@ -523,6 +547,11 @@ impl StateStore {
                     consecutive_failures: u32::try_from(consecutive).unwrap_or(u32::MAX),
                     failing_since: from_ts(r.get(10)?),
                     last_error: r.get(11)?,
+                    vault_root: r.get(12)?,
+                    paths: r
+                        .get::<_, Option<String>>(13)?
+                        .and_then(|p| serde_json::from_str(&p).ok())
+                        .unwrap_or_default(),
                 })
             })
             .map_err(self.q("read status"))?;
@@ -760,6 +789,8 @@ mod tests {
                     exp: Some(99),
                     hash: "0123456789ab".into(),
                 }),
+                vault_root: Some("a1b2c3d4e5f6".into()),
+                paths: vec![format!("/spool/{service}/x.top")],
             }),
             dry_run,
         }
@@ -883,6 +914,10 @@ mod tests {
         assert_eq!(st.last_success, Some(t(0)), "a failure keeps the last success");
         assert_eq!(st.last_error.as_deref(), Some("host key mismatch"));
         assert_eq!(st.vault_expiry.map(|e| e.timestamp()), Some(5000), "what is still there");
+        // The token tree and paths of what is still there survive failures too: they decide
+        // when a superseded login token may be revoked and what `revoke` removes.
+        assert_eq!(st.vault_root.as_deref(), Some("a1b2c3d4e5f6"));
+        assert_eq!(st.paths, ["/spool/crab/x.top"]);
         assert_eq!(st.vault_time_left_secs(DateTime::from_timestamp(4000, 0).unwrap()), Some(1000));
 
         s.record_delivery_at(run, &ok_rec("crab", "schedd1", 9000, false), t(30)).unwrap();

@@ -216,6 +216,8 @@ services:
             last_success: left.map(|_| now),
             vault_expiry: left.map(|l| now + chrono::Duration::seconds(l)),
             access: None,
+            vault_root: None,
+            paths: vec![],
             consecutive_failures: fails,
             failing_since: None,
             last_error: (fails > 0).then(|| "deliver: refused".into()),

@@ -90,6 +90,9 @@ pub enum DeliverError {
     #[error("host {host}: cannot replace {path}: {detail}")]
     Rename { host: String, path: String, detail: String },
 
+    #[error("host {host}: cannot remove {path}: {detail}")]
+    Remove { host: String, path: String, detail: String },
+
     #[error("host {host}: remote command ({purpose}) failed: {detail}")]
     Exec { host: String, purpose: String, detail: String },
 

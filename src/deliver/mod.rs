@@ -471,6 +471,40 @@ fn set_owners(remote: &Remote, work: &mut [Work]) {
     }
 }
 
+/// Removes credentials from a host (the `revoke` drill): every path with `rm -f` in one exec
+/// channel over one session, with the same host-key and login rules as a delivery. A path that
+/// is already gone counts as removed. `Err` when the host could not be reached at all.
+pub fn remove_from_host(target: &HostTarget, paths: &[String]) -> Result<Vec<(String, Result<(), DeliverError>)>, DeliverError> {
+    let span = tracing::info_span!("remove", host = %target.name);
+    let _entered = span.enter();
+    for p in paths {
+        if let Err(reason) = check_path(p) {
+            return Err(DeliverError::InvalidPath { host: target.name.clone(), path: p.clone(), reason });
+        }
+    }
+    let remote = Remote::connect(target)?;
+    let mut batch = Batch::new();
+    for p in paths {
+        batch.push(format!("rm -f -- {}", sh_quote(p)));
+    }
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let results = run_batch(&remote, "remove files", &batch);
+    Ok(paths
+        .iter()
+        .zip(results)
+        .map(|(p, r)| {
+            let r = r.map_err(|detail| DeliverError::Remove { host: target.name.clone(), path: p.clone(), detail });
+            match &r {
+                Ok(()) => tracing::info!(host = %target.name, path = %p, "removed"),
+                Err(e) => tracing::debug!(error = %e, "not removed"),
+            }
+            (p.clone(), r)
+        })
+        .collect())
+}
+
 /// Moves every pending temp file over its final path, all in one exec channel: `mv -f` within
 /// one directory is rename(2), which replaces the old file atomically.
 fn rename_all(remote: &Remote, work: &mut [Work]) {

@@ -7,6 +7,7 @@ mod harness;
 mod broker;
 mod check;
 mod deliver;
+mod lifecycle;
 mod notify;
 mod push;
 mod run;

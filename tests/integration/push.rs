@@ -120,12 +120,25 @@ fn two_services_land_on_three_hosts_with_exact_bytes_modes_and_owners() {
         assert_eq!(tokens.len(), 1, "{service}");
     }
 
-    // The token file: Vault token, 0600, owned by nobody, {uid} resolved on the host.
+    // The token file: a child of the Vault token the credd got (its own token, same policy,
+    // never outliving its parent), 0600, owned by nobody, {uid} resolved on the host.
     let file = stack.host("schedd2").dir.join(format!("vt_u{}-cms_tier", uid_of("nobody")));
     assert_eq!(mode(&file), 0o600);
     assert_eq!(std::fs::metadata(&file).unwrap().uid(), uid_of("nobody"));
     let tier_vt = &vault_tokens.iter().find(|(s, _)| *s == "tier").unwrap().1;
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{tier_vt}\n"));
+    let child = std::fs::read_to_string(&file).unwrap();
+    assert!(child.ends_with('\n'));
+    let child = child.trim().to_string();
+    leaks.secret(&child);
+    assert_ne!(&child, tier_vt, "a file destination gets a child, not the credd's token");
+    let child_info = stack.bao.lookup(&child).unwrap();
+    let parent_info = stack.bao.lookup(tier_vt).unwrap();
+    assert!(child_info["policies"].as_array().unwrap().iter().any(|p| p == "svc-tier"), "{child_info}");
+    let exp = |v: &Value| chrono::DateTime::parse_from_rfc3339(v["expire_time"].as_str().unwrap()).unwrap();
+    assert!(exp(&child_info) <= exp(&parent_info), "the child never outlives its parent");
+    // Revoking the parent takes the child with it: it is a child in Vault's token tree.
+    stack.bao.revoke(tier_vt);
+    assert!(stack.bao.lookup(&child).is_err(), "child died with its parent");
 
     // Nothing failed: nobody was mailed.
     assert!(stack.smtp.as_ref().unwrap().messages().is_empty());

@@ -129,6 +129,7 @@ pub struct Leaks {
     secrets: Mutex<Vec<String>>,
     texts: Mutex<Vec<(String, String)>>,
     paths: Mutex<Vec<PathBuf>>,
+    kept: Mutex<Vec<PathBuf>>,
 }
 
 impl Leaks {
@@ -149,6 +150,12 @@ impl Leaks {
     /// state DB, mail spool). Token files delivered on purpose must not be registered.
     pub fn path(&self, p: &Path) {
         self.paths.lock().unwrap().push(p.to_path_buf());
+    }
+
+    /// A directory where the product keeps tokens on purpose (its state directory's `vault/`):
+    /// not searched, but every file in it must be mode 0600 or stricter.
+    pub fn kept_tokens(&self, p: &Path) {
+        self.kept.lock().unwrap().push(p.to_path_buf());
     }
 
     pub fn record_output(&self, label: &str, out: &Output) {
@@ -184,6 +191,19 @@ impl Leaks {
         for p in self.paths.lock().unwrap().iter() {
             Self::files_under(p, &mut files);
         }
+        let kept = self.kept.lock().unwrap().clone();
+        let mut kept_files = Vec::new();
+        for p in &kept {
+            Self::files_under(p, &mut kept_files);
+        }
+        for f in &kept_files {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(f).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+            if mode & 0o077 != 0 {
+                found.push(format!("kept token file {} has mode {mode:o}", f.display()));
+            }
+        }
+        files.retain(|f| !kept.iter().any(|k| f.starts_with(k)));
         for f in files {
             let mut bytes = Vec::new();
             if std::fs::File::open(&f).and_then(|mut h| h.read_to_end(&mut bytes)).is_err() {

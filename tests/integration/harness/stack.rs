@@ -73,6 +73,7 @@ impl<'l> Stack<'l> {
         let bao = OpenBao::start(&root.join("bao"), leaks);
         let state_dir = root.join("state");
         leaks.path(&state_dir);
+        leaks.kept_tokens(&state_dir.join("vault"));
         Stack {
             _dir: dir,
             config: root.join("services.yaml"),

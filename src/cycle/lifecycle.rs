@@ -1,0 +1,294 @@
+//! The Vault token lifecycle, as condor_vault_storer keeps it: one login token per service,
+//! reused for weeks and delivered to the credd; a child of it, with its own shorter TTL, for each
+//! Vault-token file; superseded tokens revoked only once nothing depends on them; and the
+//! `revoke` drill that takes a service's credentials off its destinations and kills its tokens.
+//!
+//! Vault tokens form trees: revoking a parent kills its children, and the credmon deletes a
+//! `.top` whose token gets `permission denied`. So a login token is never revoked while any
+//! destination's recorded `vault_root` still names it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::plan::{host_target, Results};
+use super::{error_chain, now_unix, CycleOptions, CycleSetupError, Ctx, DestinationKind, FileContent, RunReport, ServiceReport};
+use crate::broker::Broker;
+use crate::inventory::{Inventory, ServiceSpec};
+use crate::keep::{Kept, TokenKeeper};
+use crate::secret::Secret;
+use crate::state::{CycleLock, DestinationStatus, LockError, StateStore};
+
+/// How much earlier than its parent a child token expires.
+const CHILD_MARGIN_SECS: i64 = 60;
+
+/// A child token minted for one file destination this cycle.
+pub(super) struct Child {
+    pub token: Secret,
+    /// Unix seconds.
+    pub expiry: i64,
+}
+
+/// Children by (service, destination id); `Err` when one could not be minted.
+pub(super) type Children = BTreeMap<(String, String), Result<Child, String>>;
+
+/// Mints, for every Vault-token file of every service that obtained valid tokens, a child of
+/// the login token whose TTL is the destination's `ttl` but never beyond what the parent has
+/// left. A dry run mints nothing.
+pub(super) async fn mint_children(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport]) -> Children {
+    let mut children = Children::new();
+    if ctx.dry_run {
+        return children;
+    }
+    for (spec, report) in services.iter().zip(reports) {
+        let Ok(tokens) = &report.tokens else { continue };
+        for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host)) {
+            let DestinationKind::File { content: FileContent::VaultToken, ttl, .. } = &dest.kind else { continue };
+            // What the parent has left now, less a minute, so that the child's expiry (counted
+            // from its creation a moment later, in whole seconds) stays before the parent's.
+            let parent_left = u64::try_from(tokens.vault_expiry - now_unix() - CHILD_MARGIN_SECS).unwrap_or(1).max(1);
+            let ttl = (*ttl).min(tokens.vault_ttl).min(Duration::from_secs(parent_left));
+            let child = match ctx.broker.create_child(&tokens.vault_token, ttl).await {
+                Ok(login) => {
+                    info!(service = %spec.name, host = %dest.host, destination = %dest.id, vault = %login.token.short_hash(),
+                          parent = %tokens.vault_token.short_hash(), ttl = %humantime::format_duration(ttl), "child token minted");
+                    Ok(Child { expiry: now_unix() + i64::try_from(ttl.min(login.lease).as_secs()).unwrap_or(i64::MAX), token: login.token })
+                }
+                Err(e) => Err(format!("deliver: cannot mint a child token: {}", error_chain(&e))),
+            };
+            children.insert((spec.name.clone(), dest.id.clone()), child);
+        }
+    }
+    children
+}
+
+/// After delivery: a child that landed is kept and the one it replaced is revoked; a child that
+/// did not land is revoked at once (the destination keeps its old one).
+pub(super) async fn settle_children(ctx: &Ctx<'_>, children: Children, results: &Results) {
+    for ((service, dest), child) in children {
+        let Ok(child) = child else { continue };
+        let delivered = matches!(results.get(&(service.clone(), dest.clone())), Some(Ok(_)));
+        if !delivered {
+            revoke_token(&ctx.broker, &child.token, &service, "child token that was not delivered").await;
+            continue;
+        }
+        match ctx.keeper.set_child(&service, &dest, &child.token) {
+            Ok(Some(old)) => {
+                revoke_token(&ctx.broker, &old.token, &service, "child token replaced at its destination").await;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(service = %service, destination = %dest, error = %e, "cannot keep the delivered child token"),
+        }
+    }
+}
+
+/// Revokes a token with its own `revoke-self`; `true` when it is gone (also when Vault already
+/// refuses it: expired or revoked before).
+async fn revoke_token(broker: &Broker, token: &Secret, service: &str, what: &str) -> bool {
+    match broker.revoke_self(token).await {
+        Ok(()) => {
+            info!(service = %service, vault = %token.short_hash(), "{what} revoked");
+            true
+        }
+        Err(e) if e.is_permission_denied() => {
+            info!(service = %service, vault = %token.short_hash(), "{what} was already dead");
+            true
+        }
+        Err(e) => {
+            warn!(service = %service, vault = %token.short_hash(), error = %error_chain(&e), "cannot revoke {what}");
+            false
+        }
+    }
+}
+
+/// Revokes each superseded login token of the run's services that no destination depends on
+/// any more (every destination now holds its replacement or a child of it).
+pub(super) async fn retire_superseded(ctx: &Ctx<'_>, services: &[&ServiceSpec], statuses: &[DestinationStatus]) {
+    for spec in services {
+        let superseded = match ctx.keeper.superseded(&spec.name) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(service = %spec.name, error = %e, "cannot read superseded Vault tokens");
+                continue;
+            }
+        };
+        for old in superseded {
+            let hash = old.token.short_hash();
+            let users: Vec<&str> = statuses
+                .iter()
+                .filter(|s| s.service == spec.name && s.vault_root.as_deref() == Some(hash.as_str()))
+                .map(|s| s.destination.as_str())
+                .collect();
+            if !users.is_empty() {
+                info!(service = %spec.name, vault = %hash, still_at = ?users, "superseded Vault token kept: destinations still depend on it");
+                continue;
+            }
+            if revoke_token(&ctx.broker, &old.token, &spec.name, "superseded Vault token").await {
+                if let Err(e) = ctx.keeper.forget(&old) {
+                    warn!(service = %spec.name, error = %e, "cannot delete a revoked token's file");
+                }
+            }
+        }
+    }
+}
+
+/// A service no longer in the inventory that still has credentials out there or tokens kept.
+#[derive(Clone, Debug)]
+pub struct Orphan {
+    pub service: String,
+    pub destination: String,
+    pub host: String,
+}
+
+impl Orphan {
+    pub fn reason(&self) -> String {
+        format!(
+            "service `{}` was removed from the inventory but its credentials are still live here; run: token-bastion revoke --service {}",
+            self.service, self.service
+        )
+    }
+}
+
+/// Removed services with recorded destinations or kept tokens: never left behind silently.
+pub(super) fn orphans(inv: &Inventory, keeper: &TokenKeeper, statuses: &[DestinationStatus]) -> Vec<Orphan> {
+    let mut out: Vec<Orphan> = statuses
+        .iter()
+        .filter(|s| !inv.services.contains_key(&s.service) && s.last_success.is_some())
+        .map(|s| Orphan { service: s.service.clone(), destination: s.destination.clone(), host: s.host.clone() })
+        .collect();
+    for service in keeper.services().unwrap_or_default() {
+        if !inv.services.contains_key(&service) && !out.iter().any(|o| o.service == service) {
+            out.push(Orphan { service, destination: "kept Vault tokens".into(), host: "bastion".into() });
+        }
+    }
+    for o in &out {
+        warn!(service = %o.service, host = %o.host, destination = %o.destination, "{}", o.reason());
+    }
+    out
+}
+
+/// What `revoke` did.
+#[derive(Debug, Default)]
+pub struct RevokeReport {
+    /// (destination, host, outcome) for every destination credentials were removed from.
+    pub removed: Vec<(String, String, Result<(), String>)>,
+    /// (token short hash, outcome) for every token the bastion held.
+    pub revoked: Vec<(String, Result<(), String>)>,
+    /// The cycle that gave the service's other destinations fresh tokens (`--host`).
+    pub redelivered: Option<RunReport>,
+}
+
+impl RevokeReport {
+    pub fn all_ok(&self) -> bool {
+        self.removed.iter().all(|(_, _, r)| r.is_ok())
+            && self.revoked.iter().all(|(_, r)| r.is_ok())
+            && self.redelivered.as_ref().is_none_or(RunReport::all_ok)
+    }
+}
+
+/// Paths to remove for one recorded destination: those recorded at delivery, else (for a credd
+/// destination of a service still in the inventory) the layout's two files.
+fn paths_of(inv: &Inventory, st: &DestinationStatus) -> Vec<String> {
+    if !st.paths.is_empty() {
+        return st.paths.clone();
+    }
+    let Some(spec) = inv.services.get(&st.service) else { return Vec::new() };
+    let Some(dest) = spec.destinations.iter().find(|d| d.id == st.destination) else { return Vec::new() };
+    match (&dest.kind, inv.hosts.get(&dest.host).and_then(|h| h.spool.as_deref())) {
+        (DestinationKind::Credd, Some(spool)) => ["top", "use"]
+            .iter()
+            .map(|ext| format!("{}/{}/{}.{ext}", spool.trim_end_matches('/'), spec.account, spec.oauth_service))
+            .collect(),
+        (DestinationKind::File { path, .. }, _) if !path.contains("{uid}") => vec![path.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The incident drill: removes `service`'s credentials from its destinations (only on `host`,
+/// if given) and revokes every Vault token the bastion holds for it, so that nothing delivered
+/// keeps working. With `host`, the service's other destinations then get fresh tokens from a
+/// new login at once (their old ones died with the revocation). Works for a service already
+/// removed from the inventory, from what the state DB recorded.
+pub fn revoke(
+    inv: &Inventory,
+    state_dir: &Path,
+    service: &str,
+    host: Option<&str>,
+    runtime: &tokio::runtime::Runtime,
+    lock_wait: Duration,
+) -> Result<RevokeReport, CycleSetupError> {
+    let mut report = RevokeReport::default();
+    {
+        let _lock = CycleLock::acquire(state_dir, Some(lock_wait)).map_err(|e| match e {
+            LockError::Busy { .. } => CycleSetupError::Busy(e),
+            other => CycleSetupError::Lock(other),
+        })?;
+        let store = StateStore::open(state_dir)?;
+        let keeper = TokenKeeper::open(state_dir)?;
+        let broker = Broker::new(&inv.broker.client_config()).map_err(|e| CycleSetupError::Cycle(super::CycleError::Broker(e)))?;
+        let statuses = store.statuses()?;
+        let targets: Vec<&DestinationStatus> =
+            statuses.iter().filter(|s| s.service == service && host.is_none_or(|h| s.host == h)).collect();
+
+        // Tokens first: once revoked, whatever is left on a host no longer works, even if it
+        // cannot be reached to be removed.
+        let kept: Vec<Kept> = keeper.all(service)?;
+        runtime.block_on(async {
+            for k in &kept {
+                let ok = revoke_token(&broker, &k.token, service, "kept Vault token").await;
+                let outcome = if ok { keeper.forget(k).map_err(|e| e.to_string()) } else { Err("revocation failed; see the log".into()) };
+                report.revoked.push((k.token.short_hash(), outcome));
+            }
+        });
+
+        let mut by_host: BTreeMap<&str, Vec<&DestinationStatus>> = BTreeMap::new();
+        for st in &targets {
+            by_host.entry(st.host.as_str()).or_default().push(st);
+        }
+        for (host_name, rows) in by_host {
+            let Some(spec) = inv.hosts.get(host_name) else {
+                for st in rows {
+                    report.removed.push((st.destination.clone(), host_name.into(), Err(format!("host `{host_name}` is not in the inventory: cannot reach it"))));
+                }
+                continue;
+            };
+            let paths: Vec<String> = rows.iter().flat_map(|st| paths_of(inv, st)).collect();
+            let outcome = match host_target(spec) {
+                Err(e) => Err(e),
+                Ok(target) => runtime
+                    .block_on(runtime.spawn_blocking(move || crate::deliver::remove_from_host(&target, &paths)))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| error_chain(&e))),
+            };
+            for st in rows {
+                let result = match &outcome {
+                    Err(e) => Err(e.clone()),
+                    Ok(per_path) => {
+                        let mine = paths_of(inv, st);
+                        match per_path.iter().find(|(p, r)| mine.contains(p) && r.is_err()) {
+                            Some((_, Err(e))) => Err(error_chain(e)),
+                            _ => Ok(()),
+                        }
+                    }
+                };
+                if result.is_ok() {
+                    store.forget_destination(&st.service, &st.destination)?;
+                    info!(service = %service, host = %host_name, destination = %st.destination, "credentials removed");
+                } else {
+                    warn!(service = %service, host = %host_name, destination = %st.destination, "credentials not removed");
+                }
+                report.removed.push((st.destination.clone(), host_name.to_string(), result));
+            }
+        }
+    }
+
+    // A compromised schedd: the others lost their tokens with the revocation; give them new
+    // ones now rather than at the next scheduled cycle.
+    if let (Some(h), true) = (host, inv.services.contains_key(service)) {
+        let opts = CycleOptions { services: vec![service.to_string()], dry_run: false, skip_hosts: vec![h.to_string()] };
+        report.redelivered = Some(super::run_once(inv, state_dir, &opts, runtime, lock_wait)?);
+    }
+    Ok(report)
+}

@@ -1,0 +1,160 @@
+//! What a run tells people: the run summary (failures with their streaks, destinations inside
+//! their expiry warning, services removed with live tokens left), rendered into admin and owner
+//! mail, queued in the outbox and sent from there.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use super::lifecycle::Orphan;
+use super::{error_chain, RunReport};
+use crate::inventory::{Inventory, SmtpTls};
+use crate::notify::{ExpiryLine, FailureLine, OutboxReport, RunSummary, SmtpConfig, Templates, Tls};
+use crate::secret::Secret;
+use crate::state::{DestinationStatus, RunId, StateError, StateStore};
+
+/// Queues the mail a run calls for (failures, and destinations inside their expiry warning) and
+/// sends whatever the outbox holds. Mail problems are logged, never fail the run: the outbox
+/// keeps what could not be sent for the next run.
+pub(super) fn notify_run(inv: &Inventory, store: &StateStore, templates: &Templates, report: &RunReport, orphans: &[Orphan]) -> OutboxReport {
+    let summary = match run_summary(inv, store, report) {
+        Ok(mut s) => {
+            // A service removed from the inventory that still has live tokens somewhere is a
+            // failure on-call must act on (`revoke`), every run until it is done.
+            for o in orphans {
+                s.failed.push(FailureLine {
+                    service: o.service.clone(),
+                    destination: o.destination.clone(),
+                    host: o.host.clone(),
+                    reason: o.reason(),
+                    since: report.started,
+                    consecutive: 1,
+                });
+            }
+            s
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read state for the run summary; no mail queued");
+            return OutboxReport::default();
+        }
+    };
+    let owners: BTreeMap<String, Vec<String>> = inv.services.values().map(|s| (s.name.clone(), s.owners.clone())).collect();
+    let mut mails = Vec::new();
+    match templates.admin_mail(&summary, &inv.notify.admins) {
+        Ok(m) => mails.extend(m),
+        Err(e) => warn!(error = %error_chain(&e), "cannot render the admin mail"),
+    }
+    match templates.owner_mails(&summary, &owners) {
+        Ok(m) => mails.extend(m),
+        Err(e) => warn!(error = %error_chain(&e), "cannot render owner mail"),
+    }
+    for m in &mails {
+        if let Err(e) = store.enqueue_mail(m) {
+            warn!(error = %e, subject = %m.subject, "cannot queue mail");
+        }
+    }
+    let Some(smtp) = &inv.notify.smtp else {
+        if !mails.is_empty() {
+            warn!(queued = mails.len(), "no notify.smtp configured: mail stays queued in the state database");
+        }
+        return OutboxReport::default();
+    };
+    let cfg = match smtp_config(smtp) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot read the SMTP password file; mail stays queued");
+            return OutboxReport::default();
+        }
+    };
+    match crate::notify::deliver_outbox(store, &cfg) {
+        Ok(r) => {
+            if r.failed > 0 || r.deferred > 0 {
+                warn!(sent = r.sent, failed = r.failed, deferred = r.deferred, "some mail could not be sent; it stays queued");
+            } else if r.sent > 0 {
+                info!(sent = r.sent, "mail sent");
+            }
+            r
+        }
+        Err(e) => {
+            warn!(error = %error_chain(&e), "cannot send mail; it stays queued");
+            OutboxReport::default()
+        }
+    }
+}
+
+fn smtp_config(smtp: &crate::inventory::SmtpSpec) -> std::io::Result<SmtpConfig> {
+    let password = match &smtp.password_file {
+        Some(p) => Some(Secret::new(
+            std::fs::read_to_string(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?.trim_end().to_string(),
+        )),
+        None => None,
+    };
+    Ok(SmtpConfig {
+        host: smtp.host.clone(),
+        port: smtp.port,
+        from: smtp.from.clone(),
+        tls: match smtp.tls {
+            SmtpTls::None => Tls::None,
+            SmtpTls::StartTls => Tls::StartTls,
+            SmtpTls::Tls => Tls::Wrapper,
+        },
+        username: smtp.username.clone(),
+        password,
+        timeout: smtp.timeout,
+    })
+}
+
+/// Failures of this run with their streaks from state, and every destination in the inventory
+/// whose credential is inside its service's expiry warning.
+fn run_summary(inv: &Inventory, store: &StateStore, report: &RunReport) -> Result<RunSummary, StateError> {
+    let statuses = store.statuses()?;
+    let by_key: BTreeMap<(&str, &str), &DestinationStatus> =
+        statuses.iter().map(|s| ((s.service.as_str(), s.destination.as_str()), s)).collect();
+    let now = Utc::now();
+    let mut failed = Vec::new();
+    let mut delivered = 0;
+    for (service, d) in report.destinations() {
+        match &d.result {
+            Ok(_) => delivered += 1,
+            Err(reason) => {
+                let st = by_key.get(&(service, d.id.as_str()));
+                failed.push(FailureLine {
+                    service: service.to_string(),
+                    destination: d.id.clone(),
+                    host: d.host.clone(),
+                    reason: reason.clone(),
+                    since: st.and_then(|s| s.failing_since).unwrap_or(now),
+                    consecutive: st.map(|s| s.consecutive_failures).unwrap_or(1),
+                });
+            }
+        }
+    }
+    let expiring = expiring(inv, &statuses, now)
+        .into_iter()
+        .map(|(st, left, warn)| ExpiryLine {
+            service: st.service.clone(),
+            destination: st.destination.clone(),
+            host: st.host.clone(),
+            time_left_secs: left,
+            warning_secs: warn,
+        })
+        .collect();
+    Ok(RunSummary { run_id: report.run_id.unwrap_or(RunId(0)), started: report.started, dry_run: report.dry_run, delivered, failed, expiring })
+}
+
+/// Destinations still in the inventory whose delivered credential has less time left than its
+/// service's `expiry_warning`: (status, seconds left, warning seconds).
+pub fn expiring<'a>(inv: &Inventory, statuses: &'a [DestinationStatus], now: DateTime<Utc>) -> Vec<(&'a DestinationStatus, i64, i64)> {
+    statuses
+        .iter()
+        .filter_map(|st| {
+            let spec = inv.services.get(&st.service)?;
+            spec.destinations.iter().find(|d| d.id == st.destination)?;
+            let left = st.vault_time_left_secs(now)?;
+            let warn = spec.expiry_warning.as_secs() as i64;
+            (left < warn).then_some((st, left, warn))
+        })
+        .collect()
+}
+

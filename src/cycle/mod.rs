@@ -1,0 +1,473 @@
+//! One cycle: inventory → broker → validate → deliver → notify, with state recorded.
+//!
+//! This module puts the stages in order and is the only one (with the scheduler) that touches
+//! state. A service that fails a stage is dropped from the later ones and reported; a failure of
+//! one service or host never stops the others. Setup problems that make the whole run
+//! meaningless (no usable broker client, an unknown `--service`) are the only errors returned;
+//! everything else is a line in the [`RunReport`].
+
+mod lifecycle;
+mod mail;
+mod obtain;
+mod plan;
+
+pub use lifecycle::{revoke, RevokeReport};
+pub use mail::expiring;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Semaphore;
+use tracing::{info, warn, Instrument};
+
+use crate::broker::{AccessRequest, Broker};
+use crate::inventory::{DestinationKind, FileContent, Inventory, ServiceSpec};
+use crate::jwks::{IssuerSource, JwksCache};
+use crate::keep::{KeepError, TokenKeeper};
+use crate::notify::{NotifyError, OutboxReport, Templates};
+use crate::secret::{Fingerprint, Secret};
+use crate::state::{CycleLock, Delivered, DeliveryRecord, LockError, RunId, RunKind, RunOutcome, StateError, StateStore};
+use crate::validate::ValidatedToken;
+
+/// How many services talk to the broker at once.
+const BROKER_FAN_OUT: usize = 4;
+/// Asked of the broker on top of the service's minimum so that a token that just meets the
+/// minimum at the broker still meets it when validated a moment later.
+const MINIMUM_SECONDS_MARGIN: u64 = 60;
+/// Leeway for `nbf` and `iat` against clock skew between the issuer and this host.
+const CLOCK_LEEWAY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug)]
+pub struct CycleOptions {
+    /// Services to run; empty means all.
+    pub services: Vec<String>,
+    pub dry_run: bool,
+    /// Hosts left out of this cycle (the `revoke --host` drill re-delivers to the others).
+    pub skip_hosts: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("no service `{0}` in the inventory (known: {1})")]
+    UnknownService(String, String),
+    #[error("broker: {0}")]
+    Broker(#[source] crate::broker::BrokerError),
+    #[error("issuer {issuer}: {source}")]
+    Issuer { issuer: String, #[source] source: crate::http::HttpError },
+}
+
+/// The stage at which a service stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Login,
+    Lookup,
+    Fetch,
+    Validate,
+    Deliver,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Login => "login",
+            Stage::Lookup => "lookup",
+            Stage::Fetch => "fetch",
+            Stage::Validate => "validate",
+            Stage::Deliver => "deliver",
+        })
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StageFailure {
+    pub stage: Stage,
+    /// Secret-free: built from product errors that name claims, paths and hosts, never tokens.
+    pub reason: String,
+}
+
+/// What the bastion holds for a service after a successful fetch and validation.
+pub struct ServiceTokens {
+    /// The login token: kept and reused across cycles, delivered to credd destinations.
+    pub vault_token: Secret,
+    /// Unix seconds at which the Vault token expires.
+    pub vault_expiry: i64,
+    /// Its remaining lifetime when obtained (`Duration::MAX` for a token that never expires).
+    pub vault_ttl: Duration,
+    /// Logged in during this cycle rather than reused.
+    pub fresh: bool,
+    pub vault_fingerprint: Fingerprint,
+    pub access_token: Secret,
+    pub validated: ValidatedToken,
+}
+
+impl std::fmt::Debug for ServiceTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceTokens")
+            .field("vault", &self.vault_fingerprint.to_string())
+            .field("access", &self.validated.fingerprint.to_string())
+            .finish()
+    }
+}
+
+/// One service × destination after the cycle.
+#[derive(Debug)]
+pub struct DestinationReport {
+    pub id: String,
+    pub host: String,
+    /// `Err`: secret-free reason, prefixed with the stage that failed.
+    pub result: Result<Delivered, String>,
+}
+
+#[derive(Debug)]
+pub struct ServiceReport {
+    pub service: String,
+    pub tokens: Result<ServiceTokens, StageFailure>,
+    pub destinations: Vec<DestinationReport>,
+}
+
+#[derive(Debug)]
+pub struct RunReport {
+    pub run_id: Option<RunId>,
+    pub started: DateTime<Utc>,
+    pub dry_run: bool,
+    pub services: Vec<ServiceReport>,
+    /// Mail handed to the relay / left queued in the outbox by this run.
+    pub mail: OutboxReport,
+}
+
+impl RunReport {
+    /// True when every selected service got through every stage to every destination.
+    pub fn all_ok(&self) -> bool {
+        self.services.iter().all(|s| s.tokens.is_ok() && s.destinations.iter().all(|d| d.result.is_ok()))
+    }
+
+    pub fn destinations(&self) -> impl Iterator<Item = (&str, &DestinationReport)> {
+        self.services.iter().flat_map(|s| s.destinations.iter().map(move |d| (s.service.as_str(), d)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleSetupError {
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+    #[error("{0}")]
+    Busy(#[source] LockError),
+    #[error("{0}")]
+    Lock(#[source] LockError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("mail templates: {0}")]
+    Templates(#[source] NotifyError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("{0}")]
+    Keep(#[from] KeepError),
+}
+
+fn selected<'a>(inv: &'a Inventory, opts: &CycleOptions) -> Result<Vec<&'a ServiceSpec>, CycleError> {
+    if opts.services.is_empty() {
+        return Ok(inv.services.values().collect());
+    }
+    opts.services
+        .iter()
+        .map(|name| {
+            inv.services.get(name).ok_or_else(|| {
+                CycleError::UnknownService(name.clone(), inv.services.keys().cloned().collect::<Vec<_>>().join(", "))
+            })
+        })
+        .collect()
+}
+
+/// The JWKS cache for every configured issuer, each reached with its own CA.
+pub fn jwks_cache(inv: &Inventory) -> Result<JwksCache, CycleError> {
+    let sources = inv
+        .issuers
+        .values()
+        .map(|i| {
+            let client = crate::http::client(&i.ca, inv.broker.timeout)
+                .map_err(|source| CycleError::Issuer { issuer: i.url.clone(), source })?;
+            Ok(IssuerSource { issuer: i.url.clone(), client })
+        })
+        .collect::<Result<Vec<_>, CycleError>>()?;
+    Ok(JwksCache::new(sources))
+}
+
+fn now_unix() -> i64 {
+    Utc::now().timestamp()
+}
+
+/// What the broker is asked for on behalf of `spec`.
+pub fn access_request(spec: &ServiceSpec) -> AccessRequest {
+    AccessRequest {
+        credkey: spec.credkey.clone(),
+        role: spec.role.clone(),
+        scopes: spec.requested_scopes(),
+        audiences: spec.audience.iter().cloned().collect(),
+        minimum_seconds: spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN,
+    }
+}
+
+/// What every stage of one cycle shares: cheap to clone into tasks.
+#[derive(Clone)]
+pub(crate) struct Ctx<'a> {
+    pub inv: &'a Inventory,
+    pub broker: Broker,
+    pub jwks: Arc<JwksCache>,
+    pub keeper: TokenKeeper,
+    pub dry_run: bool,
+    pub skip_hosts: &'a [String],
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(inv: &'a Inventory, keeper: TokenKeeper, opts: &'a CycleOptions) -> Result<Self, CycleError> {
+        Ok(Ctx {
+            inv,
+            broker: Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?,
+            jwks: Arc::new(jwks_cache(inv)?),
+            keeper,
+            dry_run: opts.dry_run,
+            skip_hosts: &opts.skip_hosts,
+        })
+    }
+}
+
+/// One whole cycle on `state_dir`: the cycle lock, the run record, obtain → validate → deliver,
+/// every outcome recorded, mail queued and sent. Blocking; drives `runtime` for the network
+/// stages. Errors are setup errors only: nothing was attempted.
+pub fn run_once(
+    inv: &Inventory,
+    state_dir: &Path,
+    opts: &CycleOptions,
+    runtime: &tokio::runtime::Runtime,
+    lock_wait: Duration,
+) -> Result<RunReport, CycleSetupError> {
+    let services = selected(inv, opts)?;
+    let _lock = CycleLock::acquire(state_dir, Some(lock_wait)).map_err(|e| match e {
+        LockError::Busy { .. } => CycleSetupError::Busy(e),
+        other => CycleSetupError::Lock(other),
+    })?;
+    let store = StateStore::open(state_dir)?;
+    let keeper = TokenKeeper::open(state_dir)?;
+    let templates = Templates::load(inv.notify.templates_dir.as_deref()).map_err(CycleSetupError::Templates)?;
+    let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    let kind = if opts.dry_run { RunKind::DryRun } else { RunKind::Run };
+    let started = Utc::now();
+    let run_id = store.begin_run(kind, &names)?;
+    let run_span = tracing::info_span!("run", run_id = run_id.0, dry_run = opts.dry_run);
+    let _entered = run_span.enter();
+
+    let ctx = match Ctx::new(inv, keeper, opts) {
+        Ok(c) => c,
+        Err(e) => {
+            store.finish_run(run_id, RunOutcome::Error, 2)?;
+            return Err(e.into());
+        }
+    };
+    let services_done = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
+    let mut report = RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default() };
+
+    for (service, d) in report.destinations() {
+        let record = DeliveryRecord {
+            service: service.to_string(),
+            destination: d.id.clone(),
+            host: d.host.clone(),
+            result: d.result.clone(),
+            dry_run: opts.dry_run,
+        };
+        store.record_delivery(run_id, &record)?;
+    }
+
+    if !opts.dry_run {
+        // Login tokens this run superseded are revoked once no destination depends on them.
+        let statuses = store.statuses()?;
+        runtime.block_on(lifecycle::retire_superseded(&ctx, &services, &statuses).instrument(run_span.clone()));
+        let orphans = lifecycle::orphans(inv, &ctx.keeper, &statuses);
+        report.mail = mail::notify_run(inv, &store, &templates, &report, &orphans);
+    }
+    let ok = report.all_ok();
+    store.finish_run(run_id, if ok { RunOutcome::Success } else { RunOutcome::Failures }, if ok { 0 } else { 1 })?;
+    Ok(report)
+}
+
+/// The network part of a cycle: obtain and validate every service's tokens, mint the child
+/// tokens that Vault-token files receive, deliver to every host (hosts in parallel), then keep
+/// the children that landed and revoke those they replaced.
+async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport> {
+    let gate = Arc::new(Semaphore::new(BROKER_FAN_OUT));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, spec) in services.iter().enumerate() {
+        let spec = (*spec).clone();
+        let issuer_url = ctx.inv.issuers.get(&spec.issuer).map(|i| i.url.clone()).unwrap_or_default();
+        let job = obtain::Job { broker: ctx.broker.clone(), jwks: ctx.jwks.clone(), keeper: ctx.keeper.clone(), dry_run: ctx.dry_run };
+        let gate = gate.clone();
+        let span = tracing::info_span!("service", service = %spec.name);
+        tasks.spawn(
+            async move {
+                let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+                let tokens = job.obtain(&spec, &issuer_url).await;
+                match &tokens {
+                    Ok(t) => info!(vault = %t.vault_fingerprint, reused = !t.fresh, access = %t.validated.fingerprint, "tokens valid"),
+                    Err(f) => warn!(stage = %f.stage, reason = %f.reason, "service failed"),
+                }
+                (i, tokens)
+            }
+            .instrument(span),
+        );
+    }
+    let mut obtained: BTreeMap<usize, Result<ServiceTokens, StageFailure>> = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((i, t)) => {
+                obtained.insert(i, t);
+            }
+            Err(e) => warn!(error = %e, "a service task ended abnormally"),
+        }
+    }
+    let mut reports: Vec<ServiceReport> = services
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| ServiceReport {
+            service: spec.name.clone(),
+            tokens: obtained
+                .remove(&i)
+                .unwrap_or_else(|| Err(StageFailure { stage: Stage::Login, reason: "the service's task ended abnormally".into() })),
+            destinations: Vec::new(),
+        })
+        .collect();
+
+    let children = lifecycle::mint_children(ctx, services, &reports).await;
+    let mut results = plan::deliver_all(ctx, services, &reports, &children).await;
+    lifecycle::settle_children(ctx, children, &results).await;
+
+    for (report, spec) in reports.iter_mut().zip(services) {
+        report.destinations = spec
+            .destinations
+            .iter()
+            .filter(|d| !ctx.skip_hosts.contains(&d.host))
+            .map(|d| {
+                let result = match &report.tokens {
+                    Err(f) => Err(format!("{}: {}", f.stage, f.reason)),
+                    Ok(_) => results
+                        .remove(&(spec.name.clone(), d.id.clone()))
+                        .unwrap_or_else(|| Err("deliver: no outcome for this destination".into())),
+                };
+                DestinationReport { id: d.id.clone(), host: d.host.clone(), result }
+            })
+            .collect();
+    }
+    reports
+}
+
+fn fail(stage: Stage, e: impl std::fmt::Display) -> StageFailure {
+    StageFailure { stage, reason: e.to_string() }
+}
+
+/// An error with its whole `source` chain, `outer: inner: …`, skipping a cause whose text the
+/// outer message already carries. Transport errors keep their real cause (refused, TLS, DNS)
+/// deep in the chain, and on-call needs it.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+fn fail_chain(stage: Stage, e: &(dyn std::error::Error + 'static)) -> StageFailure {
+    StageFailure { stage, reason: error_chain(e) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::{RemoteFile, TopFile};
+    use crate::notify::{SmtpConfig, Tls};
+
+    const VAULT: &str = "hvs.CAESIJfixturevaulttoken0123456789";
+    const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJmaXh0dXJlIjoxfQ.fixture-signature-bytes";
+    const PASSWORD: &str = "smtp-fixture-password-42";
+
+    fn tokens() -> ServiceTokens {
+        let vault = Secret::new(VAULT);
+        let access = Secret::new(JWT);
+        ServiceTokens {
+            vault_fingerprint: Fingerprint::of(&vault, None, Some(1_800_000_000)),
+            vault_token: vault,
+            vault_expiry: 1_800_000_000,
+            vault_ttl: Duration::from_secs(3600),
+            fresh: true,
+            validated: ValidatedToken {
+                fingerprint: Fingerprint::of(&access, Some("jti-1".into()), Some(1_800_000_000)),
+                iss: "https://iam.example/".into(),
+                sub: "sub".into(),
+                aud: vec!["aud".into()],
+                exp: 1_800_000_000,
+                iat: 1_799_990_000,
+                jti: "jti-1".into(),
+                scopes: vec!["compute.create".parse().unwrap()],
+                wlcg_ver: "1.0".into(),
+            },
+            access_token: access,
+        }
+    }
+
+    /// Everything a cycle holds, printed with `{:?}` the way a careless log line or a panic
+    /// would, shows fingerprints and never the fixture secrets.
+    #[test]
+    fn debug_output_of_a_populated_run_holds_no_secret() {
+        let report = RunReport {
+            run_id: Some(RunId(7)),
+            started: Utc::now(),
+            dry_run: false,
+            services: vec![ServiceReport {
+                service: "prod".into(),
+                tokens: Ok(tokens()),
+                destinations: vec![DestinationReport {
+                    id: "credd@s1".into(),
+                    host: "s1".into(),
+                    result: Ok(Delivered { vault_expiry: Some(1), access: None, vault_root: None, paths: vec![] }),
+                }],
+            }],
+            mail: OutboxReport::default(),
+        };
+        let t = tokens();
+        let top = TopFile { vault_token: t.vault_token.clone(), vault_url: "https://v:8200/v1/x".into(), scopes: None, audience: None };
+        let smtp = SmtpConfig {
+            host: "mx".into(),
+            port: 25,
+            from: "a@b.c".into(),
+            tls: Tls::None,
+            username: Some("u".into()),
+            password: Some(Secret::new(PASSWORD)),
+            timeout: Duration::from_secs(1),
+        };
+        let file = RemoteFile { id: "x".into(), path: "/p".into(), uid_of: None, content: top.to_json(), mode: 0o600, owner: None };
+        let shown = format!("{report:?}\n{top:?}\n{smtp:?}\n{file:?}\n{:?}", t.access_token);
+        for secret in [VAULT, JWT, PASSWORD, "fixturevaulttoken", "fixture-signature"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains(&t.validated.fingerprint.hash), "fingerprints are what is shown");
+    }
+
+    #[test]
+    fn error_chain_keeps_causes_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner")]
+        struct Inner(#[source] std::io::Error);
+        let e = Outer(Inner(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused")));
+        assert_eq!(error_chain(&e), "outer: inner: refused");
+    }
+}

@@ -1,0 +1,219 @@
+//! From validated tokens to one plan per host, and the plans carried out: every host on its own
+//! blocking thread (libssh2 is blocking), under a bound, each service × destination's result
+//! mapped back from its files.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tracing::{info, warn, Instrument};
+
+use super::lifecycle::Children;
+use super::{access_request, error_chain, Ctx, DestinationKind, FileContent, ServiceReport};
+use crate::deliver::{self, HostPlan, HostTarget, RemoteFile, TopFile};
+use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
+use crate::secret::Secret;
+use crate::state::Delivered;
+
+/// How many hosts are written to at once.
+const HOST_FAN_OUT: usize = 8;
+
+/// Results keyed by (service, destination id).
+pub(super) type Results = BTreeMap<(String, String), Result<Delivered, String>>;
+
+/// A file's id in a host plan: the service, the destination and the file's role there.
+fn file_id(service: &str, destination: &str, part: &str) -> String {
+    format!("{service}\u{1f}{destination}\u{1f}{part}")
+}
+
+fn split_file_id(id: &str) -> Option<(&str, &str)> {
+    let mut parts = id.split('\u{1f}');
+    Some((parts.next()?, parts.next()?))
+}
+
+fn owner(o: &InvOwner) -> deliver::Owner {
+    deliver::Owner { user: o.user.clone(), group: o.group.clone().unwrap_or_default() }
+}
+
+/// Every host's plan and what each destination will hold once its files land; destinations
+/// that cannot be planned get their failure at once.
+struct Plans {
+    hosts: BTreeMap<String, HostPlan>,
+    will_hold: BTreeMap<(String, String), Delivered>,
+    failed: Results,
+}
+
+fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Plans {
+    let inv = ctx.inv;
+    let mut plans = Plans { hosts: BTreeMap::new(), will_hold: BTreeMap::new(), failed: BTreeMap::new() };
+    let mut host_errors: BTreeMap<String, String> = BTreeMap::new();
+    for (spec, report) in services.iter().zip(reports) {
+        let Ok(tokens) = &report.tokens else { continue };
+        let root = Some(tokens.vault_token.short_hash());
+        for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host)) {
+            let key = (spec.name.clone(), dest.id.clone());
+            let Some(host) = inv.hosts.get(&dest.host) else { continue };
+            if let Some(e) = host_errors.get(&host.name) {
+                plans.failed.insert(key, Err(e.clone()));
+                continue;
+            }
+            if !plans.hosts.contains_key(&host.name) {
+                match host_target(host) {
+                    Ok(target) => {
+                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new() });
+                    }
+                    Err(e) => {
+                        host_errors.insert(host.name.clone(), e.clone());
+                        plans.failed.insert(key, Err(e));
+                        continue;
+                    }
+                }
+            }
+            let plan = plans.hosts.get_mut(&host.name).expect("inserted above");
+            let access_fp = Some(tokens.validated.fingerprint.clone());
+            match &dest.kind {
+                DestinationKind::Credd => {
+                    let spool = host.spool.as_deref().unwrap_or("/");
+                    let request = access_request(spec);
+                    let top = TopFile {
+                        vault_token: tokens.vault_token.clone(),
+                        vault_url: format!("{}{}", inv.broker.vault_url, crate::broker::access_path(&inv.broker.issuer, &request)),
+                        scopes: (!request.scopes.is_empty()).then(|| request.scopes.join(",")),
+                        audience: spec.audience.clone(),
+                    };
+                    let (dir, files) = deliver::credd_layout(spool, &spec.account, &spec.oauth_service, &top, &tokens.access_token, &owner(&host.spool_owner));
+                    if !plan.dirs.iter().any(|d| d.path == dir.path) {
+                        plan.dirs.push(dir);
+                    }
+                    for (mut f, part) in files.into_iter().zip(["top", "use"]) {
+                        f.id = file_id(&spec.name, &dest.id, part);
+                        plan.files.push(f);
+                    }
+                    if host.signal_credmon && !plan.signal_credmon.iter().any(|s| s == spool) {
+                        plan.signal_credmon.push(spool.to_string());
+                    }
+                    plans.will_hold.insert(key, Delivered { vault_expiry: Some(tokens.vault_expiry), access: access_fp, vault_root: root.clone(), paths: Vec::new() });
+                }
+                DestinationKind::File { path, content, owner: o, mode, .. } => {
+                    let (body, expiry, access, vault_root) = match content {
+                        FileContent::VaultToken => match children.get(&key) {
+                            Some(Ok(child)) => (&child.token, child.expiry, None, root.clone()),
+                            Some(Err(e)) => {
+                                plans.failed.insert(key, Err(e.clone()));
+                                continue;
+                            }
+                            // A dry run mints no child; the parent stands in, written nowhere.
+                            None => (&tokens.vault_token, tokens.vault_expiry, None, root.clone()),
+                        },
+                        FileContent::AccessToken => (&tokens.access_token, tokens.validated.exp, access_fp, None),
+                    };
+                    plan.files.push(RemoteFile {
+                        id: file_id(&spec.name, &dest.id, "file"),
+                        path: path.clone(),
+                        uid_of: path.contains("{uid}").then(|| spec.account.clone()),
+                        content: Secret::new(format!("{}\n", body.expose())),
+                        mode: *mode,
+                        owner: Some(owner(o)),
+                    });
+                    plans.will_hold.insert(key, Delivered { vault_expiry: Some(expiry), access, vault_root, paths: Vec::new() });
+                }
+            }
+        }
+    }
+    plans
+}
+
+pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
+    let key_passphrase = match &host.key_passphrase_file {
+        Some(p) => Some(Secret::new(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("deliver: cannot read key passphrase file {}: {e}", p.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        )),
+        None => None,
+    };
+    Ok(HostTarget {
+        name: host.name.clone(),
+        address: host.address.clone(),
+        port: host.port,
+        user: host.user.clone(),
+        key_file: host.key_file.clone(),
+        key_passphrase,
+        known_hosts: host.known_hosts.clone(),
+        timeout: host.timeout,
+    })
+}
+
+/// Pushes every host's plan, hosts in parallel on blocking threads, and returns each
+/// service × destination's result.
+pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Results {
+    let Plans { hosts, mut will_hold, failed } = plan_hosts(ctx, services, reports, children);
+    let dry_run = ctx.dry_run;
+    let gate = Arc::new(Semaphore::new(HOST_FAN_OUT));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, plan) in hosts {
+        let gate = gate.clone();
+        let span = tracing::info_span!("host", host = %name);
+        tasks.spawn(
+            async move {
+                let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+                let outcome = tokio::task::spawn_blocking(move || deliver::push_to_host(&plan, dry_run)).await;
+                (name, outcome)
+            }
+            .instrument(span),
+        );
+    }
+    let mut results: Results = failed;
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((host, outcome)) = joined else { continue };
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(host = %host, error = %e, "delivery thread ended abnormally");
+                continue;
+            }
+        };
+        for (spool, signalled) in &outcome.signalled {
+            if let Err(e) = signalled {
+                warn!(host = %host, spool = %spool, error = %error_chain(e), "cannot signal the credmon");
+            }
+        }
+        for f in &outcome.files {
+            let Some((service, dest)) = split_file_id(&f.id) else { continue };
+            let key = (service.to_string(), dest.to_string());
+            let file_result = match (&outcome.connected, &f.result) {
+                (Err(e), _) | (Ok(()), Err(e)) => Err(format!("deliver: {}", error_chain(e))),
+                (Ok(()), Ok(())) => Ok(()),
+            };
+            match file_result {
+                // The first failing file of a destination names the destination's failure.
+                Err(reason) => {
+                    if !matches!(results.get(&key), Some(Err(_))) {
+                        warn!(service = %service, host = %host, destination = %dest, path = %f.path, reason = %reason, "not delivered");
+                        results.insert(key, Err(reason));
+                    }
+                }
+                Ok(()) => {
+                    if let Some(held) = will_hold.get_mut(&key) {
+                        held.paths.push(f.path.clone());
+                    }
+                }
+            }
+        }
+    }
+    for (key, held) in will_hold {
+        if results.contains_key(&key) || held.paths.is_empty() {
+            continue;
+        }
+        let host = services
+            .iter()
+            .find(|s| s.name == key.0)
+            .and_then(|s| s.destinations.iter().find(|d| d.id == key.1))
+            .map(|d| d.host.clone())
+            .unwrap_or_default();
+        info!(service = %key.0, host = %host, destination = %key.1, dry_run, "{}", if dry_run { "deliverable" } else { "delivered" });
+        results.insert(key, Ok(held));
+    }
+    results
+}

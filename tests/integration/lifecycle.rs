@@ -1,0 +1,231 @@
+//! The Vault token lifecycle across cycles, against real OpenBao and sshd: a kept login token
+//! reused while it has more than `renew_before` left, a new login below it, superseded tokens
+//! revoked only once no destination depends on them, children for token files, and the
+//! `revoke` drill.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::harness::openbao::JwtSpec;
+use crate::harness::stack::{shown, ServiceDef, Stack};
+use crate::harness::Leaks;
+
+fn spec() -> JwtSpec {
+    JwtSpec { scope: Some("compute.create".into()), ..JwtSpec::default() }
+}
+
+fn top(stack: &Stack, host: &str) -> PathBuf {
+    stack.host(host).spool.join("acctprod").join("cms_prod.top")
+}
+
+/// The Vault token in a host's `.top`, registered as a secret for the leak check.
+fn vault_token_at(stack: &Stack, leaks: &Leaks, host: &str) -> String {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(top(stack, host)).unwrap()).unwrap();
+    let t = doc["vault_token"].as_str().unwrap().to_string();
+    leaks.secret(&t);
+    t
+}
+
+/// AppRole logins of `service` that OpenBao saw.
+fn logins(stack: &Stack, service: &str) -> usize {
+    let role_id = stack.creds[service].role_id.clone();
+    stack
+        .bao
+        .audit_entries()
+        .iter()
+        .filter(|e| e["type"] == "request" && e["request"]["path"] == "auth/approle/login" && e["request"]["data"]["role_id"] == role_id.as_str())
+        .count()
+}
+
+fn alive(stack: &Stack, token: &str) -> bool {
+    stack.bao.lookup(token).is_ok()
+}
+
+/// One service `prod` (credd on every host) with `renew_before` as given; tokens from the
+/// harness's AppRoles live 1 h.
+fn stack_with<'l>(leaks: &'l Leaks, hosts: usize, renew_before: &str, file_dest: bool) -> Stack<'l> {
+    let mut stack = Stack::new(leaks).with_hosts(hosts);
+    let mut def = ServiceDef::new("prod", &["compute.create"]);
+    def.extra = format!("    renew_before: {renew_before}\n");
+    stack.add_service(def);
+    if file_dest {
+        let path = stack.host("schedd1").dir.join("vt_prod");
+        stack.destinations.insert(
+            "prod".into(),
+            format!(
+                "    destinations:\n      - credd:\n          hosts: [{}]\n      - file:\n          hosts: [schedd1]\n          path: {}\n          owner: root\n          ttl: 30m\n",
+                stack.hosts.keys().cloned().collect::<Vec<_>>().join(", "),
+                path.display()
+            ),
+        );
+    }
+    stack.put_token("prod", &spec());
+    stack.write_inventory();
+    stack
+}
+
+#[test]
+fn a_kept_token_is_reused_while_it_has_more_than_renew_before_left() {
+    let leaks = Leaks::default();
+    let stack = stack_with(&leaks, 2, "10m", false);
+    for label in ["first", "second", "third"] {
+        let out = stack.run(label, &["run"]);
+        assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    }
+    assert_eq!(logins(&stack, "prod"), 1, "one login, reused by the later cycles");
+    let t1 = vault_token_at(&stack, &leaks, "schedd1");
+    assert_eq!(t1, vault_token_at(&stack, &leaks, "schedd2"));
+    assert!(alive(&stack, &t1));
+    let kept = stack.state_dir.join("vault/prod.current");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), t1, "kept in its own file in the state directory");
+    leaks.assert_clean();
+}
+
+#[test]
+fn below_renew_before_a_new_login_is_delivered_and_the_old_token_revoked() {
+    let leaks = Leaks::default();
+    let stack = stack_with(&leaks, 2, "2h", false);
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let old = vault_token_at(&stack, &leaks, "schedd1");
+    let out = stack.run("second", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(logins(&stack, "prod"), 2);
+    let new = vault_token_at(&stack, &leaks, "schedd1");
+    assert_ne!(old, new);
+    assert_eq!(new, vault_token_at(&stack, &leaks, "schedd2"));
+    assert!(alive(&stack, &new), "the delivered token works after the next login");
+    assert!(!alive(&stack, &old), "superseded, held by no destination: revoked");
+    assert!(!stack.state_dir.join("vault").read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".superseded")));
+    leaks.assert_clean();
+}
+
+#[test]
+fn a_superseded_token_lives_while_a_destination_still_depends_on_it() {
+    let leaks = Leaks::default();
+    let mut stack = stack_with(&leaks, 3, "2h", false);
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let a = vault_token_at(&stack, &leaks, "schedd3");
+
+    stack.host_mut("schedd3").stop();
+    assert_eq!(stack.run("second", &["run"]).status.code(), Some(1));
+    let b = vault_token_at(&stack, &leaks, "schedd1");
+    assert_ne!(a, b);
+    assert_eq!(vault_token_at(&stack, &leaks, "schedd3"), a, "schedd3 still holds the first token");
+    assert!(alive(&stack, &a), "never revoked while schedd3 depends on it");
+
+    stack.host_mut("schedd3").restart();
+    assert_eq!(stack.run("third", &["run"]).status.code(), Some(0));
+    let c = vault_token_at(&stack, &leaks, "schedd3");
+    assert!(alive(&stack, &c));
+    assert!(!alive(&stack, &a) && !alive(&stack, &b), "once every destination holds the newest, both older ones are revoked");
+    leaks.assert_clean();
+}
+
+#[test]
+fn a_token_file_gets_a_child_that_is_replaced_and_revoked_each_cycle() {
+    let leaks = Leaks::default();
+    let stack = stack_with(&leaks, 1, "10m", true);
+    let file = stack.host("schedd1").dir.join("vt_prod");
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let parent = vault_token_at(&stack, &leaks, "schedd1");
+    let c1 = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    leaks.secret(&c1);
+    assert_ne!(c1, parent);
+    let info = stack.bao.lookup(&c1).unwrap();
+    assert!(info["ttl"].as_u64().unwrap() <= 1800, "the destination's ttl: {info}");
+
+    assert_eq!(stack.run("second", &["run"]).status.code(), Some(0));
+    let c2 = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    leaks.secret(&c2);
+    assert_ne!(c1, c2);
+    assert_eq!(vault_token_at(&stack, &leaks, "schedd1"), parent, "the parent is reused");
+    assert!(alive(&stack, &c2) && alive(&stack, &parent));
+    assert!(!alive(&stack, &c1), "the replaced child is revoked");
+    leaks.assert_clean();
+}
+
+#[test]
+fn revoke_leaves_no_usable_token_behind() {
+    let leaks = Leaks::default();
+    let stack = stack_with(&leaks, 2, "10m", true);
+    assert_eq!(stack.run("run", &["run"]).status.code(), Some(0));
+    let parent = vault_token_at(&stack, &leaks, "schedd1");
+    let file = stack.host("schedd1").dir.join("vt_prod");
+    let child = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    leaks.secret(&child);
+
+    let out = stack.run("revoke", &["revoke", "--service", "prod"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("credd@schedd1 removed from schedd1") && text.contains("credd@schedd2 removed from schedd2"), "{text}");
+    for host in ["schedd1", "schedd2"] {
+        assert!(!top(&stack, host).exists(), "{host}: .top removed");
+        assert!(!top(&stack, host).with_extension("use").exists(), "{host}: .use removed");
+    }
+    assert!(!file.exists());
+    assert!(!alive(&stack, &parent) && !alive(&stack, &child), "every token revoked");
+    let kept: Vec<_> = stack.state_dir.join("vault").read_dir().unwrap().flatten().collect();
+    assert!(kept.is_empty(), "nothing kept: {kept:?}");
+    let status = stack.run("status", &["status", "--json"]);
+    let rows: Vec<Value> = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(rows.iter().all(|r| r["health"] == "never"), "{rows:#?}");
+    leaks.assert_clean();
+}
+
+#[test]
+fn revoke_on_one_host_redelivers_fresh_tokens_to_the_others() {
+    let leaks = Leaks::default();
+    let stack = stack_with(&leaks, 3, "10m", false);
+    assert_eq!(stack.run("run", &["run"]).status.code(), Some(0));
+    let old = vault_token_at(&stack, &leaks, "schedd1");
+
+    let out = stack.run("revoke host", &["revoke", "--service", "prod", "--host", "schedd2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert!(!top(&stack, "schedd2").exists(), "the compromised host's credentials are gone");
+    assert!(!alive(&stack, &old), "the token the compromised host saw is dead");
+    for host in ["schedd1", "schedd3"] {
+        let fresh = vault_token_at(&stack, &leaks, host);
+        assert_ne!(fresh, old);
+        assert!(alive(&stack, &fresh), "{host} got a fresh working token at once");
+    }
+    leaks.assert_clean();
+}
+
+#[test]
+fn a_service_removed_from_the_inventory_is_reported_until_revoked() {
+    let leaks = Leaks::default();
+    let mut stack = Stack::new(&leaks).with_hosts(1).with_smtp();
+    for name in ["prod", "gone"] {
+        let mut def = ServiceDef::new(name, &["compute.create"]);
+        def.extra = "    renew_before: 10m\n".into();
+        stack.add_service(def);
+        stack.put_token(name, &spec());
+    }
+    stack.write_inventory();
+    assert_eq!(stack.run("both", &["run"]).status.code(), Some(0));
+    let gone_top = stack.host("schedd1").spool.join("acctgone").join("cms_gone.top");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&gone_top).unwrap()).unwrap();
+    let gone_token = doc["vault_token"].as_str().unwrap().to_string();
+    leaks.secret(&gone_token);
+
+    stack.defs.remove("gone");
+    stack.write_inventory();
+    let out = stack.run("without gone", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoke --service gone"), "{}", shown(&out));
+    let smtp = stack.smtp.as_ref().unwrap();
+    let mails = smtp.wait_for_messages(1, std::time::Duration::from_secs(10));
+    assert!(mails.iter().any(|m| m.body.contains("token-bastion revoke --service gone")), "{mails:#?}");
+    assert!(alive(&stack, &gone_token), "nothing is revoked without being asked");
+
+    let out = stack.run("revoke gone", &["revoke", "--service", "gone"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert!(!gone_top.exists());
+    assert!(!alive(&stack, &gone_token));
+    let out = stack.run("after", &["run"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("revoke --service gone"), "{}", shown(&out));
+    smtp.record_in(&leaks);
+    vault_token_at(&stack, &leaks, "schedd1");
+    leaks.assert_clean();
+}
