@@ -32,6 +32,9 @@ pub struct CycleOptions {
     /// Services to run; empty means all.
     pub services: Vec<String>,
     pub dry_run: bool,
+    /// The state directory: services' Kerberos credential caches live under it unless the
+    /// inventory places them elsewhere.
+    pub state_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +156,8 @@ pub async fn run_cycle(inv: &Inventory, opts: &CycleOptions) -> Result<RunReport
 
     let mut tasks = tokio::task::JoinSet::new();
     for (i, spec) in services.iter().enumerate() {
-        let spec = (*spec).clone();
+        let mut spec = (*spec).clone();
+        spec.login = spec.login.with_ccache_under(&opts.state_dir);
         let issuer_url = inv.issuers.get(&spec.issuer).map(|i| i.url.clone()).unwrap_or_default();
         let (broker, jwks, gate) = (broker.clone(), jwks.clone(), gate.clone());
         let span = tracing::info_span!("service", service = %spec.name);

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     init_tracing(&cli);
     ExitCode::from(match &cli.command {
         Command::Check { strict } => check(&cli, *strict),
-        Command::Run { services, dry_run } => run(&cli, CycleOptions { services: services.clone(), dry_run: *dry_run }),
+        Command::Run { services, dry_run } => run(&cli, CycleOptions { services: services.clone(), dry_run: *dry_run, state_dir: cli.state_dir.clone() }),
         Command::Status { .. } => {
             eprintln!("status: no state has been recorded yet (delivery is not enabled in this build)");
             EXIT_SETUP
