@@ -46,7 +46,7 @@ pub enum KerberosError {
     #[error("`{name}` is not a usable Kerberos name: {reason}")]
     BadName { name: String, reason: String },
     /// The keytab does not hold the principal, the KDC does not know it, or the keys are stale.
-    #[error("Kerberos principal `{principal}` with keytab {}: no credentials: {reason}", keytab.display())]
+    #[error("Kerberos principal `{principal}` with keytab {}: no credentials (does the keytab hold the principal's current keys, and does the KDC know it?): {reason}", keytab.display())]
     Credentials { principal: String, keytab: PathBuf, reason: String },
     #[error("Kerberos principal `{principal}` (keytab {}): no service ticket for `{spn}`: {reason}", keytab.display())]
     ServiceTicket { principal: String, keytab: PathBuf, spn: String, reason: String },
@@ -134,9 +134,30 @@ impl Drop for RawName {
     }
 }
 
-/// `gss_acquire_cred_from(principal, {client_keytab, ccache})` for initiating only.
+/// MIT's minor status "Principal in credential cache does not match desired name" (the first code
+/// of its `k5g` error table; the header defining it is not installed by `libkrb5-dev`).
+const KG_CCACHE_NOMATCH: sys::OM_uint32 = 0x025e_a100;
+
+/// The service's credentials. A cache left by an earlier principal (the inventory changed it)
+/// makes MIT refuse the new one; the cache is the service's own, so it is emptied and the
+/// credentials fetched anew with the keytab.
 fn acquire_from(id: &ClientIdentity) -> Result<Cred, KerberosError> {
-    let fail = |reason: String| KerberosError::Credentials { principal: id.principal.clone(), keytab: id.keytab.clone(), reason };
+    let fail = |(major, minor)| KerberosError::Credentials { principal: id.principal.clone(), keytab: id.keytab.clone(), reason: gss_status(major, minor) };
+    match acquire_once(id)? {
+        Ok(cred) => Ok(cred),
+        Err((_, KG_CCACHE_NOMATCH)) => {
+            tracing::debug!(ccache = %id.ccache.display(), principal = %id.principal, "credential cache held another principal; starting it afresh");
+            std::fs::remove_file(&id.ccache)
+                .map_err(|e| KerberosError::Ccache { path: id.ccache.clone(), reason: format!("holds another principal and cannot be removed: {e}") })?;
+            acquire_once(id)?.map_err(fail)
+        }
+        Err(status) => Err(fail(status)),
+    }
+}
+
+/// One `gss_acquire_cred_from(principal, {client_keytab, ccache})` for initiating only; a GSSAPI
+/// failure comes back as its (major, minor) status, read on this thread.
+fn acquire_once(id: &ClientIdentity) -> Result<Result<Cred, (sys::OM_uint32, sys::OM_uint32)>, KerberosError> {
     let principal = c_string("the principal", &id.principal)?;
     let keytab = c_string("the keytab path", &format!("FILE:{}", id.keytab.display()))?;
     let ccache = c_string("the ccache path", &format!("FILE:{}", id.ccache.display()))?;
@@ -176,10 +197,10 @@ fn acquire_from(id: &ClientIdentity) -> Result<Cred, KerberosError> {
         )
     };
     if major != sys::GSS_S_COMPLETE {
-        return Err(fail(gss_status(major, minor)));
+        return Ok(Err((major, minor)));
     }
     // SAFETY: a fresh handle from a successful call, owned by nothing else.
-    Ok(unsafe { Cred::from_c(cred) })
+    Ok(Ok(unsafe { Cred::from_c(cred) }))
 }
 
 /// MIT's own words for a failed call (major and minor status), as libgssapi renders them.

@@ -7,5 +7,6 @@ mod harness;
 mod broker;
 mod check;
 mod deliver;
+mod kerberos;
 mod notify;
 mod run;
