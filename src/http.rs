@@ -33,7 +33,7 @@ pub enum HttpError {
     #[error("client certificate: cannot read {path}: {source}")]
     ReadIdentity { path: PathBuf, #[source] source: std::io::Error },
     /// reqwest's text for a bad PEM names what it could not parse, never the key's bytes.
-    #[error("client certificate {cert} with key {key}: not a usable PEM certificate and private key: {source}")]
+    #[error("client certificate {} with key {}: not a usable certificate and private key pair (PEM, the key belonging to the certificate): {source}", cert.display(), key.display())]
     BadIdentity { cert: PathBuf, key: PathBuf, #[source] source: reqwest::Error },
 }
 
@@ -112,6 +112,13 @@ pub fn client_presenting(ca: &CaSource, timeout: Duration, certificate: Option<C
     }
     if let Some(certificate) = certificate {
         builder = builder.identity(certificate.identity()?);
+        // The TLS library pairs key and certificate only now: a key that is not the
+        // certificate's fails here.
+        return builder.build().map_err(|source| HttpError::BadIdentity {
+            cert: certificate.cert_file.into(),
+            key: certificate.key_file.into(),
+            source,
+        });
     }
     builder.build().map_err(HttpError::Build)
 }
