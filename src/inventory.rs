@@ -920,10 +920,10 @@ impl Validator {
                     None => kerberos_mount,
                 };
                 let spn_host = spn_host.as_ref().map(|h| text(self, "spn_host", h));
-                if let Some(h) = &spn_host {
-                    if h.is_empty() || h.contains(['/', '@', ':']) || h.contains(char::is_whitespace) {
-                        self.err_at(at, format!("{field}.spn_host"), format!("`{h}` is not a host name (the service principal is host/<spn_host>@REALM)"));
-                    }
+                if let Some(h) = &spn_host
+                    && (h.is_empty() || h.contains(['/', '@', ':']) || h.contains(char::is_whitespace))
+                {
+                    self.err_at(at, format!("{field}.spn_host"), format!("`{h}` is not a host name (the service principal is host/<spn_host>@REALM)"));
                 }
                 AuthMethod::Kerberos { principal, keytab: path(self, "keytab", keytab, FileKind::Secret), ccache, mount, spn_host }
             }
