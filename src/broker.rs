@@ -1,12 +1,15 @@
 //! The Vault token broker (HTVault: Vault or OpenBao in front of the IAM issuer), as the
 //! reference client `htgettoken` speaks to it.
 //!
-//! Owns every request to Vault: login (AppRole, an existing token file; Kerberos and TLS
-//! certificates join [`AuthMethod`] later), token housekeeping (`lookup-self`, child tokens,
+//! Owns every request to Vault: login (Kerberos/SPNEGO, TLS client certificate, AppRole, an
+//! existing token file), token housekeeping (`lookup-self`, child tokens,
 //! `revoke-self`) and reading access tokens from the `creds` / `sts` paths. This is the only module
 //! that knows Vault's paths, headers and JSON shapes; callers get typed values back.
 //!
-//! It must never put a token, a secret_id or a role_id into an error, a log line or a `Debug`
+//! The SPNEGO token itself comes from [`crate::kerberos`], which alone knows GSSAPI; the client
+//! certificate is loaded by [`crate::http`].
+//!
+//! It must never put a token, a secret_id, a role_id or a Negotiate token into an error, a log line or a `Debug`
 //! output: they travel as [`Secret`] and only leave the process in a request header or body.
 //! Errors name the method, the request path (never its query, never a token), the HTTP status and
 //! Vault's own error text. It logs nothing above debug level: errors are returned, and logged once
@@ -19,7 +22,8 @@ use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::http::{self, CaSource, HttpError};
+use crate::http::{self, CaSource, ClientCertificate, HttpError};
+use crate::kerberos::{self, KerberosError};
 use crate::secret::Secret;
 
 /// Where the broker is and how far to trust it.
@@ -38,6 +42,25 @@ pub struct BrokerConfig {
 /// login reads them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthMethod {
+    /// `POST /v1/auth/<mount>/login`, empty body, `Authorization: Negotiate <SPNEGO token>` for
+    /// the service `host@<host>`: stock HTVault's login for services, mount
+    /// `kerberos-<issuer>_<role>`. The principal's keys come from `keytab`; its tickets live in
+    /// `ccache`, the service's own credential cache, so that services never share tickets.
+    Kerberos {
+        principal: String,
+        keytab: PathBuf,
+        /// Absolute, or relative to a directory the caller names with
+        /// [`AuthMethod::with_ccache_under`] (the state directory).
+        ccache: PathBuf,
+        mount: String,
+        /// The host in the service name, when it is not the broker URL's host: Vault's keytab
+        /// holds `host/<its canonical name>`, and the bastion may reach it by another name (a
+        /// load-balancer alias, an IP address, a tunnel to localhost).
+        spn_host: Option<String>,
+    },
+    /// `POST /v1/auth/<mount>/login` over a TLS connection presenting this client certificate;
+    /// body `{"name": <cert role>}` when a role is named (else Vault tries every role).
+    Cert { cert_file: PathBuf, key_file: PathBuf, mount: String, name: Option<String> },
     /// `POST /v1/auth/<mount>/login` with `role_id` and `secret_id` read from files.
     AppRole { mount: String, role_id_file: PathBuf, secret_id_file: PathBuf },
     /// An existing Vault token (e.g. `/tmp/vt_u<uid>`), proven good with `lookup-self`.
@@ -47,6 +70,27 @@ pub enum AuthMethod {
 impl AuthMethod {
     /// The AppRole mount Vault enables by default.
     pub const DEFAULT_APPROLE_MOUNT: &'static str = "approle";
+    /// The mount `bao auth enable cert` / `vault auth enable cert` creates.
+    pub const DEFAULT_CERT_MOUNT: &'static str = "cert";
+
+    /// htvault-config's Kerberos mount for a Vault issuer and role: `kerberos-<issuer>_<role>`.
+    pub fn kerberos_mount(issuer: &str, role: &str) -> String {
+        format!("kerberos-{issuer}_{role}")
+    }
+
+    /// This method with a relative Kerberos `ccache` placed under `dir`; anything else unchanged.
+    pub fn with_ccache_under(&self, dir: &Path) -> AuthMethod {
+        match self {
+            AuthMethod::Kerberos { principal, keytab, ccache, mount, spn_host } if ccache.is_relative() => AuthMethod::Kerberos {
+                principal: principal.clone(),
+                keytab: keytab.clone(),
+                ccache: dir.join(ccache),
+                mount: mount.clone(),
+                spn_host: spn_host.clone(),
+            },
+            other => other.clone(),
+        }
+    }
 }
 
 /// A Vault token and what Vault said about it when it was handed out.
@@ -115,6 +159,8 @@ pub enum BrokerError {
     EmptyCredential { what: &'static str, path: PathBuf },
     #[error("invalid broker request: {0}")]
     InvalidRequest(String),
+    #[error("POST /v1/auth/{mount}/login: {source}")]
+    Kerberos { mount: String, #[source] source: KerberosError },
     #[error("{method} {path}: no answer from the broker within {after:?}")]
     Timeout { method: Method, path: String, after: Duration },
     #[error("{method} {path}: cannot talk to the broker")]
@@ -162,6 +208,8 @@ impl BrokerError {
 #[derive(Clone)]
 pub struct Broker {
     http: reqwest::Client,
+    /// Kept for clients that present a certificate, built per `cert` login.
+    ca: CaSource,
     base: url::Url,
     issuer: String,
     timeout: Duration,
@@ -243,6 +291,10 @@ struct Call<'a> {
     url: url::Url,
     path: String,
     sent: Vec<&'a Secret>,
+    /// `Authorization: Negotiate <token>`, for a Kerberos login.
+    negotiate: Option<&'a Secret>,
+    /// A client of its own (presenting a certificate) instead of the broker's.
+    client: Option<reqwest::Client>,
 }
 
 impl Call<'_> {
@@ -279,7 +331,7 @@ impl Broker {
             return Err(BrokerError::InvalidRequest("the Vault issuer name is empty".into()));
         }
         let http = http::client(&cfg.ca, cfg.timeout).map_err(BrokerError::Client)?;
-        Ok(Broker { http, base: cfg.url.clone(), issuer: cfg.issuer.clone(), timeout: cfg.timeout })
+        Ok(Broker { http, ca: cfg.ca.clone(), base: cfg.url.clone(), issuer: cfg.issuer.clone(), timeout: cfg.timeout })
     }
 
     /// The Vault issuer name this broker reads access tokens for.
@@ -299,7 +351,44 @@ impl Broker {
                 let info = self.lookup_self(&token).await?;
                 Ok(VaultLogin { token, lease: info.ttl, policies: info.policies, renewable: info.renewable })
             }
+            AuthMethod::Kerberos { principal, keytab, ccache, mount, spn_host } => {
+                let identity = kerberos::ClientIdentity { principal: principal.clone(), keytab: keytab.clone(), ccache: ccache.clone() };
+                self.kerberos_login(mount, &identity, spn_host.as_deref()).await
+            }
+            AuthMethod::Cert { cert_file, key_file, mount, name } => {
+                let certificate = ClientCertificate { cert_file, key_file };
+                self.cert_login(mount, certificate, name.as_deref()).await
+            }
         }
+    }
+
+    async fn kerberos_login(&self, mount: &str, identity: &kerberos::ClientIdentity, spn_host: Option<&str>) -> Result<VaultLogin, BrokerError> {
+        let host = match spn_host {
+            Some(h) => h.to_string(),
+            // A URL host in brackets ([::1]) is no host name a KDC knows; take it bare.
+            None => self.base.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string(),
+        };
+        let token = kerberos::negotiate(identity, &host, self.timeout)
+            .await
+            .map_err(|source| BrokerError::Kerberos { mount: mount.to_string(), source })?;
+        let mut call = self.call(Method::POST, &["auth", mount, "login"]);
+        call.sent = vec![&token];
+        call.negotiate = Some(&token);
+        let reply = self.send(&call, None, &[], None).await?;
+        parse_auth(&call, &reply)
+    }
+
+    async fn cert_login(&self, mount: &str, certificate: ClientCertificate<'_>, name: Option<&str>) -> Result<VaultLogin, BrokerError> {
+        let mount = if mount.is_empty() { AuthMethod::DEFAULT_CERT_MOUNT } else { mount };
+        let client = http::client_presenting(&self.ca, self.timeout, Some(certificate)).map_err(BrokerError::Client)?;
+        let body = match name {
+            Some(name) => serde_json::json!({ "name": name }),
+            None => serde_json::json!({}),
+        };
+        let mut call = self.call(Method::POST, &["auth", mount, "login"]);
+        call.client = Some(client);
+        let reply = self.send(&call, None, &[], Some(&body)).await?;
+        parse_auth(&call, &reply)
     }
 
     async fn approle_login(&self, mount: &str, role_id: &Secret, secret_id: &Secret) -> Result<VaultLogin, BrokerError> {
@@ -370,12 +459,13 @@ impl Broker {
 
     fn call<'a>(&self, method: Method, segments: &[&str]) -> Call<'a> {
         let url = api_url(&self.base, segments);
-        Call { method, path: url.path().to_string(), url, sent: Vec::new() }
+        Call { method, path: url.path().to_string(), url, sent: Vec::new(), negotiate: None, client: None }
     }
 
     /// Sends one request and turns anything but a 2xx JSON answer into a [`BrokerError`].
     async fn send(&self, call: &Call<'_>, token: Option<&Secret>, query: &[(&str, String)], body: Option<&Value>) -> Result<Reply, BrokerError> {
-        let mut request = self.http.request(call.method.clone(), call.url.clone());
+        let client = call.client.as_ref().unwrap_or(&self.http);
+        let mut request = client.request(call.method.clone(), call.url.clone());
         if !query.is_empty() {
             request = request.query(query);
         }
@@ -384,6 +474,12 @@ impl Broker {
                 .map_err(|_| BrokerError::InvalidRequest("the Vault token holds characters not allowed in a header".into()))?;
             value.set_sensitive(true);
             request = request.header("X-Vault-Token", value);
+        }
+        if let Some(negotiate) = call.negotiate {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Negotiate {}", negotiate.expose()))
+                .map_err(|_| BrokerError::InvalidRequest("the Negotiate token holds characters not allowed in a header".into()))?;
+            value.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, value);
         }
         if let Some(body) = body {
             request = request.json(body);

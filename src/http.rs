@@ -1,7 +1,9 @@
 //! The HTTPS client every outbound HTTP request is made with (broker and issuer key discovery).
 //!
 //! Owns trust: when a CA file or a CA directory is configured, only those certificates are
-//! trusted, never the platform store. Every request has a timeout.
+//! trusted, never the platform store. Every request has a timeout. A client may also present a
+//! TLS client certificate (Vault's `cert` login); its private key is read here and handed to the
+//! TLS stack, never shown in an error.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +30,34 @@ pub enum HttpError {
     BadCertificate { path: PathBuf, #[source] source: reqwest::Error },
     #[error("cannot build the HTTPS client: {0}")]
     Build(#[source] reqwest::Error),
+    #[error("client certificate: cannot read {path}: {source}")]
+    ReadIdentity { path: PathBuf, #[source] source: std::io::Error },
+    /// reqwest's text for a bad PEM names what it could not parse, never the key's bytes.
+    #[error("client certificate {} with key {}: not a usable certificate and private key pair (PEM, the key belonging to the certificate): {source}", cert.display(), key.display())]
+    BadIdentity { cert: PathBuf, key: PathBuf, #[source] source: reqwest::Error },
+}
+
+/// A TLS client certificate (PEM, leaf first, optionally followed by its chain) and its private
+/// key (PEM, PKCS#8, PKCS#1 or SEC1), as two files.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientCertificate<'a> {
+    pub cert_file: &'a Path,
+    pub key_file: &'a Path,
+}
+
+impl ClientCertificate<'_> {
+    fn identity(&self) -> Result<reqwest::Identity, HttpError> {
+        let read = |path: &Path| std::fs::read(path).map_err(|source| HttpError::ReadIdentity { path: path.into(), source });
+        // reqwest wants one PEM buffer with the key and the certificates; the key goes first so
+        // that the buffer is dropped as soon as rustls holds its own copy.
+        let mut pem = read(self.key_file)?;
+        pem.push(b'\n');
+        pem.extend(read(self.cert_file)?);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|source| HttpError::BadIdentity { cert: self.cert_file.into(), key: self.key_file.into(), source });
+        pem.fill(0);
+        identity
+    }
 }
 
 /// PEM certificates from one file.
@@ -66,6 +96,11 @@ pub fn load_anchors(ca: &CaSource) -> Result<Vec<reqwest::Certificate>, HttpErro
 /// An HTTPS client trusting exactly `ca` (or the system store for [`CaSource::System`]), with
 /// `timeout` on connect and on every whole request.
 pub fn client(ca: &CaSource, timeout: Duration) -> Result<reqwest::Client, HttpError> {
+    client_presenting(ca, timeout, None)
+}
+
+/// As [`client`], presenting `certificate` to servers that ask for one.
+pub fn client_presenting(ca: &CaSource, timeout: Duration, certificate: Option<ClientCertificate<'_>>) -> Result<reqwest::Client, HttpError> {
     let mut builder = reqwest::Client::builder()
         .https_only(true)
         .connect_timeout(timeout)
@@ -74,6 +109,16 @@ pub fn client(ca: &CaSource, timeout: Duration) -> Result<reqwest::Client, HttpE
         .redirect(reqwest::redirect::Policy::none());
     if *ca != CaSource::System {
         builder = builder.tls_certs_only(load_anchors(ca)?);
+    }
+    if let Some(certificate) = certificate {
+        builder = builder.identity(certificate.identity()?);
+        // The TLS library pairs key and certificate only now: a key that is not the
+        // certificate's fails here.
+        return builder.build().map_err(|source| HttpError::BadIdentity {
+            cert: certificate.cert_file.into(),
+            key: certificate.key_file.into(),
+            source,
+        });
     }
     builder.build().map_err(HttpError::Build)
 }

@@ -265,6 +265,9 @@ const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_FILE_PATH: &str = "/tmp/vt_u{uid}-{oauth_service}";
+/// A service's Kerberos credential cache when none is configured: relative, so the cycle places
+/// it under the state directory (which the inventory does not know).
+const DEFAULT_CCACHE_DIR: &str = "krb5cc";
 /// The WLCG profile's shortest recommended access-token lifetime is 15 minutes; a longest
 /// one of 6 h means a larger minimum can never be met.
 const MAX_ACCESS_LIFETIME: Duration = Duration::from_secs(6 * 3600);
@@ -311,6 +314,20 @@ enum RawAuth {
     },
     TokenFile {
         path: String,
+    },
+    Kerberos {
+        /// Required: a realm cannot be guessed, and `"{account}@CERN.CH"` says it in one line.
+        principal: String,
+        keytab: String,
+        ccache: Option<String>,
+        mount: Option<String>,
+        spn_host: Option<String>,
+    },
+    Cert {
+        cert_file: String,
+        key_file: String,
+        mount: Option<String>,
+        name: Option<String>,
     },
 }
 
@@ -873,13 +890,16 @@ impl Validator {
         out
     }
 
-    fn login(&mut self, auth: &Spanned<RawAuth>, field: &str, vars: &Vars) -> AuthMethod {
+    /// A service's login with its templates filled in. `kerberos_mount` is the mount used when
+    /// a Kerberos block names none (`kerberos-<broker.issuer>_<role>`).
+    fn login(&mut self, auth: &Spanned<RawAuth>, field: &str, vars: &Vars, kerberos_mount: String) -> AuthMethod {
         let at = loc(auth);
         let path = |v: &mut Self, name: &str, template: &str, kind| -> PathBuf {
             let f = format!("{field}.{name}");
             let resolved = v.template(at, &f, template, vars, false);
             v.file(at, &f, &resolved, kind)
         };
+        let text = |v: &mut Self, name: &str, template: &str| -> String { v.template(at, &format!("{field}.{name}"), template, vars, false) };
         match &auth.value {
             RawAuth::Approle { mount, role_id_file, secret_id_file } => AuthMethod::AppRole {
                 mount: mount.clone().unwrap_or_else(|| AuthMethod::DEFAULT_APPROLE_MOUNT.into()),
@@ -887,7 +907,62 @@ impl Validator {
                 secret_id_file: path(self, "secret_id_file", secret_id_file, FileKind::Secret),
             },
             RawAuth::TokenFile { path: p } => AuthMethod::TokenFile { path: path(self, "path", p, FileKind::Secret) },
+            RawAuth::Kerberos { principal, keytab, ccache, mount, spn_host } => {
+                let principal = text(self, "principal", principal);
+                let realm = principal.rsplit_once('@').map(|(_, r)| r);
+                if principal.contains(char::is_whitespace) || principal.starts_with('@') || realm.is_none_or(str::is_empty) {
+                    self.err_at(at, format!("{field}.principal"), format!("`{principal}` is not a Kerberos principal with a realm (write e.g. \"{{account}}@CERN.CH\")"));
+                }
+                let ccache = match ccache {
+                    Some(c) => {
+                        let resolved = text(self, "ccache", c);
+                        if !resolved.starts_with('/') {
+                            self.err_at(at, format!("{field}.ccache"), format!("`{resolved}` must be an absolute path (leave ccache out for one per service under the state directory)"));
+                        }
+                        PathBuf::from(resolved)
+                    }
+                    None => Path::new(DEFAULT_CCACHE_DIR).join(&vars.service),
+                };
+                let mount = match mount {
+                    Some(m) => {
+                        let m = text(self, "mount", m);
+                        self.mount(at, field, m)
+                    }
+                    None => kerberos_mount,
+                };
+                let spn_host = spn_host.as_ref().map(|h| text(self, "spn_host", h));
+                if let Some(h) = &spn_host
+                    && (h.is_empty() || h.contains(['/', '@', ':']) || h.contains(char::is_whitespace))
+                {
+                    self.err_at(at, format!("{field}.spn_host"), format!("`{h}` is not a host name (the service principal is host/<spn_host>@REALM)"));
+                }
+                AuthMethod::Kerberos { principal, keytab: path(self, "keytab", keytab, FileKind::Secret), ccache, mount, spn_host }
+            }
+            RawAuth::Cert { cert_file, key_file, mount, name } => {
+                let mount = match mount {
+                    Some(m) => {
+                        let m = text(self, "mount", m);
+                        self.mount(at, field, m)
+                    }
+                    None => AuthMethod::DEFAULT_CERT_MOUNT.into(),
+                };
+                AuthMethod::Cert {
+                    cert_file: path(self, "cert_file", cert_file, FileKind::Public),
+                    key_file: path(self, "key_file", key_file, FileKind::Secret),
+                    mount,
+                    name: name.as_ref().map(|n| text(self, "name", n)),
+                }
+            }
         }
+    }
+
+    /// An auth mount path as Vault names it (`kerberos-cms_production`, `cert`, `tls/cms`).
+    fn mount(&mut self, at: (u64, u64), field: &str, mount: String) -> String {
+        let bad = mount.is_empty() || mount.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") || mount.contains(['?', '#', '%']) || mount.contains(char::is_whitespace);
+        if bad {
+            self.err_at(at, format!("{field}.mount"), format!("`{mount}` is not an auth mount path"));
+        }
+        mount
     }
 
     /// Fills `{service}`, `{account}`, `{oauth_service}`, `{credkey}` (and keeps `{uid}` when
@@ -1048,9 +1123,10 @@ impl Validator {
         }
 
         let vars = Vars { service: name.into(), account: account.clone(), oauth_service: oauth_service.clone(), credkey: credkey.clone() };
+        let kerberos_mount = AuthMethod::kerberos_mount(&vault_issuer, &role);
         let login = match &r.auth {
-            Some(a) => self.login(a, &format!("{field}.auth"), &vars),
-            None => self.login(&raw.broker.value.auth, "broker.auth", &vars),
+            Some(a) => self.login(a, &format!("{field}.auth"), &vars, kerberos_mount),
+            None => self.login(&raw.broker.value.auth, "broker.auth", &vars, kerberos_mount),
         };
 
         let destinations = self.destinations(name, &field, r, raw, &vars);

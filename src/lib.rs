@@ -16,6 +16,7 @@ pub mod http;
 pub mod inventory;
 pub mod jwks;
 pub mod keep;
+pub mod kerberos;
 pub mod notify;
 pub mod scopes;
 pub mod secret;

@@ -220,12 +220,15 @@ pub(crate) struct Ctx<'a> {
     pub keeper: TokenKeeper,
     pub dry_run: bool,
     pub skip_hosts: &'a [String],
+    /// Services' Kerberos credential caches live under it unless the inventory places them.
+    pub state_dir: &'a Path,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(inv: &'a Inventory, keeper: TokenKeeper, opts: &'a CycleOptions) -> Result<Self, CycleError> {
+    pub fn new(inv: &'a Inventory, keeper: TokenKeeper, opts: &'a CycleOptions, state_dir: &'a Path) -> Result<Self, CycleError> {
         Ok(Ctx {
             inv,
+            state_dir,
             broker: Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?,
             jwks: Arc::new(jwks_cache(inv)?),
             keeper,
@@ -260,7 +263,7 @@ pub fn run_once(
     let run_span = tracing::info_span!("run", run_id = run_id.0, dry_run = opts.dry_run);
     let _entered = run_span.enter();
 
-    let ctx = match Ctx::new(inv, keeper, opts) {
+    let ctx = match Ctx::new(inv, keeper, opts, state_dir) {
         Ok(c) => c,
         Err(e) => {
             store.finish_run(run_id, RunOutcome::Error, 2)?;
@@ -300,7 +303,8 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
     let gate = Arc::new(Semaphore::new(BROKER_FAN_OUT));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, spec) in services.iter().enumerate() {
-        let spec = (*spec).clone();
+        let mut spec = (*spec).clone();
+        spec.login = spec.login.with_ccache_under(ctx.state_dir);
         let issuer_url = ctx.inv.issuers.get(&spec.issuer).map(|i| i.url.clone()).unwrap_or_default();
         let job = obtain::Job { broker: ctx.broker.clone(), jwks: ctx.jwks.clone(), keeper: ctx.keeper.clone(), dry_run: ctx.dry_run };
         let gate = gate.clone();

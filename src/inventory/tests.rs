@@ -200,3 +200,117 @@ fn local_secret_files_must_be_private() {
     let (errors, _) = check_local_files(&inv, false);
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+const APPROLE_AUTH: &str = "    method: approle\n    role_id_file: /etc/tb/{service}.role_id\n    secret_id_file: /etc/tb/{service}.secret_id\n";
+const KERBEROS_AUTH: &str = "    method: kerberos\n    principal: \"{account}@CERN.CH\"\n    keytab: /etc/tb/{service}.keytab\n";
+const CERT_AUTH: &str = "    method: cert\n    cert_file: /etc/tb/{service}.crt\n    key_file: /etc/tb/{service}.key\n";
+
+#[test]
+fn kerberos_login_defaults_to_the_htvault_mount_and_a_ccache_per_service() {
+    let inv = parse_str(&BASE.replacen(APPROLE_AUTH, KERBEROS_AUTH, 1)).unwrap();
+    assert_eq!(
+        inv.services["prod"].login,
+        AuthMethod::Kerberos {
+            principal: "cmst1@CERN.CH".into(),
+            keytab: "/etc/tb/prod.keytab".into(),
+            ccache: "krb5cc/prod".into(),
+            mount: "kerberos-cms_production".into(),
+            spn_host: None,
+        }
+    );
+    assert_eq!(
+        inv.services["prod"].login.with_ccache_under(Path::new("/var/lib/token-bastion")),
+        AuthMethod::Kerberos {
+            principal: "cmst1@CERN.CH".into(),
+            keytab: "/etc/tb/prod.keytab".into(),
+            ccache: "/var/lib/token-bastion/krb5cc/prod".into(),
+            mount: "kerberos-cms_production".into(),
+            spn_host: None,
+        }
+    );
+    let keytab = inv.local_files.iter().find(|f| f.field == "broker.auth.keytab").expect("the keytab is checked");
+    assert_eq!(keytab.kind, FileKind::Secret);
+
+    let explicit = "    method: kerberos\n    principal: cmsprod/{service}@CERN.CH\n    keytab: /etc/tb/k\n    ccache: /run/tb/{service}.cc\n    mount: kerberos-cms_prod\n    spn_host: htvault.cern.ch\n";
+    let inv = parse_str(&BASE.replacen(APPROLE_AUTH, explicit, 1)).unwrap();
+    assert_eq!(
+        inv.services["prod"].login,
+        AuthMethod::Kerberos {
+            principal: "cmsprod/prod@CERN.CH".into(),
+            keytab: "/etc/tb/k".into(),
+            ccache: "/run/tb/prod.cc".into(),
+            mount: "kerberos-cms_prod".into(),
+            spn_host: Some("htvault.cern.ch".into()),
+        }
+    );
+    // An absolute ccache is left where the inventory put it.
+    assert_eq!(inv.services["prod"].login.with_ccache_under(Path::new("/state")), inv.services["prod"].login);
+}
+
+#[test]
+fn kerberos_login_fields_are_validated() {
+    let with = |extra: &str| format!("{KERBEROS_AUTH}{extra}");
+    check(APPROLE_AUTH, "    method: kerberos\n    keytab: /etc/tb/k\n", "6:3: broker.auth", "missing field `principal`");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: cmst1\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "with a realm");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{account}@\"\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "with a realm");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{user}@CERN.CH\"\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "unknown placeholder `{user}`");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: a@CERN.CH\n    keytab: tb.keytab\n", "7:5: broker.auth.keytab", "absolute path");
+    check(APPROLE_AUTH, &with("    ccache: cc/{service}\n"), "7:5: broker.auth.ccache", "absolute path");
+    check(APPROLE_AUTH, &with("    spn_host: host/vault\n"), "7:5: broker.auth.spn_host", "not a host name");
+    check(APPROLE_AUTH, &with("    mount: ../sys\n"), "7:5: broker.auth.mount", "not an auth mount path");
+    check(APPROLE_AUTH, &with("    role_id_file: /x\n"), "6:3: broker.auth", "unknown field `role_id_file`");
+}
+
+#[test]
+fn cert_login_resolves_with_the_default_mount() {
+    let inv = parse_str(&BASE.replacen(APPROLE_AUTH, CERT_AUTH, 1)).unwrap();
+    assert_eq!(
+        inv.services["prod"].login,
+        AuthMethod::Cert { cert_file: "/etc/tb/prod.crt".into(), key_file: "/etc/tb/prod.key".into(), mount: "cert".into(), name: None }
+    );
+    let kinds: Vec<(&str, FileKind)> = inv.local_files.iter().filter(|f| f.field.starts_with("broker.auth")).map(|f| (f.field.as_str(), f.kind)).collect();
+    assert_eq!(kinds, [("broker.auth.cert_file", FileKind::Public), ("broker.auth.key_file", FileKind::Secret)]);
+
+    let named = format!("{CERT_AUTH}    mount: tls/cms\n    name: \"{{service}}\"\n");
+    let inv = parse_str(&BASE.replacen(APPROLE_AUTH, &named, 1)).unwrap();
+    assert!(matches!(&inv.services["prod"].login, AuthMethod::Cert { mount, name: Some(n), .. } if mount == "tls/cms" && n == "prod"));
+    check(APPROLE_AUTH, "    method: cert\n    cert_file: /etc/tb/c\n", "6:3: broker.auth", "missing field `key_file`");
+    check(APPROLE_AUTH, &format!("{CERT_AUTH}    mount: \"\"\n"), "7:5: broker.auth.mount", "not an auth mount path");
+}
+
+#[test]
+fn a_service_overrides_the_login_with_its_own_kerberos_principal() {
+    let service_auth = "    auth:\n      method: kerberos\n      principal: cmsprod@CERN.CH\n      keytab: /etc/tb/cmsprod.keytab\n";
+    let inv = parse_str(&BASE.replacen("    role: production\n", &format!("    role: production\n{service_auth}"), 1)).unwrap();
+    assert!(matches!(&inv.services["prod"].login, AuthMethod::Kerberos { principal, mount, .. } if principal == "cmsprod@CERN.CH" && mount == "kerberos-cms_production"));
+    check("    role: production\n", "    role: production\n    auth:\n      method: kerberos\n      principal: x\n      keytab: /k\n", "31:7: services.prod.auth.principal", "with a realm");
+}
+
+#[test]
+fn keytabs_and_cert_keys_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let keytab = dir.path().join("prod.keytab");
+    let cert_key = dir.path().join("prod.key");
+    for f in [&keytab, &cert_key] {
+        std::fs::write(f, b"k").unwrap();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
+    let d = dir.path().display();
+    let errors_for = |auth: &str| {
+        let inv = parse_str(&BASE.replacen(APPROLE_AUTH, auth, 1)).unwrap();
+        let (errors, _) = check_local_files(&inv, false);
+        errors.into_iter().filter(|e| e.field.starts_with("broker.auth")).map(|e| e.to_string()).collect::<Vec<_>>()
+    };
+    let krb = format!("    method: kerberos\n    principal: a@B\n    keytab: {d}/{{service}}.keytab\n");
+    let errors = errors_for(&krb);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains("broker.auth.keytab") && errors[0].contains("mode 0640"), "{}", errors[0]);
+    let cert = format!("    method: cert\n    cert_file: /etc/tb/c.pem\n    key_file: {d}/{{service}}.key\n");
+    let errors = errors_for(&cert);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains("broker.auth.key_file") && errors[0].contains("mode 0640"), "{}", errors[0]);
+
+    std::fs::set_permissions(&keytab, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(errors_for(&krb).is_empty());
+}

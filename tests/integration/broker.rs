@@ -300,3 +300,68 @@ async fn revoke_self_then_lookup_is_denied() {
     assert!(bao.lookup(login.token.expose()).is_err(), "Vault no longer knows the token");
     leaks.assert_clean();
 }
+
+fn cert_login(files: &crate::harness::openbao::ClientCertFiles, name: Option<&str>) -> AuthMethod {
+    AuthMethod::Cert { cert_file: files.cert.clone(), key_file: files.key.clone(), mount: AuthMethod::DEFAULT_CERT_MOUNT.into(), name: name.map(str::to_string) }
+}
+
+#[tokio::test]
+async fn cert_login_presents_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let bao = OpenBao::start(&dir.path().join("bao"), &leaks);
+    let creds = bao.add_service("wmagent", ISSUER, "wmagent", "default");
+    let files = crate::harness::openbao::make_client_cert(&dir.path().join("pki"), "wmagent", &leaks);
+    bao.add_cert_role("wmagent", &files.ca, &[&creds.policy]);
+    let broker = broker(&bao);
+
+    for name in [Some("wmagent"), None] {
+        let login = broker.login(&cert_login(&files, name)).await.unwrap();
+        leaks.secret(login.token.expose());
+        assert!(login.policies.contains(&creds.policy), "{:?}", login.policies);
+        assert_eq!(login.lease, Duration::from_secs(3600));
+        let info = broker.lookup_self(&login.token).await.unwrap();
+        assert!(info.policies.contains(&creds.policy), "{info:?}");
+    }
+    let logins = bao.audit_requests("auth/cert/login");
+    assert_eq!(logins.len(), 2, "{logins:#?}");
+    assert_eq!(logins[0]["data"]["name"], "wmagent");
+    assert!(logins[1]["data"].get("name").is_none(), "{}", logins[1]);
+    leaks.assert_clean();
+}
+
+#[tokio::test]
+async fn cert_login_refuses_a_foreign_certificate_and_names_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let bao = OpenBao::start(&dir.path().join("bao"), &leaks);
+    let creds = bao.add_service("crab", ISSUER, "crab", "default");
+    let trusted = crate::harness::openbao::make_client_cert(&dir.path().join("pki"), "crab", &leaks);
+    let foreign = crate::harness::openbao::make_client_cert(&dir.path().join("pki"), "intruder", &leaks);
+    bao.add_cert_role("crab", &trusted.ca, &[&creds.policy]);
+    let broker = broker(&bao);
+
+    let e = broker.login(&cert_login(&foreign, Some("crab"))).await.unwrap_err();
+    let text = shown(&leaks, "foreign", &e);
+    assert!(text.starts_with("POST /v1/auth/cert/login: "), "{text}");
+    assert!(matches!(e.status(), Some(400..=403)), "{text}");
+    assert!(text.contains("invalid certificate") || text.contains("permission denied"), "{text}");
+
+    let with_key = |key_file: std::path::PathBuf| AuthMethod::Cert {
+        cert_file: trusted.cert.clone(),
+        key_file,
+        mount: AuthMethod::DEFAULT_CERT_MOUNT.into(),
+        name: Some("crab".into()),
+    };
+    let missing = with_key(dir.path().join("nokey.pem"));
+    let e = broker.login(&missing).await.unwrap_err();
+    let text = shown(&leaks, "missing key", &e);
+    assert!(text.contains("cannot read") && text.contains("nokey.pem"), "{text}");
+
+    // A key that does not go with the certificate is caught before anything is sent.
+    let mismatched = with_key(foreign.key.clone());
+    let e = broker.login(&mismatched).await.unwrap_err();
+    let text = shown(&leaks, "mismatched", &e);
+    assert!(text.contains("not a usable certificate and private key pair") && text.contains(&foreign.key.display().to_string()), "{text}");
+    leaks.assert_clean();
+}

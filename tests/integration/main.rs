@@ -8,6 +8,7 @@ mod broker;
 mod check;
 mod deliver;
 mod lifecycle;
+mod kerberos;
 mod notify;
 mod push;
 mod run;

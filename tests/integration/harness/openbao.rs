@@ -424,6 +424,19 @@ impl<'l> OpenBao<'l> {
         }
     }
 
+    /// A `cert` auth role `name` (mount `cert`, enabled on first use) trusting client
+    /// certificates signed by `ca_pem`, giving tokens with `policies`. The dev TLS listener
+    /// already *requests* a client certificate (OpenBao's default, `tls_disable_client_certs =
+    /// false`) without requiring one, which is all `cert` auth needs.
+    pub fn add_cert_role(&self, name: &str, ca_pem: &Path, policies: &[&str]) {
+        let mounts = self.api("read", "sys/auth", None);
+        if mounts["data"].get("cert/").is_none() && mounts.get("cert/").is_none() {
+            self.write("sys/auth/cert", json!({"type": "cert"}));
+        }
+        let pem = std::fs::read_to_string(ca_pem).unwrap();
+        self.write(&format!("auth/cert/certs/{name}"), json!({"certificate": pem, "token_policies": policies, "token_ttl": "1h"}));
+    }
+
     /// A Vault token straight from root with the given policies and TTL (e.g. `"1h"`).
     pub fn create_token(&self, policies: &[&str], ttl: &str) -> String {
         let reply = self.write("auth/token/create", json!({"policies": policies, "ttl": ttl}));
@@ -477,6 +490,47 @@ impl<'l> OpenBao<'l> {
             .map(|e| e["request"].clone())
             .collect()
     }
+}
+
+/// A client CA and a client certificate it signed, as PEM files.
+#[derive(Debug, Clone)]
+pub struct ClientCertFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    /// Mode 0600; its base64 lines are registered with [`Leaks`].
+    pub key: PathBuf,
+}
+
+/// Makes (with `openssl`) a throw-away client CA `<dir>/<name>-ca.pem` and an EC P-256
+/// client certificate `CN=<name>` (extended key usage clientAuth) it signed.
+pub fn make_client_cert(dir: &Path, name: &str, leaks: &Leaks) -> ClientCertFiles {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |suffix: &str| dir.join(format!("{name}{suffix}"));
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca_key, ca, key, csr, cert, ext) = (p("-ca.key"), p("-ca.pem"), p(".key"), p(".csr"), p(".pem"), p(".ext"));
+    let [ca_key_s, ca_s, key_s, csr_s, cert_s, ext_s] = [&ca_key, &ca, &key, &csr, &cert, &ext].map(|p| p.display().to_string());
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ca_subject = format!("/CN={name} test client CA");
+    let subject = format!("/CN={name}");
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key_s, "-out", &ca_s, "-days", "1", "-subj", &ca_subject]);
+    openssl(&args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", &subject]);
+    openssl(&args);
+    std::fs::write(&ext, "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n").unwrap();
+    openssl(&["x509", "-req", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s, "-CAcreateserial", "-out", &cert_s, "-days", "1", "-extfile", &ext_s]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for line in std::fs::read_to_string(&key).unwrap().lines().filter(|l| !l.starts_with("-----")) {
+        leaks.secret(line);
+    }
+    ClientCertFiles { ca, cert, key }
 }
 
 /// Whether `/v1/sys/health` answers 200 over TLS trusting only `ca`.

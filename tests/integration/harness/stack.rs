@@ -64,6 +64,10 @@ pub struct Stack<'l> {
     pub smtp: Option<Smtp>,
     /// Raw YAML added to the `notify:` section after `smtp` (e.g. `admins`).
     pub notify_extra: String,
+    /// `broker.url` in the inventory: OpenBao itself unless a test puts something in front.
+    pub broker_url: String,
+    /// Extra environment for the product's process (e.g. `KRB5_CONFIG`).
+    pub env: Vec<(String, String)>,
 }
 
 impl<'l> Stack<'l> {
@@ -74,7 +78,10 @@ impl<'l> Stack<'l> {
         let state_dir = root.join("state");
         leaks.path(&state_dir);
         leaks.kept_tokens(&state_dir.join("vault"));
+        let broker_url = bao.addr().to_string();
         Stack {
+            broker_url,
+            env: Vec::new(),
             _dir: dir,
             config: root.join("services.yaml"),
             root,
@@ -149,7 +156,7 @@ impl<'l> Stack<'l> {
         let mut y = String::new();
         let ca = self.bao.ca_path();
         writeln!(y, "broker:").unwrap();
-        writeln!(y, "  url: {}", self.bao.addr()).unwrap();
+        writeln!(y, "  url: {}", self.broker_url).unwrap();
         writeln!(y, "  ca_file: {}", ca.display()).unwrap();
         writeln!(y, "  issuer: {VAULT_ISSUER}").unwrap();
         writeln!(y, "  vault_url: https://htvault.example:8200").unwrap();
@@ -214,7 +221,8 @@ impl<'l> Stack<'l> {
         let state = self.state_dir.to_str().unwrap();
         let mut all = vec!["--config", config, "--state-dir", state];
         all.extend_from_slice(args);
-        run_product(self.leaks, label, &all, &[])
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run_product(self.leaks, label, &all, &env)
     }
 
     pub fn root(&self) -> &Path {
