@@ -16,6 +16,7 @@ pub mod http;
 pub mod inventory;
 pub mod jwks;
 pub mod notify;
+pub mod schedule;
 pub mod scopes;
 pub mod secret;
 pub mod state;
