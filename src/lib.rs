@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod http;
 pub mod inventory;
 pub mod jwks;
+pub mod metrics;
 pub mod notify;
 pub mod schedule;
 pub mod scopes;

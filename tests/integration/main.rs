@@ -7,5 +7,6 @@ mod harness;
 mod broker;
 mod check;
 mod deliver;
+mod metrics;
 mod notify;
 mod run;

@@ -15,6 +15,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod openbao;
+pub mod pushgateway;
 pub mod stack;
 
 /// The product binary under test.
