@@ -426,8 +426,8 @@ pub async fn push(url: &str, job: &str, metrics: &Metrics) -> Result<(), Metrics
     if status.is_success() {
         return Ok(());
     }
-    let mut body = resp.text().await.unwrap_or_default();
-    body.truncate(body.floor_char_boundary(512));
+    // The Pushgateway explains a refusal in the body; enough of it to act on, not a whole page.
+    let body: String = resp.text().await.unwrap_or_default().chars().take(512).collect();
     Err(MetricsError::PushRefused { url: shown, status: status.as_u16(), body: body.trim().to_string() })
 }
 

@@ -554,10 +554,10 @@ pub fn spawn_watchdog<C: Clock>(
                         _ => None,
                     }
                 };
-                if let Some(event) = event {
-                    if events.send(event).await.is_err() {
-                        return;
-                    }
+                if let Some(event) = event
+                    && events.send(event).await.is_err()
+                {
+                    return;
                 }
             }
             let sleep = async {
