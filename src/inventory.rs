@@ -278,32 +278,46 @@ const MAX_VAULT_LEASE: Duration = Duration::from_secs(28 * 86400);
 // Raw YAML shape
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawInventory {
+    #[schemars(with = "RawBroker")]
     broker: Spanned<RawBroker>,
+    #[schemars(with = "BTreeMap<String, RawIssuer>")]
     issuers: BTreeMap<String, Spanned<RawIssuer>>,
+    #[schemars(with = "BTreeMap<String, RawHost>")]
     hosts: BTreeMap<String, Spanned<RawHost>>,
+    #[schemars(with = "BTreeMap<String, RawService>")]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
+    #[schemars(with = "Option<RawNotify>")]
     notify: Option<Spanned<RawNotify>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Broker")]
 #[serde(deny_unknown_fields)]
 struct RawBroker {
+    #[schemars(with = "String")]
     url: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     ca_file: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     ca_dir: Option<Spanned<String>>,
+    #[schemars(with = "String")]
     issuer: Spanned<String>,
+    #[schemars(with = "String")]
     vault_url: Spanned<String>,
+    #[schemars(with = "Option<DurationValue>")]
     timeout: Option<Spanned<DurationValue>>,
+    #[schemars(with = "RawAuth")]
     auth: Spanned<RawAuth>,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Auth")]
 #[serde(deny_unknown_fields, tag = "method", rename_all = "snake_case")]
 enum RawAuth {
     Approle {
@@ -331,103 +345,159 @@ enum RawAuth {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Issuer")]
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
+    #[schemars(with = "String")]
     url: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     ca_file: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     ca_dir: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     audiences: Vec<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Host")]
 #[serde(deny_unknown_fields)]
 struct RawHost {
+    #[schemars(with = "String")]
     address: Spanned<String>,
     port: Option<u16>,
+    #[schemars(with = "String")]
     user: Spanned<String>,
+    #[schemars(with = "String")]
     key_file: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     key_passphrase_file: Option<Spanned<String>>,
+    #[schemars(with = "String")]
     known_hosts: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     spool: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     spool_owner: Option<Spanned<String>>,
     signal_credmon: Option<bool>,
+    #[schemars(with = "Option<DurationValue>")]
     timeout: Option<Spanned<DurationValue>>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Defaults")]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
+    #[schemars(with = "Option<DurationValue>")]
     min_access_lifetime: Option<Spanned<DurationValue>>,
+    #[schemars(with = "Option<DurationValue>")]
     min_vault_lifetime: Option<Spanned<DurationValue>>,
+    #[schemars(with = "Option<DurationValue>")]
     renew_before: Option<Spanned<DurationValue>>,
+    #[schemars(with = "Option<DurationValue>")]
     expiry_warning: Option<Spanned<DurationValue>>,
     request_scopes: Option<bool>,
+    #[schemars(with = "Option<Vec<String>>")]
     owners: Option<Vec<Spanned<String>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Service")]
 #[serde(deny_unknown_fields)]
 struct RawService {
+    #[schemars(with = "Option<String>")]
     oauth_service: Option<Spanned<String>>,
+    #[schemars(with = "String")]
     account: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     credkey: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     role: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     issuer: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     required: Vec<Spanned<String>>,
+    #[schemars(with = "Option<Vec<String>>")]
     allowed: Option<Vec<Spanned<String>>>,
     request_scopes: Option<bool>,
+    #[schemars(with = "Option<String>")]
     audience: Option<Spanned<String>>,
+    #[schemars(with = "Option<DurationValue>")]
     min_access_lifetime: Option<Spanned<DurationValue>>,
+    #[schemars(with = "Option<DurationValue>")]
     min_vault_lifetime: Option<Spanned<DurationValue>>,
+    #[schemars(with = "Option<DurationValue>")]
     renew_before: Option<Spanned<DurationValue>>,
+    #[schemars(with = "Option<DurationValue>")]
     expiry_warning: Option<Spanned<DurationValue>>,
+    #[schemars(with = "Option<Vec<String>>")]
     owners: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<RawAuth>")]
     auth: Option<Spanned<RawAuth>>,
+    #[schemars(with = "Vec<RawDestination>")]
     destinations: Spanned<Vec<Spanned<RawDestination>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Destination")]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum RawDestination {
     Credd {
+        #[schemars(with = "Vec<String>")]
         hosts: Vec<Spanned<String>>,
     },
     File {
+        #[schemars(with = "Vec<String>")]
         hosts: Vec<Spanned<String>>,
+        #[schemars(with = "Option<String>")]
         path: Option<Spanned<String>>,
+        #[schemars(with = "Option<String>")]
         content: Option<Spanned<String>>,
+        #[schemars(with = "Option<String>")]
         owner: Option<Spanned<String>>,
+        #[schemars(with = "Option<ModeValue>")]
         mode: Option<Spanned<ModeValue>>,
+        #[schemars(with = "Option<DurationValue>")]
         ttl: Option<Spanned<DurationValue>>,
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Notify")]
 #[serde(deny_unknown_fields)]
 struct RawNotify {
+    #[schemars(with = "Option<RawSmtp>")]
     smtp: Option<Spanned<RawSmtp>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     admins: Vec<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     templates_dir: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Smtp")]
 #[serde(deny_unknown_fields)]
 struct RawSmtp {
+    #[schemars(with = "String")]
     host: Spanned<String>,
     port: Option<u16>,
+    #[schemars(with = "Option<String>")]
     tls: Option<Spanned<String>>,
+    #[schemars(with = "String")]
     from: Spanned<String>,
     username: Option<String>,
+    #[schemars(with = "Option<String>")]
     password_file: Option<Spanned<String>>,
+    #[schemars(with = "Option<DurationValue>")]
     timeout: Option<Spanned<DurationValue>>,
 }
 
 /// A duration written as `90s`, `15m`, `7d`, `1h 30m` (humantime), or as whole seconds.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, schemars::JsonSchema)]
+#[schemars(rename = "Duration")]
+#[schemars(untagged)]
 enum DurationValue {
     Text(String),
     Seconds(u64),
@@ -467,7 +537,9 @@ impl DurationValue {
 
 /// A file mode written as an octal string (`"0600"`, `"0o600"`) or an unquoted number whose
 /// digits are read as octal (`0600`, `600`): nobody writes modes in decimal.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, schemars::JsonSchema)]
+#[schemars(rename = "FileMode")]
+#[schemars(untagged)]
 enum ModeValue {
     Text(String),
     Number(u64),
@@ -506,6 +578,20 @@ impl ModeValue {
             _ => Err(format!("`{digits}` is not an octal file mode; write it quoted, e.g. \"0600\"")),
         }
     }
+}
+
+/// The JSON Schema of `services.yaml`, generated from the raw structs above so that it cannot
+/// drift from what the parser accepts (`deny_unknown_fields` becomes `additionalProperties:
+/// false`). Shipped as `schema/services.schema.json` for editors; the rules that need more than
+/// shape (scope syntax, host references, the credmon's `vault_url`) stay with the validator.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(RawInventory);
+    schema.insert("title".into(), "token-bastion services.yaml".into());
+    schema.insert(
+        "description".into(),
+        "Which service accounts get which tokens, and where they go. Reference: README.md; validate with `token-bastion check`.".into(),
+    );
+    schema.to_value()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1277,3 +1363,5 @@ pub fn check_local_files(inv: &Inventory, strict: bool) -> (Vec<Diagnostic>, Vec
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod schema_tests;

@@ -9,6 +9,7 @@ mod check;
 mod deliver;
 mod lifecycle;
 mod kerberos;
+mod metrics;
 mod notify;
 mod push;
 mod run;

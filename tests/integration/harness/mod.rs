@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod kdc;
 pub mod openbao;
+pub mod pushgateway;
 pub mod stack;
 
 /// The product binary under test: the one cargo built for the integration tests, or, for the
