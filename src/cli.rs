@@ -70,6 +70,25 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
     },
+    /// Run cycles on each service's schedule until SIGTERM/SIGINT; SIGHUP reloads the inventory.
+    Daemon {
+        /// Where /metrics and /healthz are served.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+        metrics_listen: std::net::SocketAddr,
+        /// Serve no metrics endpoint.
+        #[arg(long)]
+        no_metrics: bool,
+        /// How long a cycle in flight may take to finish after SIGTERM before writes not yet
+        /// renamed are abandoned.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// Upper bound of the per-service delay after a schedule fires (spreads broker load).
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+        splay_max: std::time::Duration,
+        /// Services due within this window run in one cycle (one SSH session per host).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        window: std::time::Duration,
+    },
     /// Per service and destination: last success, token expiry, consecutive failures.
     Status {
         /// Machine-readable output.

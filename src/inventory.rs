@@ -195,6 +195,8 @@ pub struct ServiceSpec {
     pub renew_before: Duration,
     pub expiry_warning: Duration,
     pub owners: Vec<String>,
+    /// When the daemon runs this service (UTC); hourly unless set.
+    pub schedule: crate::schedule::Schedule,
     /// How this service logs in to the broker, templates resolved.
     pub login: AuthMethod,
     pub destinations: Vec<Destination>,
@@ -399,6 +401,8 @@ struct RawDefaults {
     request_scopes: Option<bool>,
     #[schemars(with = "Option<Vec<String>>")]
     owners: Option<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<String>")]
+    schedule: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -435,6 +439,8 @@ struct RawService {
     owners: Option<Vec<Spanned<String>>>,
     #[schemars(with = "Option<RawAuth>")]
     auth: Option<Spanned<RawAuth>>,
+    #[schemars(with = "Option<String>")]
+    schedule: Option<Spanned<String>>,
     #[schemars(with = "Vec<RawDestination>")]
     destinations: Spanned<Vec<Spanned<RawDestination>>>,
 }
@@ -1208,6 +1214,18 @@ impl Validator {
             }
         }
 
+        let schedule = match r.schedule.as_ref().or(d.schedule.as_ref()) {
+            None => crate::schedule::Schedule::default(),
+            Some(expr) => match crate::schedule::Schedule::parse(&expr.value) {
+                Ok(sch) => sch,
+                Err(e) => {
+                    let f = if r.schedule.is_some() { format!("{field}.schedule") } else { "defaults.schedule".into() };
+                    self.err(expr, f, e.to_string());
+                    crate::schedule::Schedule::default()
+                }
+            },
+        };
+
         let vars = Vars { service: name.into(), account: account.clone(), oauth_service: oauth_service.clone(), credkey: credkey.clone() };
         let kerberos_mount = AuthMethod::kerberos_mount(&vault_issuer, &role);
         let login = match &r.auth {
@@ -1233,6 +1251,7 @@ impl Validator {
             renew_before,
             expiry_warning,
             owners,
+            schedule,
             login,
             destinations,
         })

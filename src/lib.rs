@@ -11,6 +11,7 @@
 pub mod broker;
 pub mod cli;
 pub mod cycle;
+pub mod daemon;
 pub mod deliver;
 pub mod http;
 pub mod inventory;

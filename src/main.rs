@@ -15,6 +15,8 @@ use tracing_subscriber::EnvFilter;
 
 use token_bastion::cli::{Cli, Command, LogFormat};
 use token_bastion::cycle::{self, CycleOptions, CycleSetupError, RunReport};
+use token_bastion::daemon::{Control, DaemonExit, DaemonOptions};
+use token_bastion::schedule::PlanOptions;
 use token_bastion::state::StateStore;
 use token_bastion::inventory::{self, InventoryError};
 
@@ -32,7 +34,7 @@ fn init_tracing(cli: &Cli) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Human => builder.with_ansi(std::env::var_os("NO_COLOR").is_none()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).init(),
     }
 }
 
@@ -42,10 +44,20 @@ fn main() -> ExitCode {
     ExitCode::from(match &cli.command {
         Command::Check { strict } => check(&cli, *strict),
         Command::Run { services, dry_run, wait } => {
-            run(&cli, CycleOptions { services: services.clone(), dry_run: *dry_run, skip_hosts: Vec::new() }, *wait)
+            run(&cli, CycleOptions { dry_run: *dry_run, ..CycleOptions::services(services.clone()) }, *wait)
         }
         Command::Revoke { service, host, wait } => revoke(&cli, service, host.as_deref(), *wait),
         Command::Status { json } => status(&cli, *json),
+        Command::Daemon { metrics_listen, no_metrics, grace, splay_max, window } => daemon(
+            &cli,
+            DaemonOptions {
+                config: cli.config.clone(),
+                state_dir: cli.state_dir.clone(),
+                metrics_listen: (!no_metrics).then_some(*metrics_listen),
+                grace: *grace,
+                plan: PlanOptions { splay_max: *splay_max, window: *window },
+            },
+        ),
     })
 }
 
@@ -110,7 +122,7 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration) -> u8 {
             return EXIT_SETUP;
         }
     };
-    match cycle::run_once(&inv, &cli.state_dir, &opts, &runtime, wait) {
+    match cycle::run_once(&inv, &cli.state_dir, &opts, runtime.handle(), wait) {
         Ok(report) => {
             print_report(&report);
             if report.all_ok() { EXIT_OK } else { EXIT_NOT_DELIVERED }
@@ -125,6 +137,52 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration) -> u8 {
             EXIT_SETUP
         }
     }
+}
+
+fn daemon(_cli: &Cli, opts: DaemonOptions) -> u8 {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    let exit = runtime.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        if let Err(e) = forward_signals(tx) {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return DaemonExit::Setup;
+        }
+        token_bastion::daemon::run(opts, rx).await
+    });
+    // Blocking threads of an abandoned cycle (a host still timing out) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match exit {
+        DaemonExit::Clean => EXIT_OK,
+        DaemonExit::Abandoned => EXIT_NOT_DELIVERED,
+        DaemonExit::Setup => EXIT_SETUP,
+    }
+}
+
+/// SIGHUP → reload, SIGTERM/SIGINT → terminate.
+fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        loop {
+            let ctl = tokio::select! {
+                _ = hup.recv() => Control::Reload,
+                _ = term.recv() => Control::Terminate,
+                _ = int.recv() => Control::Terminate,
+            };
+            if tx.send(ctl).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duration) -> u8 {
@@ -142,7 +200,7 @@ fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duratio
             return EXIT_SETUP;
         }
     };
-    match cycle::revoke(&inv, &cli.state_dir, service, host, &runtime, wait) {
+    match cycle::revoke(&inv, &cli.state_dir, service, host, runtime.handle(), wait) {
         Ok(report) => {
             for (hash, r) in &report.revoked {
                 match r {
@@ -210,7 +268,12 @@ fn print_report(report: &RunReport) {
 }
 
 fn status(cli: &Cli, json: bool) -> u8 {
-    let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
+    // A broken inventory must not hide what the destinations hold: show the recorded state,
+    // judged without expiry warnings, and exit 2 for the inventory.
+    let inv = load_inventory(cli);
+    if inv.is_none() {
+        eprintln!("status: the inventory is invalid; showing the recorded state only");
+    }
     let store = match StateStore::open(&cli.state_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -226,7 +289,7 @@ fn status(cli: &Cli, json: bool) -> u8 {
         }
     };
     let now = chrono::Utc::now();
-    let rows = token_bastion::status::rows(&inv, &statuses, now);
+    let rows = token_bastion::status::rows(inv.as_ref(), &statuses, now);
     if json {
         match serde_json::to_string_pretty(&rows) {
             Ok(text) => println!("{text}"),
@@ -238,5 +301,11 @@ fn status(cli: &Cli, json: bool) -> u8 {
     } else {
         print!("{}", token_bastion::status::render_table(&rows, now));
     }
-    if rows.iter().any(|r| r.health.needs_attention()) { EXIT_NOT_DELIVERED } else { EXIT_OK }
+    if inv.is_none() {
+        EXIT_SETUP
+    } else if rows.iter().any(|r| r.health.needs_attention()) {
+        EXIT_NOT_DELIVERED
+    } else {
+        EXIT_OK
+    }
 }

@@ -68,14 +68,15 @@ pub struct StatusRow {
 }
 
 /// One row per destination in the inventory (recorded or not) and per recorded destination no
-/// longer in it.
-pub fn rows(inv: &Inventory, statuses: &[DestinationStatus], now: DateTime<Utc>) -> Vec<StatusRow> {
+/// longer in it. Without an inventory (it is invalid), the recorded rows alone, judged without
+/// expiry warnings.
+pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTime<Utc>) -> Vec<StatusRow> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for st in statuses {
         seen.insert((st.service.clone(), st.destination.clone()));
-        let spec = inv.services.get(&st.service);
-        let in_inventory = spec.is_some_and(|s| s.destinations.iter().any(|d| d.id == st.destination));
+        let spec = inv.and_then(|inv| inv.services.get(&st.service));
+        let in_inventory = inv.is_none() || spec.is_some_and(|s| s.destinations.iter().any(|d| d.id == st.destination));
         let warning = spec.map(|s| s.expiry_warning.as_secs() as i64);
         let left = st.vault_time_left_secs(now);
         let health = match (in_inventory, left, warning) {
@@ -102,7 +103,7 @@ pub fn rows(inv: &Inventory, statuses: &[DestinationStatus], now: DateTime<Utc>)
             last_error: st.last_error.clone(),
         });
     }
-    for spec in inv.services.values() {
+    for spec in inv.iter().flat_map(|inv| inv.services.values()) {
         for d in &spec.destinations {
             if seen.contains(&(spec.name.clone(), d.id.clone())) {
                 continue;
@@ -227,7 +228,7 @@ services:
     fn check(statuses: &[DestinationStatus], expected: &[(&str, Health)]) {
         let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
         let now = Utc::now();
-        let got: Vec<(String, Health)> = rows(&inv, statuses, now).into_iter().map(|r| (format!("{}/{}", r.service, r.destination), r.health)).collect();
+        let got: Vec<(String, Health)> = rows(Some(&inv), statuses, now).into_iter().map(|r| (format!("{}/{}", r.service, r.destination), r.health)).collect();
         let want: Vec<(String, Health)> = expected.iter().map(|(k, h)| (k.to_string(), *h)).collect();
         assert_eq!(got, want);
     }
@@ -245,6 +246,16 @@ services:
             &[status("a", "credd@s1", Some(3 * 86400), 2, now), status("a", file, Some(-5), 1, now), status("gone", "credd@s1", Some(10), 0, now)],
             &[("a/credd@s1", Health::Failing), (&format!("a/{file}"), Health::Expired), ("gone/credd@s1", Health::Removed)],
         );
+    }
+
+    #[test]
+    fn without_an_inventory_the_recorded_rows_still_show() {
+        let now = Utc::now();
+        let got: Vec<Health> = rows(None, &[status("a", "credd@s1", Some(86400), 0, now), status("gone", "credd@s1", Some(-1), 0, now)], now)
+            .into_iter()
+            .map(|r| r.health)
+            .collect();
+        assert_eq!(got, [Health::Ok, Health::Expired]);
     }
 
     #[test]

@@ -216,7 +216,7 @@ pub fn revoke(
     state_dir: &Path,
     service: &str,
     host: Option<&str>,
-    runtime: &tokio::runtime::Runtime,
+    runtime: &tokio::runtime::Handle,
     lock_wait: Duration,
 ) -> Result<RevokeReport, CycleSetupError> {
     let mut report = RevokeReport::default();
@@ -287,7 +287,7 @@ pub fn revoke(
     // A compromised schedd: the others lost their tokens with the revocation; give them new
     // ones now rather than at the next scheduled cycle.
     if let (Some(h), true) = (host, inv.services.contains_key(service)) {
-        let opts = CycleOptions { services: vec![service.to_string()], dry_run: false, skip_hosts: vec![h.to_string()] };
+        let opts = CycleOptions { skip_hosts: vec![h.to_string()], ..CycleOptions::services(vec![service.to_string()]) };
         report.redelivered = Some(super::run_once(inv, state_dir, &opts, runtime, lock_wait)?);
     }
     Ok(report)

@@ -83,7 +83,8 @@ pub(super) fn notify_run(inv: &Inventory, store: &StateStore, templates: &Templa
     }
 }
 
-fn smtp_config(smtp: &crate::inventory::SmtpSpec) -> std::io::Result<SmtpConfig> {
+/// The SMTP settings mail is sent with, the password read from its file.
+pub fn smtp_config(smtp: &crate::inventory::SmtpSpec) -> std::io::Result<SmtpConfig> {
     let password = match &smtp.password_file {
         Some(p) => Some(Secret::new(
             std::fs::read_to_string(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?.trim_end().to_string(),

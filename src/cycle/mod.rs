@@ -12,10 +12,11 @@ mod obtain;
 mod plan;
 
 pub use lifecycle::{revoke, RevokeReport};
-pub use mail::expiring;
+pub use mail::{expiring, smtp_config};
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,17 @@ pub struct CycleOptions {
     pub dry_run: bool,
     /// Hosts left out of this cycle (the `revoke --host` drill re-delivers to the others).
     pub skip_hosts: Vec<String>,
+    /// Started by the daemon's scheduler rather than by hand.
+    pub scheduled: bool,
+    /// Set when shutdown's grace period ends: writes not yet renamed into place are abandoned.
+    pub abandon: Arc<AtomicBool>,
+}
+
+impl CycleOptions {
+    /// All services (or those named), delivering for real.
+    pub fn services(services: Vec<String>) -> CycleOptions {
+        CycleOptions { services, dry_run: false, skip_hosts: Vec::new(), scheduled: false, abandon: Arc::new(AtomicBool::new(false)) }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +232,7 @@ pub(crate) struct Ctx<'a> {
     pub keeper: TokenKeeper,
     pub dry_run: bool,
     pub skip_hosts: &'a [String],
+    pub abandon: Arc<AtomicBool>,
     /// Services' Kerberos credential caches live under it unless the inventory places them.
     pub state_dir: &'a Path,
 }
@@ -234,6 +247,7 @@ impl<'a> Ctx<'a> {
             keeper,
             dry_run: opts.dry_run,
             skip_hosts: &opts.skip_hosts,
+            abandon: opts.abandon.clone(),
         })
     }
 }
@@ -245,7 +259,7 @@ pub fn run_once(
     inv: &Inventory,
     state_dir: &Path,
     opts: &CycleOptions,
-    runtime: &tokio::runtime::Runtime,
+    runtime: &tokio::runtime::Handle,
     lock_wait: Duration,
 ) -> Result<RunReport, CycleSetupError> {
     let services = selected(inv, opts)?;
@@ -257,7 +271,11 @@ pub fn run_once(
     let keeper = TokenKeeper::open(state_dir)?;
     let templates = Templates::load(inv.notify.templates_dir.as_deref()).map_err(CycleSetupError::Templates)?;
     let names: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
-    let kind = if opts.dry_run { RunKind::DryRun } else { RunKind::Run };
+    let kind = match (opts.dry_run, opts.scheduled) {
+        (true, _) => RunKind::DryRun,
+        (false, true) => RunKind::Daemon,
+        (false, false) => RunKind::Run,
+    };
     let started = Utc::now();
     let run_id = store.begin_run(kind, &names)?;
     let run_span = tracing::info_span!("run", run_id = run_id.0, dry_run = opts.dry_run);
@@ -292,7 +310,14 @@ pub fn run_once(
         report.mail = mail::notify_run(inv, &store, &templates, &report, &orphans);
     }
     let ok = report.all_ok();
-    store.finish_run(run_id, if ok { RunOutcome::Success } else { RunOutcome::Failures }, if ok { 0 } else { 1 })?;
+    let outcome = if opts.abandon.load(Ordering::SeqCst) && !ok {
+        RunOutcome::Interrupted
+    } else if ok {
+        RunOutcome::Success
+    } else {
+        RunOutcome::Failures
+    };
+    store.finish_run(run_id, outcome, if ok { 0 } else { 1 })?;
     Ok(report)
 }
 

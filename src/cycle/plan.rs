@@ -150,15 +150,17 @@ pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
 pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Results {
     let Plans { hosts, mut will_hold, failed } = plan_hosts(ctx, services, reports, children);
     let dry_run = ctx.dry_run;
+    let abandon = ctx.abandon.clone();
     let gate = Arc::new(Semaphore::new(HOST_FAN_OUT));
     let mut tasks = tokio::task::JoinSet::new();
     for (name, plan) in hosts {
         let gate = gate.clone();
+        let abandon = abandon.clone();
         let span = tracing::info_span!("host", host = %name);
         tasks.spawn(
             async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
-                let outcome = tokio::task::spawn_blocking(move || deliver::push_to_host(&plan, dry_run)).await;
+                let outcome = tokio::task::spawn_blocking(move || deliver::push_to_host_unless(&plan, dry_run, &abandon)).await;
                 (name, outcome)
             }
             .instrument(span),

@@ -90,6 +90,9 @@ pub enum DeliverError {
     #[error("host {host}: cannot replace {path}: {detail}")]
     Rename { host: String, path: String, detail: String },
 
+    #[error("host {host}: {path} not replaced: shutting down, the write was abandoned and the old file kept")]
+    Abandoned { host: String, path: String },
+
     #[error("host {host}: cannot remove {path}: {detail}")]
     Remove { host: String, path: String, detail: String },
 

@@ -21,6 +21,7 @@ mod layout;
 mod session;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
@@ -131,6 +132,14 @@ impl HostOutcome {
 /// `dry_run` connects, verifies the host key, logs in, resolves `{uid}` and checks that every
 /// target directory exists or could be created, and writes and signals nothing.
 pub fn push_to_host(plan: &HostPlan, dry_run: bool) -> HostOutcome {
+    push_to_host_unless(plan, dry_run, &AtomicBool::new(false))
+}
+
+/// [`push_to_host`] that gives up when `abandon` is set before its files are renamed into
+/// place: temp files are removed, the old files stay, and every file not yet renamed fails
+/// with [`DeliverError::Abandoned`]. A rename batch already started runs to its end (each
+/// `mv` is atomic), so no file is ever left half replaced.
+pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool) -> HostOutcome {
     let host = plan.target.name.clone();
     let span = tracing::info_span!("push", host = %host, dry_run);
     let _entered = span.enter();
@@ -149,7 +158,11 @@ pub fn push_to_host(plan: &HostPlan, dry_run: bool) -> HostOutcome {
     if !dry_run {
         write_temps(&remote, &mut work);
         set_owners(&remote, &mut work);
-        rename_all(&remote, &mut work);
+        if abandon.load(Ordering::SeqCst) {
+            abandon_all(&remote, &mut work);
+        } else {
+            rename_all(&remote, &mut work);
+        }
     }
 
     let files: Vec<FileOutcome> = work
@@ -469,6 +482,15 @@ fn set_owners(remote: &Remote, work: &mut [Work]) {
             remove_temp(remote, w);
         }
     }
+}
+
+/// Gives up every pending file: its temp file is removed and the old file stays.
+fn abandon_all(remote: &Remote, work: &mut [Work]) {
+    for w in work.iter_mut().filter(|w| w.pending()) {
+        remove_temp(remote, w);
+        w.failed = Some(DeliverError::Abandoned { host: remote.host.clone(), path: w.path.clone() });
+    }
+    tracing::warn!(host = %remote.host, "shutting down: writes not yet renamed were abandoned");
 }
 
 /// Removes credentials from a host (the `revoke` drill): every path with `rm -f` in one exec

@@ -314,3 +314,11 @@ fn keytabs_and_cert_keys_must_be_private() {
     std::fs::set_permissions(&keytab, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(errors_for(&krb).is_empty());
 }
+
+#[test]
+fn schedules_are_parsed_with_their_position() {
+    check("    role: production\n", "    role: production\n    schedule: \"61 * * * *\"\n", "30:15: services.prod.schedule", "61 * * * *");
+    let inv = parse_str(&BASE.replacen("    role: production\n", "    role: production\n    schedule: \"*/20 * * * *\"\n", 1)).unwrap();
+    let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:05:00Z").unwrap().with_timezone(&chrono::Utc);
+    assert_eq!(inv.services["prod"].schedule.next_after(t).unwrap().to_rfc3339(), "2026-01-01T10:20:00+00:00");
+}

@@ -6,6 +6,7 @@ mod harness;
 
 mod broker;
 mod check;
+mod daemon;
 mod deliver;
 mod lifecycle;
 mod kerberos;

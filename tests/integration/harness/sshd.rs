@@ -133,6 +133,23 @@ impl Sshd {
         self.child = None;
     }
 
+    /// Makes `command` (e.g. `chown`) take `secs` seconds longer on this host: a wrapper of that
+    /// name, first on the PATH of every SSH session, sleeps and then runs the real one. Restarts
+    /// sshd to apply it. For tests that need a delivery in flight for a while.
+    pub fn slow_down(&mut self, command: &str, secs: u32) {
+        let bin = self.dir.join("slowbin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let wrapper = bin.join(command);
+        std::fs::write(&wrapper, format!("#!/bin/sh\nsleep {secs}\nexec /usr/bin/env PATH=/usr/sbin:/usr/bin:/sbin:/bin {command} \"$@\"\n")).unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        if !config.contains("SetEnv PATH=") {
+            config.push_str(&format!("SetEnv PATH={}:/usr/sbin:/usr/bin:/sbin:/bin\n", bin.display()));
+            std::fs::write(&self.config, config).unwrap();
+        }
+        self.restart();
+    }
+
     /// Stops and starts again on the same port (known_hosts stays as it is).
     pub fn restart(&mut self) {
         self.stop();
