@@ -55,6 +55,13 @@ pub enum Command {
         /// daemon's) before giving up; 0 refuses at once.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
+        /// After the cycle, push its metrics to this Prometheus Pushgateway (e.g.
+        /// http://pushgateway:9091); a failed push is logged, never fails the run.
+        #[arg(long, value_name = "URL")]
+        pushgateway: Option<String>,
+        /// Job name for the Pushgateway.
+        #[arg(long, value_name = "NAME", default_value = "token-bastion")]
+        push_job: String,
     },
     /// The incident drill: remove a service's credentials from its destinations (or one host's)
     /// and revoke every Vault token the bastion holds for it.

@@ -224,9 +224,14 @@ async fn worker(mut jobs: mpsc::Receiver<Job>, state_dir: PathBuf, metrics: Metr
     }
 }
 
-fn record_metrics(metrics: &Metrics, report: &RunReport) {
+/// Folds a cycle's report into the metrics: deliveries and failures by stage, time left per
+/// destination, stage durations.
+pub fn record_metrics(metrics: &Metrics, report: &RunReport) {
     let now = Utc::now().timestamp();
     for s in &report.services {
+        for (stage, took) in &s.timings {
+            metrics.observe_stage(&s.service, metric_stage(*stage), *took);
+        }
         for d in &s.destinations {
             match (&s.tokens, &d.result) {
                 (_, Ok(held)) => {

@@ -43,9 +43,12 @@ fn main() -> ExitCode {
     init_tracing(&cli);
     ExitCode::from(match &cli.command {
         Command::Check { strict } => check(&cli, *strict),
-        Command::Run { services, dry_run, wait } => {
-            run(&cli, CycleOptions { dry_run: *dry_run, ..CycleOptions::services(services.clone()) }, *wait)
-        }
+        Command::Run { services, dry_run, wait, pushgateway, push_job } => run(
+            &cli,
+            CycleOptions { dry_run: *dry_run, ..CycleOptions::services(services.clone()) },
+            *wait,
+            pushgateway.as_deref().map(|url| (url, push_job.as_str())),
+        ),
         Command::Revoke { service, host, wait } => revoke(&cli, service, host.as_deref(), *wait),
         Command::Status { json } => status(&cli, *json),
         Command::Daemon { metrics_listen, no_metrics, grace, splay_max, window } => daemon(
@@ -104,7 +107,7 @@ fn check(cli: &Cli, strict: bool) -> u8 {
     EXIT_OK
 }
 
-fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration) -> u8 {
+fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&str, &str)>) -> u8 {
     let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
     // A secret file others can read is refused here as in `check`: the bastion does not use a
     // credential that may already have leaked on its own host.
@@ -125,6 +128,16 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration) -> u8 {
     match cycle::run_once(&inv, &cli.state_dir, &opts, runtime.handle(), wait) {
         Ok(report) => {
             print_report(&report);
+            if let Some((url, job)) = push {
+                let metrics = token_bastion::metrics::Metrics::new();
+                token_bastion::daemon::record_metrics(&metrics, &report);
+                for s in &report.services {
+                    metrics.record_cycle_completed(&s.service, chrono::Utc::now());
+                }
+                if let Err(e) = runtime.block_on(token_bastion::metrics::push(url, job, &metrics)) {
+                    tracing::error!(url, error = %cycle::error_chain(&e), "cannot push metrics to the Pushgateway");
+                }
+            }
             if report.all_ok() { EXIT_OK } else { EXIT_NOT_DELIVERED }
         }
         // Another cycle holds the lock: nothing was delivered by this run.

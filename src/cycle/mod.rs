@@ -139,6 +139,8 @@ pub struct ServiceReport {
     pub service: String,
     pub tokens: Result<ServiceTokens, StageFailure>,
     pub destinations: Vec<DestinationReport>,
+    /// How long each stage the service went through took.
+    pub timings: Vec<(Stage, Duration)>,
 }
 
 #[derive(Debug)]
@@ -337,21 +339,22 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
         tasks.spawn(
             async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
-                let tokens = job.obtain(&spec, &issuer_url).await;
+                let mut timings = Vec::new();
+                let tokens = job.obtain(&spec, &issuer_url, &mut timings).await;
                 match &tokens {
                     Ok(t) => info!(vault = %t.vault_fingerprint, reused = !t.fresh, access = %t.validated.fingerprint, "tokens valid"),
                     Err(f) => warn!(stage = %f.stage, reason = %f.reason, "service failed"),
                 }
-                (i, tokens)
+                (i, tokens, timings)
             }
             .instrument(span),
         );
     }
-    let mut obtained: BTreeMap<usize, Result<ServiceTokens, StageFailure>> = BTreeMap::new();
+    let mut obtained: BTreeMap<usize, (Result<ServiceTokens, StageFailure>, Vec<(Stage, Duration)>)> = BTreeMap::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((i, t)) => {
-                obtained.insert(i, t);
+            Ok((i, t, timings)) => {
+                obtained.insert(i, (t, timings));
             }
             Err(e) => warn!(error = %e, "a service task ended abnormally"),
         }
@@ -359,17 +362,21 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
     let mut reports: Vec<ServiceReport> = services
         .iter()
         .enumerate()
-        .map(|(i, spec)| ServiceReport {
-            service: spec.name.clone(),
-            tokens: obtained
-                .remove(&i)
-                .unwrap_or_else(|| Err(StageFailure { stage: Stage::Login, reason: "the service's task ended abnormally".into() })),
-            destinations: Vec::new(),
+        .map(|(i, spec)| {
+            let (tokens, timings) = obtained.remove(&i).unwrap_or_else(|| {
+                (Err(StageFailure { stage: Stage::Login, reason: "the service's task ended abnormally".into() }), Vec::new())
+            });
+            ServiceReport { service: spec.name.clone(), tokens, destinations: Vec::new(), timings }
         })
         .collect();
 
     let children = lifecycle::mint_children(ctx, services, &reports).await;
+    let delivering = std::time::Instant::now();
     let mut results = plan::deliver_all(ctx, services, &reports, &children).await;
+    let took = delivering.elapsed();
+    for r in reports.iter_mut().filter(|r| r.tokens.is_ok()) {
+        r.timings.push((Stage::Deliver, took));
+    }
     lifecycle::settle_children(ctx, children, &results).await;
 
     for (report, spec) in reports.iter_mut().zip(services) {
@@ -461,6 +468,7 @@ mod tests {
             services: vec![ServiceReport {
                 service: "prod".into(),
                 tokens: Ok(tokens()),
+                timings: vec![],
                 destinations: vec![DestinationReport {
                     id: "credd@s1".into(),
                     host: "s1".into(),

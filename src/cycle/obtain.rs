@@ -5,7 +5,7 @@
 //! at once: the bastion never leaves a live token behind that nothing holds.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -31,9 +31,10 @@ fn time_left(info: &TokenInfo) -> Duration {
 }
 
 impl Job {
-    pub async fn obtain(&self, spec: &ServiceSpec, issuer_url: &str) -> Result<ServiceTokens, StageFailure> {
-        let (token, info, fresh) = self.vault_token(spec).await?;
-        let result = self.access(spec, issuer_url, &token, &info, fresh).await;
+    /// `timings` gets how long each stage took.
+    pub async fn obtain(&self, spec: &ServiceSpec, issuer_url: &str, timings: &mut Vec<(Stage, Duration)>) -> Result<ServiceTokens, StageFailure> {
+        let (token, info, fresh) = self.vault_token(spec, timings).await?;
+        let result = self.access(spec, issuer_url, &token, &info, fresh, timings).await;
         match (&result, fresh) {
             (Ok(_), true) if !self.dry_run => {
                 if let Err(e) = self.keeper.set_current(&spec.name, &token) {
@@ -48,9 +49,10 @@ impl Job {
     }
 
     /// The kept token if it is still good for longer than `renew_before`, else a new login.
-    async fn vault_token(&self, spec: &ServiceSpec) -> Result<(Secret, TokenInfo, bool), StageFailure> {
+    async fn vault_token(&self, spec: &ServiceSpec, timings: &mut Vec<(Stage, Duration)>) -> Result<(Secret, TokenInfo, bool), StageFailure> {
+        let started = Instant::now();
         match self.keeper.current(&spec.name) {
-            Ok(Some(kept)) => match self.broker.lookup_self(&kept.token).await {
+            Ok(Some(kept)) => match self.broker.lookup_self(&kept.token).await.inspect(|_| timings.push((Stage::Lookup, started.elapsed()))) {
                 Ok(info) if time_left(&info) > spec.renew_before && time_left(&info) >= spec.min_vault_lifetime => {
                     return Ok((kept.token, info, false));
                 }
@@ -64,8 +66,13 @@ impl Job {
             Ok(None) => {}
             Err(e) => warn!(error = %e, "cannot read the kept Vault token; logging in again"),
         }
+        let started = Instant::now();
         let login = self.broker.login(&spec.login).await.map_err(|e| fail_chain(Stage::Login, &e))?;
-        match self.broker.lookup_self(&login.token).await {
+        timings.push((Stage::Login, started.elapsed()));
+        let started = Instant::now();
+        let looked_up = self.broker.lookup_self(&login.token).await;
+        timings.push((Stage::Lookup, started.elapsed()));
+        match looked_up {
             Ok(info) => Ok((login.token, info, true)),
             Err(e) => {
                 let failure = fail_chain(Stage::Lookup, &e);
@@ -75,7 +82,15 @@ impl Job {
         }
     }
 
-    async fn access(&self, spec: &ServiceSpec, issuer_url: &str, token: &Secret, info: &TokenInfo, fresh: bool) -> Result<ServiceTokens, StageFailure> {
+    async fn access(
+        &self,
+        spec: &ServiceSpec,
+        issuer_url: &str,
+        token: &Secret,
+        info: &TokenInfo,
+        fresh: bool,
+        timings: &mut Vec<(Stage, Duration)>,
+    ) -> Result<ServiceTokens, StageFailure> {
         let now = now_unix();
         let left = time_left(info);
         if left < spec.min_vault_lifetime {
@@ -90,7 +105,9 @@ impl Job {
         }
         let vault_expiry = info.expire_time.map(|t| t.timestamp()).unwrap_or_else(|| now.saturating_add(i64::try_from(left.as_secs()).unwrap_or(i64::MAX)));
         let vault_fingerprint = Fingerprint::of(token, None, Some(vault_expiry));
+        let started = Instant::now();
         let reply = self.broker.access_token(token, &access_request(spec)).await.map_err(|e| fail_chain(Stage::Fetch, &e))?;
+        timings.push((Stage::Fetch, started.elapsed()));
         let expect = Expectation {
             issuer: issuer_url,
             audience: spec.audience.as_deref(),
@@ -99,9 +116,11 @@ impl Job {
             allowed: &spec.allowed,
             leeway: CLOCK_LEEWAY,
         };
+        let started = Instant::now();
         let validated = crate::jwks::validate_token(&self.jwks, &reply.token, &expect, now_unix())
             .await
             .map_err(|e| fail_chain(Stage::Validate, &e))?;
+        timings.push((Stage::Validate, started.elapsed()));
         Ok(ServiceTokens {
             vault_token: token.clone(),
             vault_expiry,

@@ -246,3 +246,32 @@ fn sigterm_within_the_grace_period_lets_the_delivery_finish() {
     let (used, new) = used_and_new.split_once('|').unwrap();
     assert_eq!(used.trim(), new);
 }
+
+/// `run --pushgateway` pushes the cycle's metrics to a real Pushgateway.
+#[test]
+fn a_run_pushes_its_metrics_to_a_pushgateway() {
+    let leaks = Leaks::default();
+    let mut stack = Stack::new(&leaks).with_hosts(1);
+    stack.add_service(service("prod"));
+    stack.put_token("prod", &spec());
+    stack.write_inventory();
+    let pgw_dir = stack.root().join("pgw");
+    std::fs::create_dir_all(&pgw_dir).unwrap();
+    let pgw = crate::harness::pushgateway::Pushgateway::start(&pgw_dir);
+    let out = stack.run("run", &["run", "--pushgateway", &pgw.url(), "--push-job", "bastion-test"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let addr = pgw.url().trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(addr.as_str()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("token_bastion_deliveries_total{") && l.contains("job=\"bastion-test\"") && l.contains("service=\"prod\""))
+        .unwrap_or_else(|| panic!("{text}\n{}", pgw.log_text()));
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(text.contains("token_bastion_stage_duration_seconds_count{") && text.contains("stage=\"validate\""), "{text}");
+    register_top(&leaks, &top(&stack, "schedd1", "acctprod", "cms_prod"));
+    leaks.assert_clean();
+}
