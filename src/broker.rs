@@ -16,6 +16,7 @@
 //! by whoever handles them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -213,6 +214,34 @@ pub struct Broker {
     base: url::Url,
     issuer: String,
     timeout: Duration,
+    /// Told how long each request took (metrics); never sees the request itself.
+    timing: Option<Arc<dyn Fn(RequestKind, Duration) + Send + Sync>>,
+}
+
+/// What a broker request was for, as its duration is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Login,
+    LookupSelf,
+    CreateChild,
+    RevokeSelf,
+    AccessToken,
+}
+
+impl RequestKind {
+    fn of(path: &str) -> RequestKind {
+        if path.ends_with("/login") {
+            RequestKind::Login
+        } else if path.ends_with("/lookup-self") {
+            RequestKind::LookupSelf
+        } else if path.ends_with("/token/create") {
+            RequestKind::CreateChild
+        } else if path.ends_with("/revoke-self") {
+            RequestKind::RevokeSelf
+        } else {
+            RequestKind::AccessToken
+        }
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -331,7 +360,13 @@ impl Broker {
             return Err(BrokerError::InvalidRequest("the Vault issuer name is empty".into()));
         }
         let http = http::client(&cfg.ca, cfg.timeout).map_err(BrokerError::Client)?;
-        Ok(Broker { http, ca: cfg.ca.clone(), base: cfg.url.clone(), issuer: cfg.issuer.clone(), timeout: cfg.timeout })
+        Ok(Broker { http, ca: cfg.ca.clone(), base: cfg.url.clone(), issuer: cfg.issuer.clone(), timeout: cfg.timeout, timing: None })
+    }
+
+    /// Reports every request's duration (answered or not) to `timing`.
+    pub fn with_timing(mut self, timing: Arc<dyn Fn(RequestKind, Duration) + Send + Sync>) -> Broker {
+        self.timing = Some(timing);
+        self
     }
 
     /// The Vault issuer name this broker reads access tokens for.
@@ -457,6 +492,12 @@ impl Broker {
         self.send(&call, Some(token), &[], None).await.map(|_| ())
     }
 
+    fn report_timing(&self, call: &Call<'_>, started: Instant) {
+        if let Some(timing) = &self.timing {
+            timing(RequestKind::of(&call.path), started.elapsed());
+        }
+    }
+
     fn call<'a>(&self, method: Method, segments: &[&str]) -> Call<'a> {
         let url = api_url(&self.base, segments);
         Call { method, path: url.path().to_string(), url, sent: Vec::new(), negotiate: None, client: None }
@@ -490,11 +531,14 @@ impl Broker {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(method = %call.method, path = %call.path, elapsed_ms = started.elapsed().as_millis() as u64, "broker request failed");
+                self.report_timing(call, started);
                 return Err(self.transport_error(call, e));
             }
         };
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(call, e))?;
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(call, e));
+        self.report_timing(call, started);
+        let bytes = bytes?;
         tracing::debug!(method = %call.method, path = %call.path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "broker request");
         let parsed: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) { Some(Value::Null) } else { serde_json::from_slice(&bytes).ok() };
         if status.is_success() {
@@ -559,6 +603,17 @@ fn parse_time(call: &Call<'_>, status: u16, field: &str, v: &Value) -> Result<Da
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_kinds_follow_the_path() {
+        let check = |path: &str, kind| assert_eq!(RequestKind::of(path), kind, "{path}");
+        check("/v1/auth/approle/login", RequestKind::Login);
+        check("/v1/auth/kerberos-cms_prod/login", RequestKind::Login);
+        check("/v1/auth/token/lookup-self", RequestKind::LookupSelf);
+        check("/v1/auth/token/create", RequestKind::CreateChild);
+        check("/v1/auth/token/revoke-self", RequestKind::RevokeSelf);
+        check("/v1/secret/oauth/sts/cms/x:y", RequestKind::AccessToken);
+    }
 
     fn request(scopes: &[&str], audiences: &[&str]) -> AccessRequest {
         AccessRequest {

@@ -207,7 +207,12 @@ async fn worker(mut jobs: mpsc::Receiver<Job>, state_dir: PathBuf, metrics: Metr
     let handle = tokio::runtime::Handle::current();
     while let Some(Job { inv, batch }) = jobs.recv().await {
         let services = batch.services();
-        let opts = CycleOptions { scheduled: true, abandon: abandon.clone(), ..CycleOptions::services(services.clone()) };
+        let opts = CycleOptions {
+            scheduled: true,
+            abandon: abandon.clone(),
+            observer: Some(cycle::Observer(Arc::new(MetricsObserver(metrics.clone())))),
+            ..CycleOptions::services(services.clone())
+        };
         let (inv2, dir, handle2) = (inv.clone(), state_dir.clone(), handle.clone());
         // The lock wait covers a manual `run` holding the state directory.
         let result = tokio::task::spawn_blocking(move || cycle::run_once(&inv2, &dir, &opts, &handle2, Duration::from_secs(600))).await;
@@ -221,6 +226,24 @@ async fn worker(mut jobs: mpsc::Receiver<Job>, state_dir: PathBuf, metrics: Metr
             metrics.record_cycle_completed(run.service(), now);
             run.complete(now);
         }
+    }
+}
+
+/// Broker request durations into the metrics, as they happen.
+pub struct MetricsObserver(pub Metrics);
+
+impl cycle::CycleObserver for MetricsObserver {
+    fn broker_request(&self, kind: crate::broker::RequestKind, took: Duration) {
+        use crate::broker::RequestKind as K;
+        use crate::metrics::BrokerRequest as B;
+        let request = match kind {
+            K::Login => B::Login,
+            K::LookupSelf => B::LookupSelf,
+            K::CreateChild => B::CreateChild,
+            K::RevokeSelf => B::RevokeSelf,
+            K::AccessToken => B::AccessToken,
+        };
+        self.0.observe_broker_request(request, took);
     }
 }
 

@@ -25,16 +25,39 @@ const EXIT_NOT_DELIVERED: u8 = 1;
 const EXIT_SETUP: u8 = 2;
 
 fn init_tracing(cli: &Cli) {
+    // On a terminal, `run` shows a progress bar; info lines would tear it, so only warnings
+    // and errors show unless more is asked for.
+    let interactive_run = matches!(cli.command, Command::Run { .. }) && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let default = match cli.verbose {
+        0 if interactive_run => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter);
     match cli.log_format {
         LogFormat::Human => builder.with_ansi(std::env::var_os("NO_COLOR").is_none()).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).init(),
+    }
+}
+
+/// The progress bar `run` shows on a terminal, once there is one: log lines are written around it.
+static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+/// stderr, writing around the progress bar (if any) so that neither tears the other.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match PROGRESS.get() {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -125,16 +148,23 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&
             return EXIT_SETUP;
         }
     };
-    match cycle::run_once(&inv, &cli.state_dir, &opts, runtime.handle(), wait) {
+    let metrics = push.map(|_| token_bastion::metrics::Metrics::new());
+    let bar = progress_bar(&inv, &opts);
+    let mut opts = opts;
+    opts.observer = Some(cycle::Observer(std::sync::Arc::new(RunObserver { bar: bar.clone(), metrics: metrics.clone() })));
+    let outcome = cycle::run_once(&inv, &cli.state_dir, &opts, runtime.handle(), wait);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match outcome {
         Ok(report) => {
             print_report(&report);
-            if let Some((url, job)) = push {
-                let metrics = token_bastion::metrics::Metrics::new();
-                token_bastion::daemon::record_metrics(&metrics, &report);
+            if let (Some((url, job)), Some(metrics)) = (push, &metrics) {
+                token_bastion::daemon::record_metrics(metrics, &report);
                 for s in &report.services {
                     metrics.record_cycle_completed(&s.service, chrono::Utc::now());
                 }
-                if let Err(e) = runtime.block_on(token_bastion::metrics::push(url, job, &metrics)) {
+                if let Err(e) = runtime.block_on(token_bastion::metrics::push(url, job, metrics)) {
                     tracing::error!(url, error = %cycle::error_chain(&e), "cannot push metrics to the Pushgateway");
                 }
             }
@@ -243,6 +273,53 @@ fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duratio
         Err(e) => {
             eprintln!("error: {}", cycle::error_chain(&e));
             EXIT_SETUP
+        }
+    }
+}
+
+/// A progress bar over the selected services and the hosts they deliver to, when stderr is a
+/// terminal (plain log lines otherwise).
+fn progress_bar(inv: &inventory::Inventory, opts: &CycleOptions) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let services: Vec<&inventory::ServiceSpec> =
+        inv.services.values().filter(|s| opts.services.is_empty() || opts.services.contains(&s.name)).collect();
+    let hosts: std::collections::BTreeSet<&str> = services.iter().flat_map(|s| s.destinations.iter().map(|d| d.host.as_str())).collect();
+    let bar = indicatif::ProgressBar::new((services.len() + hosts.len()) as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}") {
+        bar.set_style(style);
+    }
+    bar.set_message("logging in and validating");
+    let _ = PROGRESS.set(bar.clone());
+    Some(bar)
+}
+
+/// What `run` shows and measures while the cycle goes.
+struct RunObserver {
+    bar: Option<indicatif::ProgressBar>,
+    metrics: Option<token_bastion::metrics::Metrics>,
+}
+
+impl cycle::CycleObserver for RunObserver {
+    fn broker_request(&self, kind: token_bastion::broker::RequestKind, took: std::time::Duration) {
+        if let Some(m) = &self.metrics {
+            token_bastion::daemon::MetricsObserver(m.clone()).broker_request(kind, took);
+        }
+    }
+
+    fn service_done(&self, service: &str, ok: bool) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            bar.set_message(format!("{service}: {}", if ok { "tokens valid" } else { "FAILED" }));
+        }
+    }
+
+    fn host_done(&self, host: &str, ok: bool) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            bar.set_message(format!("{host}: {}", if ok { "done" } else { "FAILED" }));
         }
     }
 }

@@ -52,12 +52,41 @@ pub struct CycleOptions {
     pub scheduled: bool,
     /// Set when shutdown's grace period ends: writes not yet renamed into place are abandoned.
     pub abandon: Arc<AtomicBool>,
+    /// Told of progress and broker request durations (a TTY progress bar, metrics).
+    pub observer: Option<Observer>,
+}
+
+/// What a cycle reports as it goes. Every method has a no-op default.
+pub trait CycleObserver: Send + Sync {
+    /// A broker request of `kind` took `took`.
+    fn broker_request(&self, _kind: crate::broker::RequestKind, _took: Duration) {}
+    /// A service got (or failed to get) valid tokens.
+    fn service_done(&self, _service: &str, _ok: bool) {}
+    /// A host's plan was carried out (`ok`: every file landed).
+    fn host_done(&self, _host: &str, _ok: bool) {}
+}
+
+/// A shared [`CycleObserver`].
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn CycleObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl CycleOptions {
     /// All services (or those named), delivering for real.
     pub fn services(services: Vec<String>) -> CycleOptions {
-        CycleOptions { services, dry_run: false, skip_hosts: Vec::new(), scheduled: false, abandon: Arc::new(AtomicBool::new(false)) }
+        CycleOptions {
+            services,
+            dry_run: false,
+            skip_hosts: Vec::new(),
+            scheduled: false,
+            abandon: Arc::new(AtomicBool::new(false)),
+            observer: None,
+        }
     }
 }
 
@@ -235,16 +264,23 @@ pub(crate) struct Ctx<'a> {
     pub dry_run: bool,
     pub skip_hosts: &'a [String],
     pub abandon: Arc<AtomicBool>,
+    pub observer: Option<Observer>,
     /// Services' Kerberos credential caches live under it unless the inventory places them.
     pub state_dir: &'a Path,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(inv: &'a Inventory, keeper: TokenKeeper, opts: &'a CycleOptions, state_dir: &'a Path) -> Result<Self, CycleError> {
+        let mut broker = Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?;
+        if let Some(Observer(o)) = &opts.observer {
+            let o = o.clone();
+            broker = broker.with_timing(Arc::new(move |kind, took| o.broker_request(kind, took)));
+        }
         Ok(Ctx {
             inv,
             state_dir,
-            broker: Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?,
+            observer: opts.observer.clone(),
+            broker,
             jwks: Arc::new(jwks_cache(inv)?),
             keeper,
             dry_run: opts.dry_run,
@@ -335,6 +371,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
         let issuer_url = ctx.inv.issuers.get(&spec.issuer).map(|i| i.url.clone()).unwrap_or_default();
         let job = obtain::Job { broker: ctx.broker.clone(), jwks: ctx.jwks.clone(), keeper: ctx.keeper.clone(), dry_run: ctx.dry_run };
         let gate = gate.clone();
+        let observer = ctx.observer.clone();
         let span = tracing::info_span!("service", service = %spec.name);
         tasks.spawn(
             async move {
@@ -344,6 +381,9 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
                 match &tokens {
                     Ok(t) => info!(vault = %t.vault_fingerprint, reused = !t.fresh, access = %t.validated.fingerprint, "tokens valid"),
                     Err(f) => warn!(stage = %f.stage, reason = %f.reason, "service failed"),
+                }
+                if let Some(Observer(o)) = &observer {
+                    o.service_done(&spec.name, tokens.is_ok());
                 }
                 (i, tokens, timings)
             }

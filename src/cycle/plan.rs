@@ -176,7 +176,10 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
                 continue;
             }
         };
-        for (spool, signalled) in &outcome.signalled {
+        if let Some(super::Observer(o)) = &ctx.observer {
+            o.host_done(&host, outcome.all_delivered());
+        }
+        for (spool, signalled) in outcome.signalled.iter().filter(|_| outcome.connected.is_ok()) {
             if let Err(e) = signalled {
                 warn!(host = %host, spool = %spool, error = %error_chain(e), "cannot signal the credmon");
             }

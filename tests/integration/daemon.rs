@@ -272,6 +272,11 @@ fn a_run_pushes_its_metrics_to_a_pushgateway() {
         .unwrap_or_else(|| panic!("{text}\n{}", pgw.log_text()));
     assert!(line.ends_with(" 1"), "{line}");
     assert!(text.contains("token_bastion_stage_duration_seconds_count{") && text.contains("stage=\"validate\""), "{text}");
+    let logins = text
+        .lines()
+        .find(|l| l.starts_with("token_bastion_broker_request_duration_seconds_count{") && l.contains("request=\"login\"") && l.contains("job=\"bastion-test\""))
+        .unwrap_or_else(|| panic!("no broker login timing:\n{text}"));
+    assert!(logins.ends_with(" 1"), "{logins}");
     register_top(&leaks, &top(&stack, "schedd1", "acctprod", "cms_prod"));
     leaks.assert_clean();
 }
