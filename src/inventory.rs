@@ -500,42 +500,47 @@ struct RawSmtp {
     timeout: Option<Spanned<DurationValue>>,
 }
 
-/// A duration written as `90s`, `15m`, `7d`, `1h 30m` (humantime), or as whole seconds.
+/// A YAML scalar an operator may write as text or as a whole number (durations, file modes).
 #[derive(Clone, Debug, schemars::JsonSchema)]
-#[schemars(rename = "Duration")]
 #[schemars(untagged)]
-enum DurationValue {
+enum Scalar {
     Text(String),
-    Seconds(u64),
+    Number(u64),
 }
 
-impl<'de> Deserialize<'de> for DurationValue {
+impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl serde::de::Visitor<'_> for V {
-            type Value = DurationValue;
+            type Value = Scalar;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as 15m, 7d or 3600")
+                f.write_str("a value such as 15m, 7d, 3600 or \"0600\"")
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationValue, E> {
-                Ok(DurationValue::Seconds(v))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Number(v))
             }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
-                u64::try_from(v).map(DurationValue::Seconds).map_err(|_| E::custom("a duration cannot be negative"))
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                u64::try_from(v).map(Scalar::Number).map_err(|_| E::custom("a negative number is not allowed here"))
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
-                Ok(DurationValue::Text(v.to_string()))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_string()))
             }
         }
         d.deserialize_any(V)
     }
 }
 
+/// A duration written as `90s`, `15m`, `7d`, `1h 30m` (humantime), or as whole seconds.
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+#[schemars(rename = "Duration")]
+struct DurationValue(Scalar);
+
 impl DurationValue {
     fn to_duration(&self) -> Result<Duration, String> {
-        match self {
-            DurationValue::Seconds(s) => Ok(Duration::from_secs(*s)),
-            DurationValue::Text(t) => humantime::parse_duration(t.trim())
+        match &self.0 {
+            Scalar::Number(s) => Ok(Duration::from_secs(*s)),
+            Scalar::Text(t) => humantime::parse_duration(t.trim())
                 .map_err(|e| format!("`{t}` is not a duration ({e}); write e.g. 15m, 12h, 7d")),
         }
     }
@@ -543,41 +548,16 @@ impl DurationValue {
 
 /// A file mode written as an octal string (`"0600"`, `"0o600"`) or an unquoted number whose
 /// digits are read as octal (`0600`, `600`): nobody writes modes in decimal.
-#[derive(Clone, Debug, schemars::JsonSchema)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
 #[schemars(rename = "FileMode")]
-#[schemars(untagged)]
-enum ModeValue {
-    Text(String),
-    Number(u64),
-}
-
-impl<'de> Deserialize<'de> for ModeValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = ModeValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an octal file mode such as \"0600\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ModeValue, E> {
-                Ok(ModeValue::Number(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ModeValue, E> {
-                u64::try_from(v).map(ModeValue::Number).map_err(|_| E::custom("a mode cannot be negative"))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModeValue, E> {
-                Ok(ModeValue::Text(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+struct ModeValue(Scalar);
 
 impl ModeValue {
     fn to_mode(&self) -> Result<u32, String> {
-        let digits = match self {
-            ModeValue::Number(n) => n.to_string(),
-            ModeValue::Text(t) => t.trim().trim_start_matches("0o").to_string(),
+        let digits = match &self.0 {
+            Scalar::Number(n) => n.to_string(),
+            Scalar::Text(t) => t.trim().trim_start_matches("0o").to_string(),
         };
         match u32::from_str_radix(&digits, 8) {
             Ok(m) if m <= 0o7777 => Ok(m),

@@ -469,7 +469,7 @@ mod tests {
     use crate::deliver::{RemoteFile, TopFile};
     use crate::notify::{SmtpConfig, Tls};
 
-    const VAULT: &str = "hvs.CAESIJfixturevaulttoken0123456789";
+    const VAULT: &str = "hvs.fixture-vault-token-0123456789";
     const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJmaXh0dXJlIjoxfQ.fixture-signature-bytes";
     const PASSWORD: &str = "smtp-fixture-password-42";
 
