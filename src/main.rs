@@ -341,6 +341,9 @@ fn print_report(report: &RunReport) {
                 Ok(_) => println!("  {} {}", d.id, if report.dry_run { "reachable, host key verified" } else { "delivered" }),
                 Err(reason) => println!("  {} NOT DELIVERED: {reason}", d.id),
             }
+            if let Some(w) = &d.warning {
+                println!("  {} WARNING: {w}", d.id);
+            }
         }
     }
     let total = report.destinations().count();

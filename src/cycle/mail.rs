@@ -116,6 +116,16 @@ fn run_summary(inv: &Inventory, store: &StateStore, report: &RunReport) -> Resul
     let mut failed = Vec::new();
     let mut delivered = 0;
     for (service, d) in report.destinations() {
+        if let Some(warning) = &d.warning {
+            failed.push(FailureLine {
+                service: service.to_string(),
+                destination: d.id.clone(),
+                host: d.host.clone(),
+                reason: warning.clone(),
+                since: now,
+                consecutive: 1,
+            });
+        }
         match &d.result {
             Ok(_) => delivered += 1,
             Err(reason) => {

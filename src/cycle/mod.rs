@@ -161,6 +161,9 @@ pub struct DestinationReport {
     pub host: String,
     /// `Err`: secret-free reason, prefixed with the stage that failed.
     pub result: Result<Delivered, String>,
+    /// Something found wrong at the destination even though this cycle delivered (the credmon
+    /// deleted what the last cycle put there).
+    pub warning: Option<String>,
 }
 
 #[derive(Debug)]
@@ -265,12 +268,20 @@ pub(crate) struct Ctx<'a> {
     pub skip_hosts: &'a [String],
     pub abandon: Arc<AtomicBool>,
     pub observer: Option<Observer>,
+    /// Each service × destination as recorded before this cycle.
+    pub prior: BTreeMap<(String, String), crate::state::DestinationStatus>,
     /// Services' Kerberos credential caches live under it unless the inventory places them.
     pub state_dir: &'a Path,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(inv: &'a Inventory, keeper: TokenKeeper, opts: &'a CycleOptions, state_dir: &'a Path) -> Result<Self, CycleError> {
+    pub fn new(
+        inv: &'a Inventory,
+        keeper: TokenKeeper,
+        opts: &'a CycleOptions,
+        state_dir: &'a Path,
+        prior: Vec<crate::state::DestinationStatus>,
+    ) -> Result<Self, CycleError> {
         let mut broker = Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?;
         if let Some(Observer(o)) = &opts.observer {
             let o = o.clone();
@@ -280,6 +291,7 @@ impl<'a> Ctx<'a> {
             inv,
             state_dir,
             observer: opts.observer.clone(),
+            prior: prior.into_iter().map(|st| ((st.service.clone(), st.destination.clone()), st)).collect(),
             broker,
             jwks: Arc::new(jwks_cache(inv)?),
             keeper,
@@ -319,7 +331,7 @@ pub fn run_once(
     let run_span = tracing::info_span!("run", run_id = run_id.0, dry_run = opts.dry_run);
     let _entered = run_span.enter();
 
-    let ctx = match Ctx::new(inv, keeper, opts, state_dir) {
+    let ctx = match Ctx::new(inv, keeper, opts, state_dir, store.statuses()?) {
         Ok(c) => c,
         Err(e) => {
             store.finish_run(run_id, RunOutcome::Error, 2)?;
@@ -412,7 +424,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
 
     let children = lifecycle::mint_children(ctx, services, &reports).await;
     let delivering = std::time::Instant::now();
-    let mut results = plan::deliver_all(ctx, services, &reports, &children).await;
+    let (mut results, mut warnings) = plan::deliver_all(ctx, services, &reports, &children).await;
     let took = delivering.elapsed();
     for r in reports.iter_mut().filter(|r| r.tokens.is_ok()) {
         r.timings.push((Stage::Deliver, took));
@@ -431,7 +443,8 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
                         .remove(&(spec.name.clone(), d.id.clone()))
                         .unwrap_or_else(|| Err("deliver: no outcome for this destination".into())),
                 };
-                DestinationReport { id: d.id.clone(), host: d.host.clone(), result }
+                let warning = warnings.remove(&(spec.name.clone(), d.id.clone()));
+                DestinationReport { id: d.id.clone(), host: d.host.clone(), result, warning }
             })
             .collect();
     }
@@ -513,6 +526,7 @@ mod tests {
                     id: "credd@s1".into(),
                     host: "s1".into(),
                     result: Ok(Delivered { vault_expiry: Some(1), access: None, vault_root: None, paths: vec![] }),
+                    warning: None,
                 }],
             }],
             mail: OutboxReport::default(),

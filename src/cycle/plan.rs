@@ -21,6 +21,9 @@ const HOST_FAN_OUT: usize = 8;
 /// Results keyed by (service, destination id).
 pub(super) type Results = BTreeMap<(String, String), Result<Delivered, String>>;
 
+/// Warnings about destinations, keyed by (service, destination id).
+pub(super) type Warnings = BTreeMap<(String, String), String>;
+
 /// A file's id in a host plan: the service, the destination and the file's role there.
 fn file_id(service: &str, destination: &str, part: &str) -> String {
     format!("{service}\u{1f}{destination}\u{1f}{part}")
@@ -41,11 +44,13 @@ struct Plans {
     hosts: BTreeMap<String, HostPlan>,
     will_hold: BTreeMap<(String, String), Delivered>,
     failed: Results,
+    /// `.top` paths expected to be there still, by host and path: whose they are.
+    expected: BTreeMap<(String, String), (String, String)>,
 }
 
 fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Plans {
     let inv = ctx.inv;
-    let mut plans = Plans { hosts: BTreeMap::new(), will_hold: BTreeMap::new(), failed: BTreeMap::new() };
+    let mut plans = Plans { hosts: BTreeMap::new(), will_hold: BTreeMap::new(), failed: BTreeMap::new(), expected: BTreeMap::new() };
     let mut host_errors: BTreeMap<String, String> = BTreeMap::new();
     for (spec, report) in services.iter().zip(reports) {
         let Ok(tokens) = &report.tokens else { continue };
@@ -60,7 +65,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
             if !plans.hosts.contains_key(&host.name) {
                 match host_target(host) {
                     Ok(target) => {
-                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new() });
+                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new() });
                     }
                     Err(e) => {
                         host_errors.insert(host.name.clone(), e.clone());
@@ -84,6 +89,14 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     let (dir, files) = deliver::credd_layout(spool, &spec.account, &spec.oauth_service, &top, &tokens.access_token, &owner(&host.spool_owner));
                     if !plan.dirs.iter().any(|d| d.path == dir.path) {
                         plan.dirs.push(dir);
+                    }
+                    // A `.top` the last cycle delivered (and nothing failed since) must still be
+                    // there: the credmon deletes one whose Vault token is refused.
+                    let top_path = files[0].path.clone();
+                    let healthy = ctx.prior.get(&key).is_some_and(|st| st.last_success.is_some() && st.consecutive_failures == 0 && st.paths.contains(&top_path));
+                    if healthy && !ctx.dry_run {
+                        plan.expect_present.push(top_path.clone());
+                        plans.expected.insert((host.name.clone(), top_path), key.clone());
                     }
                     for (mut f, part) in files.into_iter().zip(["top", "use"]) {
                         f.id = file_id(&spec.name, &dest.id, part);
@@ -147,8 +160,9 @@ pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
 
 /// Pushes every host's plan, hosts in parallel on blocking threads, and returns each
 /// service × destination's result.
-pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Results {
-    let Plans { hosts, mut will_hold, failed } = plan_hosts(ctx, services, reports, children);
+pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> (Results, Warnings) {
+    let Plans { hosts, mut will_hold, failed, expected } = plan_hosts(ctx, services, reports, children);
+    let mut warnings = Warnings::new();
     let dry_run = ctx.dry_run;
     let abandon = ctx.abandon.clone();
     let gate = Arc::new(Semaphore::new(HOST_FAN_OUT));
@@ -178,6 +192,16 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         };
         if let Some(super::Observer(o)) = &ctx.observer {
             o.host_done(&host, outcome.all_delivered());
+        }
+        for path in &outcome.missing {
+            if let Some(key) = expected.get(&(host.clone(), path.clone())) {
+                let since = ctx.prior.get(key).and_then(|st| st.last_success).map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default();
+                let warning = format!(
+                    "credmon: {path} delivered at {since} had disappeared (the credmon deletes a .top whose Vault token is refused); delivered again"
+                );
+                warn!(service = %key.0, host = %host, destination = %key.1, "{warning}");
+                warnings.insert(key.clone(), warning);
+            }
         }
         for (spool, signalled) in outcome.signalled.iter().filter(|_| outcome.connected.is_ok()) {
             if let Err(e) = signalled {
@@ -220,5 +244,5 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         info!(service = %key.0, host = %host, destination = %key.1, dry_run, "{}", if dry_run { "deliverable" } else { "delivered" });
         results.insert(key, Ok(held));
     }
-    results
+    (results, warnings)
 }

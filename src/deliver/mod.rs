@@ -98,6 +98,10 @@ pub struct HostPlan {
     pub files: Vec<RemoteFile>,
     /// Spool roots whose `<spool>/pid` credmon is sent SIGHUP after files under it were delivered.
     pub signal_credmon: Vec<String>,
+    /// Files that should still be there from the last delivery, looked at before anything is
+    /// written: a credd `.top` that vanished means the credmon deleted it (its Vault token was
+    /// refused).
+    pub expect_present: Vec<String>,
 }
 
 /// What happened to one file.
@@ -118,6 +122,8 @@ pub struct HostOutcome {
     pub files: Vec<FileOutcome>,
     /// Per spool root: whether its credmon was sent SIGHUP.
     pub signalled: Vec<(String, Result<bool, DeliverError>)>,
+    /// Paths of [`HostPlan::expect_present`] that were missing before this push.
+    pub missing: Vec<String>,
 }
 
 impl HostOutcome {
@@ -151,6 +157,16 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
             return host_failed(plan, e);
         }
     };
+
+    let missing: Vec<String> = plan
+        .expect_present
+        .iter()
+        .filter(|p| matches!(remote.sftp().lstat(rpath(p)), Err(ref e) if credmon::is_no_such_file(e)))
+        .cloned()
+        .collect();
+    for p in &missing {
+        tracing::warn!(host = %host, path = %p, "a file delivered earlier has disappeared");
+    }
 
     let mut work: Vec<Work> = plan.files.iter().map(Work::new).collect();
     resolve_paths(&remote, &mut work);
@@ -193,7 +209,7 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
         })
         .collect();
 
-    HostOutcome { host, connected: Ok(()), files, signalled }
+    HostOutcome { host, connected: Ok(()), files, signalled, missing }
 }
 
 fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
@@ -212,6 +228,7 @@ fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
             .map(|s| (s.clone(), Err(not_attempted(format!("{}/pid", s.trim_end_matches('/'))))))
             .collect(),
         connected: Err(e),
+        missing: Vec::new(),
     }
 }
 
@@ -628,6 +645,7 @@ mod tests {
     #[test]
     fn an_unreachable_host_fails_every_file_by_name_and_leaks_nothing() {
         let plan = HostPlan {
+            expect_present: Vec::new(),
             target: HostTarget {
                 name: "schedd-x".into(),
                 address: "127.0.0.1".into(),

@@ -78,6 +78,7 @@ fn plan(sshd: &Sshd, user: &str, dirs: Vec<RemoteDir>, files: Vec<RemoteFile>, s
         target: sshd.target("schedd-test", user),
         dirs,
         files,
+        expect_present: Vec::new(),
         signal_credmon: spools.iter().map(|p| p.to_str().unwrap().to_string()).collect(),
     }
 }
@@ -652,6 +653,7 @@ fn a_host_that_never_speaks_ssh_fails_within_the_timeout() {
         target,
         dirs: vec![],
         files: vec![plain_file("a", &sshd.spool.join("x.top"), &token, 0o600, None)],
+        expect_present: Vec::new(),
         signal_credmon: vec![],
     };
     let started = std::time::Instant::now();

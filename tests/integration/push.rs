@@ -408,3 +408,37 @@ fn one_cycle_at_a_time_per_state_directory() {
     leaks.secret(read_top(&top_path(&stack, "schedd1", "acctprod", "cms_prod"))["vault_token"].as_str().unwrap());
     leaks.assert_clean();
 }
+
+/// The credmon deletes a `.top` whose Vault token Vault refuses. A `.top` the last cycle
+/// delivered that is gone at the next one is reported (and delivered again).
+#[test]
+fn a_top_file_that_disappeared_since_the_last_delivery_is_reported() {
+    let leaks = Leaks::default();
+    let (stack, _, _) = two_services(&leaks);
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let out = stack.run("second", &["run"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!stdout(&out).contains("WARNING"), "nothing disappeared: {}", shown(&out));
+    let smtp = stack.smtp.as_ref().unwrap();
+    assert!(smtp.messages().is_empty());
+
+    let gone = top_path(&stack, "schedd2", "acctprod", "cms_prod");
+    std::fs::remove_file(&gone).unwrap();
+    let out = stack.run("third", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "delivered again: {}", shown(&out));
+    let text = stdout(&out);
+    let line = text.lines().find(|l| l.contains("credd@schedd2 WARNING")).unwrap_or_else(|| panic!("{}", shown(&out)));
+    assert!(line.contains(&gone.display().to_string()) && line.contains("had disappeared"), "{line}");
+    assert_eq!(text.matches("WARNING").count(), 1, "only the prod .top on schedd2: {text}");
+    assert!(gone.is_file(), "delivered again");
+    let mails = smtp.wait_for_messages(2, Duration::from_secs(10));
+    let admin = mails.iter().find(|m| m.to.iter().any(|t| t == "oncall@example.org")).expect("admin mail");
+    assert!(admin.body.contains("had disappeared") && admin.body.contains("schedd2"), "{}", admin.body);
+    assert!(mails.iter().any(|m| m.to.iter().any(|t| t == "prod-owner@example.org")));
+    smtp.record_in(&leaks);
+    for host in HOSTS {
+        leaks.secret(read_top(&top_path(&stack, host, "acctprod", "cms_prod"))["vault_token"].as_str().unwrap());
+        leaks.secret(read_top(&top_path(&stack, host, "nobody", "cms_tier"))["vault_token"].as_str().unwrap());
+    }
+    leaks.assert_clean();
+}
