@@ -8,7 +8,7 @@
 //! `--keep` leaves the stack running until Enter is pressed, to explore it.
 
 #[path = "../tests/integration/harness/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod harness;
 
 use std::io::BufRead;
@@ -96,11 +96,10 @@ fn main() {
     for host in ["schedd1", "schedd2"] {
         for (account, svc) in [("acctproduction", "cms_production"), ("acctcrab", "cms_crab")] {
             let top = stack.host(host).spool.join(account).join(format!("{svc}.top"));
-            if let Ok(text) = std::fs::read_to_string(&top) {
-                if let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
+            if let Ok(text) = std::fs::read_to_string(&top)
+                && let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) {
                     leaks.secret(doc["vault_token"].as_str().unwrap_or_default());
                 }
-            }
         }
     }
     leaks.assert_clean();

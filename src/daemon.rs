@@ -112,7 +112,7 @@ pub async fn run(opts: DaemonOptions, mut control: mpsc::Receiver<Control>) -> D
     let mut planner = Planner::new(schedules(&inv), opts.plan, clock.now());
     let (wd_tx, mut wd_rx) = mpsc::channel(16);
     let mut watchdog_cancel = cancel.child_token();
-    schedule::spawn_watchdog(clock.clone(), tracker.clone(), planner.services(), wd_tx.clone(), watchdog_cancel.clone());
+    schedule::spawn_watchdog(clock, tracker.clone(), planner.services(), wd_tx.clone(), watchdog_cancel.clone());
 
     // One worker runs cycles one after the other; the abandon flag reaches the cycle in flight.
     let abandon = Arc::new(AtomicBool::new(false));
@@ -138,7 +138,7 @@ pub async fn run(opts: DaemonOptions, mut control: mpsc::Receiver<Control>) -> D
                         planner = Planner::new(schedules(&current), opts.plan, clock.now());
                         watchdog_cancel.cancel();
                         watchdog_cancel = cancel.child_token();
-                        schedule::spawn_watchdog(clock.clone(), tracker.clone(), planner.services(), wd_tx.clone(), watchdog_cancel.clone());
+                        schedule::spawn_watchdog(clock, tracker.clone(), planner.services(), wd_tx.clone(), watchdog_cancel.clone());
                     }
                 }
                 Some(Control::Terminate) | None => break,

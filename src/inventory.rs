@@ -448,6 +448,8 @@ struct RawService {
 #[derive(Deserialize, schemars::JsonSchema)]
 #[schemars(rename = "Destination")]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
+// Parsed once and dropped; boxing the larger variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 enum RawDestination {
     Credd {
         #[schemars(with = "Vec<String>")]
@@ -1090,17 +1092,15 @@ impl Validator {
             self.err(&r.account, format!("{field}.account"), format!("`{account}` is not a Unix account name"));
         }
         let role = r.role.as_ref().map(|x| x.value.clone()).unwrap_or_else(|| DEFAULT_ROLE.into());
-        if let Some(rr) = &r.role {
-            if rr.value.is_empty() || rr.value.contains('_') || !is_credd_name(&rr.value) {
+        if let Some(rr) = &r.role
+            && (rr.value.is_empty() || rr.value.contains('_') || !is_credd_name(&rr.value)) {
                 self.err(rr, format!("{field}.role"), format!("`{}` is not a role name (letters, digits, `-+=.`, no `_`)", rr.value));
             }
-        }
         let credkey = r.credkey.as_ref().map(|x| x.value.clone()).unwrap_or_else(|| account.clone());
-        if let Some(c) = &r.credkey {
-            if c.value.is_empty() || c.value.contains(['/', ':', '?', '#']) || c.value.contains(char::is_whitespace) {
+        if let Some(c) = &r.credkey
+            && (c.value.is_empty() || c.value.contains(['/', ':', '?', '#']) || c.value.contains(char::is_whitespace)) {
                 self.err(c, format!("{field}.credkey"), format!("`{}` cannot be used in a broker path", c.value));
             }
-        }
 
         // HTCondor's service name: `<vault issuer>` for the default role, else
         // `<vault issuer>_<role>`; the credmon finds a handle's parent by stripping the last `_…`.
@@ -1155,11 +1155,10 @@ impl Validator {
         }
 
         let audience = r.audience.as_ref().map(|a| a.value.clone());
-        if let (Some(a), Some(spec)) = (&r.audience, issuers.get(&issuer)) {
-            if !spec.audiences.is_empty() && !spec.audiences.contains(&a.value) {
+        if let (Some(a), Some(spec)) = (&r.audience, issuers.get(&issuer))
+            && !spec.audiences.is_empty() && !spec.audiences.contains(&a.value) {
                 self.err(a, format!("{field}.audience"), format!("`{}` is not among issuer `{issuer}`'s audiences ({})", a.value, spec.audiences.join(", ")));
             }
-        }
 
         let min_access = self
             .duration(&r.min_access_lifetime, &format!("{field}.min_access_lifetime"))

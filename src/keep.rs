@@ -112,12 +112,11 @@ impl TokenKeeper {
     /// superseded until [`Self::forget`] after its revocation.
     pub fn set_current(&self, service: &str, token: &Secret) -> Result<(), KeepError> {
         let path = self.current_path(service);
-        if let Some(old) = self.read(&path)? {
-            if old.token != *token {
+        if let Some(old) = self.read(&path)?
+            && old.token != *token {
                 let to = self.dir.join(format!("{service}.{}.{SUPERSEDED}", old.token.short_hash()));
                 fs::rename(&path, &to).map_err(io(&to))?;
             }
-        }
         self.write(&path, token)
     }
 

@@ -230,12 +230,11 @@ fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()
 
 fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duration) -> u8 {
     let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
-    if let Some(h) = host {
-        if !inv.hosts.contains_key(h) {
+    if let Some(h) = host
+        && !inv.hosts.contains_key(h) {
             eprintln!("error: no host `{h}` in the inventory");
             return EXIT_SETUP;
         }
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -125,11 +125,10 @@ pub(super) async fn retire_superseded(ctx: &Ctx<'_>, services: &[&ServiceSpec], 
                 info!(service = %spec.name, vault = %hash, still_at = ?users, "superseded Vault token kept: destinations still depend on it");
                 continue;
             }
-            if revoke_token(&ctx.broker, &old.token, &spec.name, "superseded Vault token").await {
-                if let Err(e) = ctx.keeper.forget(&old) {
+            if revoke_token(&ctx.broker, &old.token, &spec.name, "superseded Vault token").await
+                && let Err(e) = ctx.keeper.forget(&old) {
                     warn!(service = %spec.name, error = %e, "cannot delete a revoked token's file");
                 }
-            }
         }
     }
 }

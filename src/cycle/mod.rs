@@ -402,7 +402,8 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
             .instrument(span),
         );
     }
-    let mut obtained: BTreeMap<usize, (Result<ServiceTokens, StageFailure>, Vec<(Stage, Duration)>)> = BTreeMap::new();
+    type Obtained = (Result<ServiceTokens, StageFailure>, Vec<(Stage, Duration)>);
+    let mut obtained: BTreeMap<usize, Obtained> = BTreeMap::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((i, t, timings)) => {

@@ -510,10 +510,13 @@ fn abandon_all(remote: &Remote, work: &mut [Work]) {
     tracing::warn!(host = %remote.host, "shutting down: writes not yet renamed were abandoned");
 }
 
+/// A path and what happened to it.
+pub type PathOutcome = (String, Result<(), DeliverError>);
+
 /// Removes credentials from a host (the `revoke` drill): every path with `rm -f` in one exec
 /// channel over one session, with the same host-key and login rules as a delivery. A path that
 /// is already gone counts as removed. `Err` when the host could not be reached at all.
-pub fn remove_from_host(target: &HostTarget, paths: &[String]) -> Result<Vec<(String, Result<(), DeliverError>)>, DeliverError> {
+pub fn remove_from_host(target: &HostTarget, paths: &[String]) -> Result<Vec<PathOutcome>, DeliverError> {
     let span = tracing::info_span!("remove", host = %target.name);
     let _entered = span.enter();
     for p in paths {

@@ -76,7 +76,8 @@ fn a_good_token_passes_and_the_broker_saw_exactly_what_the_service_needs() {
 fn bad_tokens_are_refused_naming_the_claim() {
     let leaks = Leaks::default();
     let mut stack = Stack::new(&leaks).with_hosts(1);
-    let cases: &[(&str, &[&str], Option<&[&str]>)] = &[
+    type Case<'a> = (&'a str, &'a [&'a str], Option<&'a [&'a str]>);
+    let cases: &[Case] = &[
         ("good", &["storage.read:/store", "compute.create"], None),
         ("missing", &["storage.read:/store", "compute.create"], None),
         ("wide", &["storage.create:/store/unmerged"], None),
