@@ -233,6 +233,9 @@ pub struct NotifySpec {
     pub smtp: Option<SmtpSpec>,
     pub admins: Vec<String>,
     pub templates_dir: Option<PathBuf>,
+    /// A condition that lasts (a failing destination, one inside its expiry warning) is mailed
+    /// when it starts and then at most this often.
+    pub remind_every: Duration,
 }
 
 /// Whether a local file holds a secret (and so must not be readable by group or others).
@@ -263,6 +266,8 @@ const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(2 * 86400);
 /// 7-day children for token files.
 const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(7 * 86400);
 const DEFAULT_CHILD_TTL: Duration = Duration::from_secs(7 * 86400);
+/// Hourly cycles would otherwise mail a lasting failure 24 times a day.
+const DEFAULT_REMIND_EVERY: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -482,6 +487,8 @@ struct RawNotify {
     admins: Vec<Spanned<String>>,
     #[schemars(with = "Option<String>")]
     templates_dir: Option<Spanned<String>>,
+    #[schemars(with = "Option<DurationValue>")]
+    remind_every: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -900,7 +907,7 @@ impl Validator {
 
     fn notify(&mut self, n: &Option<Spanned<RawNotify>>) -> Option<NotifySpec> {
         let Some(n) = n else {
-            return Some(NotifySpec { smtp: None, admins: Vec::new(), templates_dir: None });
+            return Some(NotifySpec { smtp: None, admins: Vec::new(), templates_dir: None, remind_every: DEFAULT_REMIND_EVERY });
         };
         let raw = &n.value;
         for a in &raw.admins {
@@ -942,7 +949,8 @@ impl Validator {
             }
         };
         let templates_dir = raw.templates_dir.as_ref().map(|d| self.file(loc(d), "notify.templates_dir", &d.value, FileKind::Public));
-        Some(NotifySpec { smtp, admins: raw.admins.iter().map(|a| a.value.clone()).collect(), templates_dir })
+        let remind_every = self.duration(&raw.remind_every, "notify.remind_every").unwrap_or(DEFAULT_REMIND_EVERY);
+        Some(NotifySpec { smtp, admins: raw.admins.iter().map(|a| a.value.clone()).collect(), templates_dir, remind_every })
     }
 
     fn mail_address(&mut self, a: &Spanned<String>, field: &str) {

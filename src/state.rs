@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::notify::OutgoingMail;
@@ -110,6 +110,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE status ADD COLUMN vault_root TEXT;
     ALTER TABLE status ADD COLUMN paths TEXT;
     ALTER TABLE deliveries ADD COLUMN vault_root TEXT;
+    "#,
+    // 3: when on-call was last told about a condition, so a lasting one is repeated at a
+    // bounded rate instead of every cycle.
+    r#"
+    CREATE TABLE alerts (
+        key        TEXT PRIMARY KEY,
+        last_sent  INTEGER NOT NULL
+    );
     "#,
 ];
 
@@ -558,6 +566,28 @@ impl StateStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.q("read status"))
     }
 
+    /// When mail about the condition `key` was last queued.
+    pub fn last_alerted(&self, key: &str) -> Result<Option<DateTime<Utc>>, StateError> {
+        let at: Option<i64> = self
+            .conn
+            .query_row("SELECT last_sent FROM alerts WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()
+            .map_err(self.q("read alerts"))?;
+        Ok(at.and_then(|t| from_ts(Some(t))))
+    }
+
+    /// Records that mail about the condition `key` was queued at `at`.
+    pub fn mark_alerted(&self, key: &str, at: DateTime<Utc>) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO alerts (key, last_sent) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET last_sent = excluded.last_sent",
+                params![key, ts(at)],
+            )
+            .map_err(self.q("record alert"))?;
+        Ok(())
+    }
+
     /// Drops the status row of a destination removed from the inventory, so that it no longer
     /// shows in `status` or alerts. The audit trail keeps its history. Returns whether a row
     /// existed.
@@ -895,6 +925,17 @@ mod tests {
         let err = StateStore::open(tmp.path()).unwrap_err();
         assert!(matches!(err, StateError::Open { .. }), "{err:?}");
         assert!(err.to_string().contains("state.db"), "{err}");
+    }
+
+    #[test]
+    fn alerts_remember_when_on_call_was_told() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        assert_eq!(s.last_alerted("failure a b 1").unwrap(), None);
+        s.mark_alerted("failure a b 1", t(10)).unwrap();
+        s.mark_alerted("failure a b 1", t(20)).unwrap();
+        assert_eq!(s.last_alerted("failure a b 1").unwrap(), Some(t(20)));
+        assert_eq!(s.last_alerted("failure a b 2").unwrap(), None);
     }
 
     #[test]

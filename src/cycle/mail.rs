@@ -18,27 +18,28 @@ use crate::state::{DestinationStatus, RunId, StateError, StateStore};
 /// sends whatever the outbox holds. Mail problems are logged, never fail the run: the outbox
 /// keeps what could not be sent for the next run.
 pub(super) fn notify_run(inv: &Inventory, store: &StateStore, templates: &Templates, report: &RunReport, orphans: &[Orphan]) -> OutboxReport {
-    let summary = match run_summary(inv, store, report) {
-        Ok(mut s) => {
-            // A service removed from the inventory that still has live tokens somewhere is a
-            // failure on-call must act on (`revoke`), every run until it is done.
-            for o in orphans {
-                s.failed.push(FailureLine {
-                    service: o.service.clone(),
-                    destination: o.destination.clone(),
-                    host: o.host.clone(),
-                    reason: o.reason(),
-                    since: report.started,
-                    consecutive: 1,
-                });
-            }
-            s
-        }
+    let mut summary = match run_summary(inv, store, report) {
+        Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot read state for the run summary; no mail queued");
             return OutboxReport::default();
         }
     };
+    // A service removed from the inventory that still has live tokens somewhere is a failure
+    // on-call must act on (`revoke`), reminded until it is done.
+    let orphan_lines: Vec<FailureLine> = orphans
+        .iter()
+        .map(|o| FailureLine {
+            service: o.service.clone(),
+            destination: o.destination.clone(),
+            host: o.host.clone(),
+            reason: o.reason(),
+            since: report.started,
+            consecutive: 0,
+        })
+        .collect();
+    summary.failed.extend(orphan_lines);
+    let alerted = remind_due(inv, store, &mut summary);
     let owners: BTreeMap<String, Vec<String>> = inv.services.values().map(|s| (s.name.clone(), s.owners.clone())).collect();
     let mut mails = Vec::new();
     match templates.admin_mail(&summary, &inv.notify.admins) {
@@ -52,6 +53,13 @@ pub(super) fn notify_run(inv: &Inventory, store: &StateStore, templates: &Templa
     for m in &mails {
         if let Err(e) = store.enqueue_mail(m) {
             warn!(error = %e, subject = %m.subject, "cannot queue mail");
+        }
+    }
+    if !mails.is_empty() {
+        for key in &alerted {
+            if let Err(e) = store.mark_alerted(key, report.started) {
+                warn!(error = %e, "cannot record when on-call was told");
+            }
         }
     }
     let Some(smtp) = &inv.notify.smtp else {
@@ -81,6 +89,34 @@ pub(super) fn notify_run(inv: &Inventory, store: &StateStore, templates: &Templa
             OutboxReport::default()
         }
     }
+}
+
+/// Keeps in `summary` only what on-call should hear about now: a failure that just started
+/// (first in its streak, or an event like a vanished `.top`), or a lasting condition (failure,
+/// expiry warning, removed service) last mailed at least `notify.remind_every` ago. Returns the
+/// keys of what stays, to be marked as told.
+fn remind_due(inv: &Inventory, store: &StateStore, summary: &mut RunSummary) -> Vec<String> {
+    let every = chrono::Duration::from_std(inv.notify.remind_every).unwrap_or(chrono::Duration::MAX);
+    let now = summary.started;
+    let mut keys = Vec::new();
+    let mut due = |key: String, new: bool| {
+        let last = store.last_alerted(&key).ok().flatten();
+        let go = new || last.is_none_or(|t| now - t >= every);
+        if go {
+            keys.push(key);
+        }
+        go
+    };
+    summary.failed.retain(|f| {
+        // A streak is known by when it started; a removed service (no streak) by its name.
+        let key = match f.consecutive {
+            0 => format!("orphan {} {}", f.service, f.destination),
+            _ => format!("failure {} {} {}", f.service, f.destination, f.since.timestamp()),
+        };
+        due(key, f.consecutive == 1)
+    });
+    summary.expiring.retain(|e| due(format!("expiring {} {}", e.service, e.destination), false));
+    keys
 }
 
 /// The SMTP settings mail is sent with, the password read from its file.

@@ -442,3 +442,29 @@ fn a_top_file_that_disappeared_since_the_last_delivery_is_reported() {
     }
     leaks.assert_clean();
 }
+
+/// A lasting failure is mailed when it starts, then at most every `notify.remind_every`.
+#[test]
+fn a_lasting_failure_is_mailed_when_it_starts_and_then_reminded_at_a_bounded_rate() {
+    let leaks = Leaks::default();
+    let (mut stack, _, _) = two_services(&leaks);
+    stack.host_mut("schedd3").stop();
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(1));
+    let smtp = stack.smtp.as_ref().unwrap();
+    assert_eq!(smtp.wait_for_messages(3, Duration::from_secs(10)).len(), 3);
+    assert_eq!(stack.run("second", &["run"]).status.code(), Some(1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(smtp.messages().len(), 3, "the same failure an hour later is not mailed again");
+
+    let text = stack.inventory_text().replace("  admins: [oncall@example.org]\n", "  admins: [oncall@example.org]\n  remind_every: 0s\n");
+    std::fs::write(&stack.config, text).unwrap();
+    assert_eq!(stack.run("third", &["run"]).status.code(), Some(1));
+    let mails = smtp.wait_for_messages(6, Duration::from_secs(10));
+    assert_eq!(mails.len(), 6, "reminded once remind_every has passed");
+    assert!(mails[3..].iter().any(|m| m.body.contains("3 attempts in a row")), "{:#?}", &mails[3..]);
+    smtp.record_in(&leaks);
+    for host in ["schedd1", "schedd2"] {
+        leaks.secret(read_top(&top_path(&stack, host, "acctprod", "cms_prod"))["vault_token"].as_str().unwrap());
+    }
+    leaks.assert_clean();
+}
