@@ -218,8 +218,8 @@ pub struct Broker {
     timing: Option<Arc<dyn Fn(RequestKind, Duration) + Send + Sync>>,
 }
 
-/// What a broker request was for, as its duration is reported.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a broker request was for, as its duration is reported (the `request` metrics label).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RequestKind {
     Login,
     LookupSelf,
@@ -229,6 +229,16 @@ pub enum RequestKind {
 }
 
 impl RequestKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Login => "login",
+            RequestKind::LookupSelf => "lookup_self",
+            RequestKind::CreateChild => "create_child",
+            RequestKind::RevokeSelf => "revoke_self",
+            RequestKind::AccessToken => "access_token",
+        }
+    }
+
     fn of(path: &str) -> RequestKind {
         if path.ends_with("/login") {
             RequestKind::Login

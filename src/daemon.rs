@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::cycle::{self, CycleOptions, RunReport};
 use crate::inventory::{self, Inventory, InventoryError};
-use crate::metrics::{Metrics, MetricsServer, Stage as MetricStage};
+use crate::metrics::{Metrics, MetricsServer};
 use crate::notify::OutgoingMail;
 use crate::schedule::{self, Batch, Clock, PlanOptions, Planner, RunTracker, TokioClock, WatchdogEvent};
 use crate::state::StateStore;
@@ -234,16 +234,7 @@ pub struct MetricsObserver(pub Metrics);
 
 impl cycle::CycleObserver for MetricsObserver {
     fn broker_request(&self, kind: crate::broker::RequestKind, took: Duration) {
-        use crate::broker::RequestKind as K;
-        use crate::metrics::BrokerRequest as B;
-        let request = match kind {
-            K::Login => B::Login,
-            K::LookupSelf => B::LookupSelf,
-            K::CreateChild => B::CreateChild,
-            K::RevokeSelf => B::RevokeSelf,
-            K::AccessToken => B::AccessToken,
-        };
-        self.0.observe_broker_request(request, took);
+        self.0.observe_broker_request(kind, took);
     }
 }
 
@@ -253,7 +244,7 @@ pub fn record_metrics(metrics: &Metrics, report: &RunReport) {
     let now = Utc::now().timestamp();
     for s in &report.services {
         for (stage, took) in &s.timings {
-            metrics.observe_stage(&s.service, metric_stage(*stage), *took);
+            metrics.observe_stage(&s.service, *stage, *took);
         }
         for d in &s.destinations {
             match (&s.tokens, &d.result) {
@@ -263,20 +254,10 @@ pub fn record_metrics(metrics: &Metrics, report: &RunReport) {
                         metrics.set_time_left(&s.service, &d.id, chrono::TimeDelta::seconds(exp - now));
                     }
                 }
-                (Err(f), Err(_)) => metrics.record_failure(&s.service, &d.id, metric_stage(f.stage)),
-                (Ok(_), Err(_)) => metrics.record_failure(&s.service, &d.id, MetricStage::Deliver),
+                (Err(f), Err(_)) => metrics.record_failure(&s.service, &d.id, f.stage),
+                (Ok(_), Err(_)) => metrics.record_failure(&s.service, &d.id, cycle::Stage::Deliver),
             }
         }
-    }
-}
-
-fn metric_stage(stage: cycle::Stage) -> MetricStage {
-    match stage {
-        cycle::Stage::Login => MetricStage::Login,
-        cycle::Stage::Lookup => MetricStage::Lookup,
-        cycle::Stage::Fetch => MetricStage::Fetch,
-        cycle::Stage::Validate => MetricStage::Validate,
-        cycle::Stage::Deliver => MetricStage::Deliver,
     }
 }
 

@@ -54,53 +54,14 @@ pub enum MetricsError {
     PushRefused { url: String, status: u16, body: String },
 }
 
-/// The pipeline stage a duration or a failure belongs to.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
-    Login,
-    Lookup,
-    Fetch,
-    Validate,
-    Deliver,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Login => "login",
-            Stage::Lookup => "lookup",
-            Stage::Fetch => "fetch",
-            Stage::Validate => "validate",
-            Stage::Deliver => "deliver",
-        }
-    }
-}
+/// The pipeline stage a duration or a failure belongs to: the cycle's own.
+pub use crate::cycle::Stage;
+/// The kind of broker request a duration belongs to: the broker's own.
+pub use crate::broker::RequestKind as BrokerRequest;
 
 impl EncodeLabelValue for Stage {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         encoder.write_str(self.as_str())
-    }
-}
-
-/// The kind of broker request a duration belongs to.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub enum BrokerRequest {
-    Login,
-    LookupSelf,
-    CreateChild,
-    RevokeSelf,
-    AccessToken,
-}
-
-impl BrokerRequest {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BrokerRequest::Login => "login",
-            BrokerRequest::LookupSelf => "lookup_self",
-            BrokerRequest::CreateChild => "create_child",
-            BrokerRequest::RevokeSelf => "revoke_self",
-            BrokerRequest::AccessToken => "access_token",
-        }
     }
 }
 

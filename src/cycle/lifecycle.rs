@@ -19,7 +19,7 @@ use crate::broker::Broker;
 use crate::inventory::{Inventory, ServiceSpec};
 use crate::keep::{Kept, TokenKeeper};
 use crate::secret::Secret;
-use crate::state::{CycleLock, DestinationStatus, LockError, StateStore};
+use crate::state::{DestinationStatus, StateStore};
 
 /// How much earlier than its parent a child token expires.
 const CHILD_MARGIN_SECS: i64 = 60;
@@ -220,10 +220,7 @@ pub fn revoke(
 ) -> Result<RevokeReport, CycleSetupError> {
     let mut report = RevokeReport::default();
     {
-        let _lock = CycleLock::acquire(state_dir, Some(lock_wait)).map_err(|e| match e {
-            LockError::Busy { .. } => CycleSetupError::Busy(e),
-            other => CycleSetupError::Lock(other),
-        })?;
+        let _lock = super::take_lock(state_dir, lock_wait)?;
         let store = StateStore::open(state_dir)?;
         let keeper = TokenKeeper::open(state_dir)?;
         let broker = Broker::new(&inv.broker.client_config()).map_err(|e| CycleSetupError::Cycle(super::CycleError::Broker(e)))?;

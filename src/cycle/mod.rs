@@ -100,8 +100,8 @@ pub enum CycleError {
     Issuer { issuer: String, #[source] source: crate::http::HttpError },
 }
 
-/// The stage at which a service stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// The stage at which a service stopped (also the `stage` label of metrics).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Login,
@@ -111,15 +111,21 @@ pub enum Stage {
     Deliver,
 }
 
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Stage::Login => "login",
             Stage::Lookup => "lookup",
             Stage::Fetch => "fetch",
             Stage::Validate => "validate",
             Stage::Deliver => "deliver",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -257,6 +263,14 @@ pub fn access_request(spec: &ServiceSpec) -> AccessRequest {
     }
 }
 
+/// The state directory's cycle lock, waiting up to `wait` for another holder.
+fn take_lock(state_dir: &Path, wait: Duration) -> Result<CycleLock, CycleSetupError> {
+    CycleLock::acquire(state_dir, Some(wait)).map_err(|e| match e {
+        LockError::Busy { .. } => CycleSetupError::Busy(e),
+        other => CycleSetupError::Lock(other),
+    })
+}
+
 /// What every stage of one cycle shares: cheap to clone into tasks.
 #[derive(Clone)]
 pub(crate) struct Ctx<'a> {
@@ -313,10 +327,7 @@ pub fn run_once(
     lock_wait: Duration,
 ) -> Result<RunReport, CycleSetupError> {
     let services = selected(inv, opts)?;
-    let _lock = CycleLock::acquire(state_dir, Some(lock_wait)).map_err(|e| match e {
-        LockError::Busy { .. } => CycleSetupError::Busy(e),
-        other => CycleSetupError::Lock(other),
-    })?;
+    let _lock = take_lock(state_dir, lock_wait)?;
     let store = StateStore::open(state_dir)?;
     let keeper = TokenKeeper::open(state_dir)?;
     let templates = Templates::load(inv.notify.templates_dir.as_deref()).map_err(CycleSetupError::Templates)?;
