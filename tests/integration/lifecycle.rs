@@ -42,6 +42,18 @@ fn alive(stack: &Stack, token: &str) -> bool {
     stack.bao.lookup(token).is_ok()
 }
 
+/// The token ledger as `status --tokens --json` shows it.
+pub fn ledger(stack: &Stack) -> Value {
+    let out = stack.run("ledger", &["status", "--tokens", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", shown(&out)))
+}
+
+/// The ledger's row for `token`.
+pub fn ledger_row(stack: &Stack, token: &str) -> Option<Value> {
+    let hash = token_bastion::secret::Secret::new(token).short_hash();
+    ledger(stack)["tokens"].as_array().unwrap().iter().find(|t| t["hash"] == hash.as_str()).cloned()
+}
+
 /// One service `prod` (credd on every host) with `renew_before` as given; tokens from the
 /// harness's AppRoles live 1 h.
 fn stack_with<'l>(leaks: &'l Leaks, hosts: usize, renew_before: &str, file_dest: bool) -> Stack<'l> {
@@ -77,7 +89,9 @@ fn a_kept_token_is_reused_while_it_has_more_than_renew_before_left() {
     let t1 = vault_token_at(&stack, &leaks, "schedd1");
     assert_eq!(t1, vault_token_at(&stack, &leaks, "schedd2"));
     assert!(alive(&stack, &t1));
-    let kept = stack.state_dir.join("vault/prod.current");
+    let row = ledger_row(&stack, &t1).expect("in the ledger");
+    assert_eq!((row["state"].as_str(), row["current"].as_bool(), row["kind"].as_str()), (Some("live"), Some(true), Some("login")), "{row}");
+    let kept = stack.state_dir.join("vault").join(format!("{}.token", row["hash"].as_str().unwrap()));
     assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), t1, "kept in its own file in the state directory");
     leaks.assert_clean();
 }
@@ -96,7 +110,8 @@ fn below_renew_before_a_new_login_is_delivered_and_the_old_token_revoked() {
     assert_eq!(new, vault_token_at(&stack, &leaks, "schedd2"));
     assert!(alive(&stack, &new), "the delivered token works after the next login");
     assert!(!alive(&stack, &old), "superseded, held by no destination: revoked");
-    assert!(!stack.state_dir.join("vault").read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".superseded")));
+    assert_eq!(ledger_row(&stack, &old).unwrap()["state"], "revoked");
+    assert_eq!(stack.state_dir.join("vault").read_dir().unwrap().count(), 1, "only the current token's file is left");
     leaks.assert_clean();
 }
 
