@@ -205,12 +205,19 @@ async fn seed_completions(state_dir: &Path, tracker: &RunTracker) {
 /// network stages), then completes their guards and updates the metrics.
 async fn worker(mut jobs: mpsc::Receiver<Job>, state_dir: PathBuf, metrics: Metrics, abandon: Arc<AtomicBool>) {
     let handle = tokio::runtime::Handle::current();
+    // Issuer keys live as long as the inventory that configures the issuers: across cycles, so
+    // that an issuer outage is ridden out on the last good keys.
+    let mut jwks: Option<(Arc<Inventory>, Arc<crate::jwks::JwksCache>)> = None;
     while let Some(Job { inv, batch }) = jobs.recv().await {
         let services = batch.services();
+        if !jwks.as_ref().is_some_and(|(for_inv, _)| Arc::ptr_eq(for_inv, &inv)) {
+            jwks = cycle::jwks_cache(&inv, &state_dir).ok().map(|cache| (inv.clone(), Arc::new(cache)));
+        }
         let opts = CycleOptions {
             scheduled: true,
             abandon: abandon.clone(),
             observer: Some(cycle::Observer(Arc::new(MetricsObserver(metrics.clone())))),
+            jwks: jwks.as_ref().map(|(_, cache)| cache.clone()),
             ..CycleOptions::services(services.clone())
         };
         let (inv2, dir, handle2) = (inv.clone(), state_dir.clone(), handle.clone());
