@@ -18,6 +18,7 @@ pub mod kdc;
 pub mod openbao;
 pub mod pushgateway;
 pub mod stack;
+pub mod tokens;
 
 /// The product binary under test: the one cargo built for the integration tests, or, for the
 /// local-stack example (which shares this harness), the one beside the example's own directory.
