@@ -371,6 +371,9 @@ fn print_report(report: &RunReport) {
             }
         }
     }
+    for e in &report.state_errors {
+        println!("STATE NOT RECORDED: {e}");
+    }
     let total = report.destinations().count();
     let ok = report.destinations().filter(|(_, d)| d.result.is_ok()).count();
     let failed_services = report.services.iter().filter(|s| s.tokens.is_err()).count();

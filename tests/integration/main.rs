@@ -6,6 +6,8 @@ mod harness;
 
 mod broker;
 mod check;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod daemon;
 mod deliver;
 mod lifecycle;

@@ -1,0 +1,192 @@
+//! Crashes and failures at the moments that decide what a destination holds, injected with
+//! failpoints (cargo feature `failpoints`, set through `FAILPOINTS` in the product's process)
+//! into the real binary against real OpenBao and sshd: after the broker's reply, after a
+//! host's intent record, before the outcome is written. Each time: the crash, then a cycle with
+//! the host that was being written blocked, then a normal cycle; after every step each
+//! destination holds a token OpenBao accepts and no live token is missing from the ledger, and
+//! after the last nothing that no destination may hold is left live.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::harness::openbao::JwtSpec;
+use crate::harness::stack::{shown, ServiceDef, Stack};
+use crate::harness::tokens::{self, alive};
+use crate::harness::Leaks;
+
+const SERVICE: &str = "prod";
+
+/// Two schedds, each with a credd destination and a Vault-token file; a new login every cycle
+/// (`renew_before` beyond the AppRole's 1 h TTL), so that every cycle supersedes tokens.
+fn scenario(leaks: &Leaks) -> (Stack<'_>, Vec<PathBuf>) {
+    scenario_with(leaks, true)
+}
+
+fn scenario_with(leaks: &Leaks, with_files: bool) -> (Stack<'_>, Vec<PathBuf>) {
+    let mut stack = Stack::new(leaks).with_hosts(2).with_smtp();
+    let mut def = ServiceDef::new(SERVICE, &["compute.create"]);
+    def.extra = "    renew_before: 2h\n".into();
+    stack.add_service(def);
+    let files: Vec<PathBuf> = ["schedd1", "schedd2"].iter().map(|h| stack.host(h).dir.join("vt_prod")).collect();
+    let mut yaml = "    destinations:\n      - credd:\n          hosts: [schedd1, schedd2]\n".to_string();
+    let files = if with_files { files } else { Vec::new() };
+    for (h, f) in ["schedd1", "schedd2"].iter().zip(&files) {
+        yaml.push_str(&format!("      - file:\n          hosts: [{h}]\n          path: {}\n          owner: root\n          ttl: 30m\n", f.display()));
+    }
+    stack.destinations.insert(SERVICE.into(), yaml);
+    stack.put_token(SERVICE, &JwtSpec { scope: Some("compute.create".into()), ..JwtSpec::default() });
+    stack.write_inventory();
+    (stack, files)
+}
+
+fn run_with(stack: &mut Stack, label: &str, failpoints: &str) -> Output {
+    stack.env.push(("FAILPOINTS".into(), failpoints.into()));
+    let out = stack.run(label, &["run"]);
+    stack.env.pop();
+    out
+}
+
+fn check(stack: &Stack, files: &[PathBuf], when: &str, settled: bool) {
+    let none = BTreeSet::new();
+    tokens::assert_destinations_work(stack, files, when);
+    tokens::assert_none_missing(stack, SERVICE, &none, when);
+    if settled {
+        tokens::assert_nothing_unheld(stack, SERVICE, files, &none, when);
+    }
+}
+
+/// Kill at the failpoint; a cycle with the host the crash was writing to (else schedd1)
+/// blocked; a normal cycle.
+fn crash_block_recover(failpoints: &str) {
+    let leaks = Leaks::default();
+    let (mut stack, files) = scenario(&leaks);
+    let out = stack.run("first", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    check(&stack, &files, "after the first cycle", true);
+
+    let before = tokens::held(&stack, &files);
+    let out = run_with(&mut stack, "crash", failpoints);
+    assert_eq!(out.status.code(), None, "killed at {failpoints}: {}", shown(&out));
+    check(&stack, &files, "after the crash", false);
+    let after = tokens::held(&stack, &files);
+    let host = stack
+        .hosts
+        .iter()
+        .find(|(_, h)| after.iter().any(|(p, t)| p.starts_with(&h.dir) && before.get(p) != Some(t)))
+        .map_or_else(|| "schedd1".to_string(), |(name, _)| name.clone());
+
+    stack.host_mut(&host).stop();
+    let out = stack.run("blocked", &["run"]);
+    assert_eq!(out.status.code(), Some(1), "{host} blocked: {}", shown(&out));
+    check(&stack, &files, &format!("with {host} blocked"), false);
+
+    stack.host_mut(&host).restart();
+    let out = stack.run("recovered", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    check(&stack, &files, "after a normal cycle", true);
+    stack.smtp.as_ref().unwrap().record_in(&leaks);
+    leaks.assert_clean();
+}
+
+#[test]
+fn killed_after_the_brokers_reply_to_the_login() {
+    crash_block_recover("cycle::after_broker_reply=panic(kill)");
+}
+
+#[test]
+fn killed_after_the_brokers_reply_to_a_child_token() {
+    crash_block_recover("cycle::after_broker_reply=1*off->panic(kill)");
+}
+
+#[test]
+fn killed_after_a_hosts_intent_record() {
+    crash_block_recover("cycle::after_intent=panic(kill)");
+}
+
+#[test]
+fn killed_before_a_hosts_outcome_is_written() {
+    crash_block_recover("cycle::before_db_write=panic(kill)");
+}
+
+/// A crash leaves a host "may hold" the new login token; that host then stays unreachable
+/// while the token is first reused (the same bytes are intended again and fail) and then
+/// superseded: the token lives as long as the host may hold it. (credd destinations only: a
+/// child in a token file would keep its parent alive on its own.)
+#[test]
+fn a_token_that_may_have_landed_lives_while_its_host_stays_away() {
+    let leaks = Leaks::default();
+    let (mut stack, files) = scenario_with(&leaks, false);
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let before = tokens::held(&stack, &files);
+    let out = run_with(&mut stack, "crash", "cycle::before_db_write=panic(kill)");
+    assert_eq!(out.status.code(), None, "{}", shown(&out));
+    let landed = tokens::held(&stack, &files);
+    let (path, token) = landed.iter().find(|(p, t)| before.get(*p) != Some(*t)).map(|(p, t)| (p.clone(), t.clone())).expect("a host replaced its .top");
+    let host = stack.hosts.iter().find(|(_, h)| path.starts_with(&h.dir)).map(|(n, _)| n.clone()).unwrap();
+    stack.host_mut(&host).stop();
+
+    let set_renew_before = |stack: &mut Stack, v: &str| {
+        stack.defs.get_mut(SERVICE).unwrap().extra = format!("    renew_before: {v}\n");
+        stack.write_inventory();
+    };
+    set_renew_before(&mut stack, "10m");
+    assert_eq!(stack.run("reused, host away", &["run"]).status.code(), Some(1));
+    set_renew_before(&mut stack, "2h");
+    assert_eq!(stack.run("superseded, host away", &["run"]).status.code(), Some(1));
+    check(&stack, &files, &format!("{host} away two cycles"), false);
+    assert!(alive(&stack, &token), "{} may hold it", path.display());
+
+    stack.host_mut(&host).restart();
+    assert_eq!(stack.run("back", &["run"]).status.code(), Some(0));
+    check(&stack, &files, "after the host is back", true);
+    assert!(!alive(&stack, &token), "settled: replaced, then revoked");
+    stack.smtp.as_ref().unwrap().record_in(&leaks);
+    leaks.assert_clean();
+}
+
+/// States of the ledger's holdings, `(destination, state)`.
+fn holding_states(stack: &Stack) -> Vec<(String, String)> {
+    let ledger = tokens::ledger(stack);
+    ledger["holdings"].as_array().unwrap().iter().map(|h| (h["destination"].as_str().unwrap().into(), h["state"].as_str().unwrap().into())).collect()
+}
+
+#[test]
+fn a_state_database_that_fails_after_delivery_loses_nothing() {
+    let leaks = Leaks::default();
+    let (mut stack, files) = scenario(&leaks);
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let first: BTreeSet<String> = tokens::held(&stack, &files).into_values().collect();
+
+    // One write fails and its retry at the end of the run succeeds: nothing to report.
+    let out = run_with(&mut stack, "one failed write", "cycle::before_db_write=1*return");
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert!(holding_states(&stack).iter().all(|(_, s)| s == "holds" || s == "replaced"), "{:?}", holding_states(&stack));
+    check(&stack, &files, "after a write retried", true);
+
+    // Every write after the deliveries fails: the files are replaced, the run says so (exit 1,
+    // mail sent straight to the relay), and what was delivered before stays live.
+    let second: BTreeSet<String> = tokens::held(&stack, &files).into_values().collect();
+    let out = run_with(&mut stack, "database failing", "cycle::before_db_write=return");
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("STATE NOT RECORDED") && stdout.contains("could not be recorded"), "{}", shown(&out));
+    let third: BTreeSet<String> = tokens::held(&stack, &files).into_values().collect();
+    assert!(third.is_disjoint(&second), "every file was replaced");
+    check(&stack, &files, "with the database failing", false);
+    assert!(second.iter().all(|t| alive(&stack, t)), "the tokens the files held before stay live: their replacement is not recorded");
+    let smtp = stack.smtp.as_ref().unwrap();
+    let mails = smtp.wait_for_messages(1, Duration::from_secs(10));
+    assert!(mails.iter().any(|m| m.body.contains("state database") && m.body.contains("could not be recorded")), "{mails:#?}");
+    assert!(holding_states(&stack).iter().any(|(_, s)| s == "intended"), "the intents are all the ledger knows");
+
+    // The next run settles everything from the intents.
+    let out = stack.run("recovered", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert!(holding_states(&stack).iter().all(|(_, s)| s == "holds" || s == "replaced"), "{:?}", holding_states(&stack));
+    check(&stack, &files, "after recovery", true);
+    assert!(first.iter().chain(&second).chain(&third).all(|t| !alive(&stack, t)), "every replaced token is revoked once settled");
+    smtp.record_in(&leaks);
+    leaks.assert_clean();
+}
