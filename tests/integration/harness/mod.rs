@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod kdc;
 pub mod openbao;
+pub mod proxy;
 pub mod pushgateway;
 pub mod stack;
 pub mod tokens;
