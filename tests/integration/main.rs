@@ -12,6 +12,7 @@ mod daemon;
 mod deliver;
 mod lifecycle;
 mod kerberos;
+mod ledger;
 mod metrics;
 mod notify;
 mod push;
