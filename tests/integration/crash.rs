@@ -11,34 +11,18 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::harness::openbao::JwtSpec;
-use crate::harness::stack::{shown, ServiceDef, Stack};
+use crate::harness::stack::{shown, Stack};
 use crate::harness::tokens::{self, alive};
 use crate::harness::Leaks;
 
 const SERVICE: &str = "prod";
 
-/// Two schedds, each with a credd destination and a Vault-token file; a new login every cycle
-/// (`renew_before` beyond the AppRole's 1 h TTL), so that every cycle supersedes tokens.
 fn scenario(leaks: &Leaks) -> (Stack<'_>, Vec<PathBuf>) {
-    scenario_with(leaks, true)
+    tokens::two_schedds(leaks, SERVICE, true)
 }
 
 fn scenario_with(leaks: &Leaks, with_files: bool) -> (Stack<'_>, Vec<PathBuf>) {
-    let mut stack = Stack::new(leaks).with_hosts(2).with_smtp();
-    let mut def = ServiceDef::new(SERVICE, &["compute.create"]);
-    def.extra = "    renew_before: 2h\n".into();
-    stack.add_service(def);
-    let files: Vec<PathBuf> = ["schedd1", "schedd2"].iter().map(|h| stack.host(h).dir.join("vt_prod")).collect();
-    let mut yaml = "    destinations:\n      - credd:\n          hosts: [schedd1, schedd2]\n".to_string();
-    let files = if with_files { files } else { Vec::new() };
-    for (h, f) in ["schedd1", "schedd2"].iter().zip(&files) {
-        yaml.push_str(&format!("      - file:\n          hosts: [{h}]\n          path: {}\n          owner: root\n          ttl: 30m\n", f.display()));
-    }
-    stack.destinations.insert(SERVICE.into(), yaml);
-    stack.put_token(SERVICE, &JwtSpec { scope: Some("compute.create".into()), ..JwtSpec::default() });
-    stack.write_inventory();
-    (stack, files)
+    tokens::two_schedds(leaks, SERVICE, with_files)
 }
 
 fn run_with(stack: &mut Stack, label: &str, failpoints: &str) -> Output {

@@ -5,6 +5,7 @@
 mod harness;
 
 mod broker;
+mod chaos;
 mod check;
 #[cfg(feature = "failpoints")]
 mod crash;

@@ -133,6 +133,11 @@ impl Sshd {
         self.child = None;
     }
 
+    /// Started and not stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Makes `command` (e.g. `chown`) take `secs` seconds longer on this host: a wrapper of that
     /// name, first on the PATH of every SSH session, sleeps and then runs the real one. Restarts
     /// sshd to apply it. For tests that need a delivery in flight for a while.
