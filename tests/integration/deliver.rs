@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use token_bastion::deliver::{
-    DeliverError, HostOutcome, HostPlan, Owner, RemoteDir, RemoteFile, TopFile, credd_layout, push_to_host,
+    Credmon, DeliverError, HostOutcome, HostPlan, Owner, RemoteDir, RemoteFile, TopFile, credd_layout, push_to_host,
 };
 use token_bastion::secret::Secret;
 
@@ -62,10 +62,12 @@ fn minted(leaks: &Leaks, prefix: &str) -> Secret {
     Secret::new(s)
 }
 
+/// A file whose remote-write rule starts at its own directory.
 fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, owner: Option<Owner>) -> RemoteFile {
     RemoteFile {
         id: id.into(),
         path: path.to_str().unwrap().into(),
+        root: path.parent().unwrap().to_str().unwrap().into(),
         uid_of: None,
         content: content.clone(),
         mode,
@@ -79,7 +81,8 @@ fn plan(sshd: &Sshd, user: &str, dirs: Vec<RemoteDir>, files: Vec<RemoteFile>, s
         dirs,
         files,
         expect_present: Vec::new(),
-        signal_credmon: spools.iter().map(|p| p.to_str().unwrap().to_string()).collect(),
+        read_back: Vec::new(),
+        signal_credmon: spools.iter().map(|p| Credmon { spool: p.to_str().unwrap().to_string(), user: "root".into() }).collect(),
     }
 }
 
@@ -229,6 +232,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
     let good = RemoteFile {
         id: "crab/bearer@schedd-test".into(),
         path: template.clone(),
+        root: out_dir.to_str().unwrap().into(),
         uid_of: Some(TEST_USER.into()),
         content: Secret::new(format!("{}\n", token.expose())),
         mode: 0o600,
@@ -237,6 +241,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
     let unknown_account = RemoteFile {
         id: "ghost/bearer@schedd-test".into(),
         path: format!("{}/vt_u{{uid}}", out_dir.display()),
+        root: out_dir.to_str().unwrap().into(),
         uid_of: Some("tb-no-such-account".into()),
         content: token.clone(),
         mode: 0o600,
@@ -279,7 +284,7 @@ fn unknown_host_key_fails_the_host_and_writes_nothing() {
         plain_file("a", &old, &token, 0o600, None),
         plain_file("b", &sshd.spool.join("new.top"), &token, 0o600, None),
     ];
-    let dirs = vec![RemoteDir { path: sshd.spool.join("newdir").to_str().unwrap().into(), mode: 0o700, owner: None }];
+    let dirs = vec![RemoteDir { path: sshd.spool.join("newdir").to_str().unwrap().into(), mode: 0o700, owner: None, clear_mark: false }];
     let outcome = push(&leaks, &plan(&sshd, "root", dirs, files, vec![]), false);
 
     match &outcome.connected {
@@ -341,11 +346,12 @@ fn redelivery_replaces_atomically_while_a_reader_polls() {
     let leaks = Leaks::default();
     let sshd = Sshd::start(tmp.path(), &leaks);
     let top = sshd.spool.join("u").join("svc.top");
-    let dir = RemoteDir { path: sshd.spool.join("u").to_str().unwrap().into(), mode: 0o700, owner: None };
+    let dir = RemoteDir { path: sshd.spool.join("u").to_str().unwrap().into(), mode: 0o700, owner: None, clear_mark: false };
     // Long, distinct contents, so that a partial read cannot look like a whole one.
     let versions: Vec<Secret> =
         (0..2).map(|i| Secret::new(format!("{}{}", minted(&leaks, &format!("hvs.V{i}")).expose(), "x".repeat(200_000)))).collect();
-    let delivery = |v: &Secret| plan(&sshd, "root", vec![dir.clone()], vec![plain_file("a", &top, v, 0o600, None)], vec![]);
+    let in_spool = |v: &Secret| RemoteFile { root: sshd.spool.to_str().unwrap().into(), ..plain_file("a", &top, v, 0o600, None) };
+    let delivery = |v: &Secret| plan(&sshd, "root", vec![dir.clone()], vec![in_spool(v)], vec![]);
     assert_all_delivered(&push(&leaks, &delivery(&versions[0]), false));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -415,11 +421,12 @@ fn an_unprivileged_login_cannot_give_files_to_root() {
     let tmp = tempfile::tempdir().unwrap();
     let leaks = Leaks::default();
     let sshd = Sshd::start(tmp.path(), &leaks);
-    let (uid, gid) = test_user();
-    // A spool the unprivileged account may write into, holding a root-owned token.
-    let spool = sshd.spool.join("user-writable");
+    let (uid, _) = test_user();
+    // A root-owned sticky directory the unprivileged account may write into (the rule accepts
+    // it), holding a root-owned token.
+    let spool = sshd.spool.join("sticky");
     std::fs::create_dir(&spool).unwrap();
-    std::os::unix::fs::chown(&spool, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let top = spool.join("svc.top");
     std::fs::write(&top, b"old root token").unwrap();
     std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -545,6 +552,7 @@ fn dry_run_checks_everything_and_writes_nothing() {
     files.push(RemoteFile {
         id: "bearer".into(),
         path: format!("{spool}/bt_u{{uid}}"),
+        root: spool.into(),
         uid_of: Some(TEST_USER.into()),
         content: access.clone(),
         mode: 0o600,
@@ -563,13 +571,14 @@ fn dry_run_checks_everything_and_writes_nothing() {
     assert_eq!(ended_by(&mut credmon, Duration::from_millis(300)), None, "a dry run must not signal");
 
     // A directory that could not be created is reported, by name, in a dry run.
-    let orphan = RemoteDir { path: format!("{spool}/missing/parent"), mode: 0o700, owner: None };
-    let file = plain_file("x", &sshd.spool.join("missing/parent/svc.top"), &access, 0o600, None);
+    let orphan = RemoteDir { path: format!("{spool}/missing/parent"), mode: 0o700, owner: None, clear_mark: false };
+    let file = RemoteFile { root: spool.into(), ..plain_file("x", &sshd.spool.join("missing/parent/svc.top"), &access, 0o600, None) };
     let outcome = push(&leaks, &plan(&sshd, "root", vec![orphan], vec![file], vec![]), true);
     match &outcome.files[0].result {
-        Err(e @ DeliverError::Directory { path, .. }) => {
-            assert_eq!(path, &format!("{spool}/missing/parent"));
-            assert!(e.to_string().contains("does not exist"), "{e}");
+        Err(e @ DeliverError::UnsafeDirectory { dir, reason, .. }) => {
+            assert_eq!(dir, &format!("{spool}/missing"));
+            assert_eq!(reason, "does not exist");
+            assert!(e.to_string().contains("missing/parent/svc.top"), "{e}");
         }
         other => panic!("expected a directory error, got {other:?}"),
     }
@@ -654,6 +663,7 @@ fn a_host_that_never_speaks_ssh_fails_within_the_timeout() {
         dirs: vec![],
         files: vec![plain_file("a", &sshd.spool.join("x.top"), &token, 0o600, None)],
         expect_present: Vec::new(),
+        read_back: Vec::new(),
         signal_credmon: vec![],
     };
     let started = std::time::Instant::now();

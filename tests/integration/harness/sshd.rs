@@ -65,7 +65,7 @@ impl Sshd {
                  PrintMotd no\n\
                  LogLevel VERBOSE\n\
                  MaxStartups 100:30:200\n\
-                 Subsystem sftp internal-sftp\n",
+                 Subsystem sftp internal-sftp -l DEBUG3\n",
                 host_key = host_key.display(),
                 authorized = authorized.display(),
                 pid = dir.join("sshd.pid").display(),
