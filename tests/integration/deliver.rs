@@ -19,11 +19,11 @@ use crate::harness::sshd::Sshd;
 use crate::harness::{ChildGuard, Leaks, wait_until};
 
 /// An account the tests chown to (as root) and log in as (to be refused a chown).
-const TEST_USER: &str = "tb-deliver-test";
+pub(crate) const TEST_USER: &str = "tb-deliver-test";
 
 /// Creates [`TEST_USER`] once per machine: no home, a usable shell, and a password field of
 /// `*` (not `!`), because sshd without PAM refuses key logins to locked accounts.
-fn test_user() -> (u32, u32) {
+pub(crate) fn test_user() -> (u32, u32) {
     static CREATED: OnceLock<(u32, u32)> = OnceLock::new();
     *CREATED.get_or_init(|| {
         if id_of(&["-u", TEST_USER]).is_none() {
@@ -42,7 +42,7 @@ fn test_user() -> (u32, u32) {
     })
 }
 
-fn id_of(args: &[&str]) -> Option<u32> {
+pub(crate) fn id_of(args: &[&str]) -> Option<u32> {
     let out = Command::new("id").args(args).output().ok()?;
     if !out.status.success() {
         return None;
@@ -50,20 +50,20 @@ fn id_of(args: &[&str]) -> Option<u32> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
-fn test_owner() -> Owner {
+pub(crate) fn test_owner() -> Owner {
     test_user();
     Owner { user: TEST_USER.into(), group: TEST_USER.into() }
 }
 
 /// A token-looking secret, registered with the leak check.
-fn minted(leaks: &Leaks, prefix: &str) -> Secret {
+pub(crate) fn minted(leaks: &Leaks, prefix: &str) -> Secret {
     let s = format!("{prefix}.{:032x}", rand::random::<u128>());
     leaks.secret(&s);
     Secret::new(s)
 }
 
 /// A file whose remote-write rule starts at its own directory.
-fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, owner: Option<Owner>) -> RemoteFile {
+pub(crate) fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, owner: Option<Owner>) -> RemoteFile {
     RemoteFile {
         id: id.into(),
         path: path.to_str().unwrap().into(),
@@ -75,7 +75,7 @@ fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, owner: Option<
     }
 }
 
-fn plan(sshd: &Sshd, user: &str, dirs: Vec<RemoteDir>, files: Vec<RemoteFile>, spools: Vec<&Path>) -> HostPlan {
+pub(crate) fn plan(sshd: &Sshd, user: &str, dirs: Vec<RemoteDir>, files: Vec<RemoteFile>, spools: Vec<&Path>) -> HostPlan {
     HostPlan {
         target: sshd.target("schedd-test", user),
         dirs,
@@ -102,7 +102,7 @@ impl Write for LogBuf {
 
 /// Runs one push with its log captured at TRACE, and hands the log, the outcome's `Debug` and
 /// every error's `Display` to the leak check.
-fn push(leaks: &Leaks, plan: &HostPlan, dry_run: bool) -> HostOutcome {
+pub(crate) fn push(leaks: &Leaks, plan: &HostPlan, dry_run: bool) -> HostOutcome {
     let buf = LogBuf::default();
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -121,7 +121,7 @@ fn push(leaks: &Leaks, plan: &HostPlan, dry_run: bool) -> HostOutcome {
     outcome
 }
 
-fn errors(outcome: &HostOutcome) -> Vec<String> {
+pub(crate) fn errors(outcome: &HostOutcome) -> Vec<String> {
     let mut all = Vec::new();
     if let Err(e) = &outcome.connected {
         all.push(e.to_string());
@@ -139,16 +139,16 @@ fn errors(outcome: &HostOutcome) -> Vec<String> {
     all
 }
 
-fn assert_all_delivered(outcome: &HostOutcome) {
+pub(crate) fn assert_all_delivered(outcome: &HostOutcome) {
     assert!(outcome.all_delivered(), "not all delivered: {:?}", errors(outcome));
 }
 
-fn mode_of(p: &Path) -> u32 {
+pub(crate) fn mode_of(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
 /// Names of leftover temp files anywhere under `dir`.
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn temp_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -164,7 +164,7 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn top_file(leaks: &Leaks) -> TopFile {
+pub(crate) fn top_file(leaks: &Leaks) -> TopFile {
     TopFile {
         vault_token: minted(leaks, "hvs.CAES"),
         vault_url: "https://htvault.cern.ch:8200/v1/secret/oauth/sts/cms/default:wmagent".into(),
@@ -456,7 +456,7 @@ fn an_unprivileged_login_cannot_give_files_to_root() {
 }
 
 /// A process whose command line is `name 600` (a renamed `sleep`), killed on drop.
-fn fake_process(dir: &Path, name: &str) -> ChildGuard {
+pub(crate) fn fake_process(dir: &Path, name: &str) -> ChildGuard {
     let mut cmd = Command::new("bash");
     cmd.arg("-c").arg(format!("exec -a {name} sleep 600"));
     let mut child = ChildGuard::spawn(name, cmd, &dir.join(format!("{name}.log")));
@@ -472,7 +472,7 @@ fn fake_process(dir: &Path, name: &str) -> ChildGuard {
 }
 
 /// Waits (bounded) for `child` to end; its terminating signal, if it ended.
-fn ended_by(child: &mut ChildGuard, within: Duration) -> Option<Option<i32>> {
+pub(crate) fn ended_by(child: &mut ChildGuard, within: Duration) -> Option<Option<i32>> {
     let mut status = None;
     wait_until(within, || {
         status = child.child.try_wait().unwrap();

@@ -1,6 +1,11 @@
 //! Real OpenSSH sshd "schedds" on 127.0.0.1, one per call, each with its own temporary ed25519
 //! host key, client key pair, known_hosts line and spool directory, all under the test's temp
 //! dir. Killed on drop.
+//!
+//! The SFTP subsystem is OpenSSH's own `sftp-server` (the code `internal-sftp` runs in-process)
+//! at `-l DEBUG3`, started through a two-line wrapper that sends its log to a file: in-process,
+//! `internal-sftp` logs through syslog only, which a test cannot read. The log shows every
+//! request (open flags and mode, fsync, fsetstat owner, posix-rename) for tests to check.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +31,7 @@ pub struct Sshd {
     config: PathBuf,
     host_key: PathBuf,
     log: PathBuf,
+    sftp_log: PathBuf,
     child: Option<ChildGuard>,
 }
 
@@ -47,6 +53,19 @@ impl Sshd {
         std::fs::create_dir_all(&spool).unwrap();
         std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
 
+        let sftp_log = dir.join("sftp-server.log");
+        // Written by sftp-server as whichever account logged in.
+        std::fs::write(&sftp_log, "").unwrap();
+        std::fs::set_permissions(&sftp_log, std::fs::Permissions::from_mode(0o666)).unwrap();
+        leaks.path(&sftp_log);
+        let sftp_wrapper = dir.join("sftp-server-logged");
+        std::fs::write(
+            &sftp_wrapper,
+            format!("#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l DEBUG3 2>>{}\n", sftp_log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&sftp_wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -65,7 +84,8 @@ impl Sshd {
                  PrintMotd no\n\
                  LogLevel VERBOSE\n\
                  MaxStartups 100:30:200\n\
-                 Subsystem sftp internal-sftp -l DEBUG3\n",
+                 Subsystem sftp {sftp}\n",
+                sftp = sftp_wrapper.display(),
                 host_key = host_key.display(),
                 authorized = authorized.display(),
                 pid = dir.join("sshd.pid").display(),
@@ -84,6 +104,7 @@ impl Sshd {
             config,
             host_key,
             log,
+            sftp_log,
             child: None,
         };
         // Another process on this shared machine may take the port between probe and bind.
@@ -170,6 +191,11 @@ impl Sshd {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Everything sftp-server logged so far (every session, every account).
+    pub fn sftp_log(&self) -> String {
+        std::fs::read_to_string(&self.sftp_log).unwrap_or_default()
     }
 
     fn write_known_hosts(&self) {
