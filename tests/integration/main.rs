@@ -8,6 +8,7 @@ mod broker;
 mod check;
 mod daemon;
 mod deliver;
+mod deliver_hostkeys;
 mod deliver_protocol;
 mod lifecycle;
 mod kerberos;
