@@ -242,6 +242,9 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
     dirs.judge_all(&remote, &mut work, dry_run);
     if !dry_run {
         sweep_stale(&remote, work.iter().filter(|w| w.pending()).map(|w| w.path.as_str()));
+        if work.iter().any(Work::pending) {
+            remote.prepare_rename();
+        }
         for w in work.iter_mut().filter(|w| w.pending()) {
             if abandon.load(Ordering::SeqCst) {
                 w.failed = Some(DeliverError::Abandoned { host: host.clone(), path: w.path.clone() });
@@ -251,7 +254,7 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
                 w.failed = Some(DeliverError::SessionLost { host: host.clone(), path: w.path.clone() });
                 continue;
             }
-            write_temp(&remote, &mut dirs, w);
+            write_temp(&remote, &dirs, w);
         }
         rename_all(&remote, &mut work, abandon);
         if work.iter().any(|w| matches!(w.failed, Some(DeliverError::Abandoned { .. }))) {
@@ -589,6 +592,15 @@ impl<'p> Dirs<'p> {
                     break;
                 }
             }
+            // Where the directory really is, taken now that it passed: a link swapped in later
+            // would send the temp file elsewhere, which `write_temp` then sees.
+            if w.pending() && !dry_run {
+                let parent = split_parent(&w.path).0.to_string();
+                if !self.canonical.contains_key(&parent) {
+                    let c = realpath(remote, &parent);
+                    self.canonical.insert(parent, c);
+                }
+            }
         }
     }
 
@@ -690,14 +702,10 @@ impl<'p> Dirs<'p> {
         }
     }
 
-    /// The server's canonical path of a directory that passed the rule (cached).
-    fn canonical(&mut self, remote: &Remote, dir: &str) -> Result<String, String> {
-        if let Some(c) = self.canonical.get(dir) {
-            return c.clone();
-        }
-        let c = realpath(remote, dir);
-        self.canonical.insert(dir.to_string(), c.clone());
-        c
+    /// The server's canonical path of a directory that passed the rule, as taken by
+    /// [`judge_all`](Self::judge_all) before anything was written.
+    fn canonical(&self, dir: &str) -> Result<String, String> {
+        self.canonical.get(dir).cloned().unwrap_or_else(|| Err("its directory was not looked at".into()))
     }
 }
 
@@ -764,7 +772,7 @@ fn sweep_stale<'a>(remote: &Remote, paths: impl Iterator<Item = &'a str>) {
 
 /// Creates `w`'s temp file exclusively with its final mode, checks it is where it was meant to
 /// be, writes, fsyncs and sets its owner on the open handle.
-fn write_temp(remote: &Remote, dirs: &mut Dirs, w: &mut Work) {
+fn write_temp(remote: &Remote, dirs: &Dirs, w: &mut Work) {
     let (dir, name) = split_parent(&w.path);
     let dir = dir.to_string();
     let temp = format!("{}/{}", dir.trim_end_matches('/'), temp_name(name));
@@ -796,7 +804,7 @@ fn write_temp(remote: &Remote, dirs: &mut Dirs, w: &mut Work) {
     w.temp = Some(temp.clone());
     // The directories were judged by name; a link swapped in since would have taken the open
     // elsewhere. Nothing is written until the temp file is known to be where it was meant to be.
-    let expected = dirs.canonical(remote, &dir).map(|c| format!("{}/{}", c.trim_end_matches('/'), split_parent(&temp).1));
+    let expected = dirs.canonical(&dir).map(|c| format!("{}/{}", c.trim_end_matches('/'), split_parent(&temp).1));
     match (expected, realpath(remote, &temp)) {
         (Ok(expected), Ok(actual)) if expected == actual => {}
         (expected, actual) => {
@@ -891,10 +899,10 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
             w.failed = Some(DeliverError::SessionLost { host: remote.host.clone(), path: w.path.clone() });
             continue;
         }
-        failpoint!("deliver::before_rename", remote.host, w.path);
         if !temp_intact(remote, w) {
             continue;
         }
+        failpoint!("deliver::before_rename", remote.host, w.path);
         let temp = w.temp.clone().expect("pending files have a temp file");
         if !fallback.is_empty() {
             fallback.push(i);

@@ -177,25 +177,32 @@ impl Remote {
         r
     }
 
+    /// Starts the channel renames go through, so that it is ready before the first temp file
+    /// is written. A failure here is found again (and reported) by [`rename`](Self::rename).
+    pub fn prepare_rename(&self) {
+        let mut slot = self.renamer.borrow_mut();
+        if slot.is_some() || self.dead.get() {
+            return;
+        }
+        match PosixRename::start(&self.session) {
+            Ok(r) => *slot = Some(Ok(r)),
+            Err(e) => {
+                self.note(&e);
+                if !self.dead.get() {
+                    tracing::warn!(host = %self.host, error = %e, "cannot start a second SFTP channel for posix-rename");
+                    *slot = Some(Err(()));
+                }
+            }
+        }
+    }
+
     /// Atomically replaces `to` by `from` with `posix-rename@openssh.com`.
     pub fn rename(&self, from: &str, to: &str) -> Renamed {
+        self.prepare_rename();
         if self.dead.get() {
             return Renamed::Refused("the connection was lost earlier in this session".into());
         }
         let mut slot = self.renamer.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(match PosixRename::start(&self.session) {
-                Ok(r) => Ok(r),
-                Err(e) => {
-                    self.note(&e);
-                    if self.dead.get() {
-                        return Renamed::Refused(format!("cannot start the rename channel: {e}"));
-                    }
-                    tracing::warn!(host = %self.host, error = %e, "cannot start a second SFTP channel for posix-rename");
-                    Err(())
-                }
-            });
-        }
         let Some(Ok(renamer)) = slot.as_ref() else { return Renamed::Unsupported };
         match renamer.rename(from, to) {
             RenameResult::Done => Renamed::Done,

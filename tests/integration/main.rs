@@ -8,6 +8,8 @@ mod broker;
 mod check;
 mod daemon;
 mod deliver;
+#[cfg(feature = "failpoints")]
+mod deliver_attacks;
 mod deliver_hostkeys;
 mod deliver_protocol;
 mod lifecycle;

@@ -154,6 +154,11 @@ impl Sshd {
         self.child = None;
     }
 
+    /// The listening sshd's pid; every connection's processes descend from it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sshd running").pid()
+    }
+
     /// Makes `command` (e.g. `chown`) take `secs` seconds longer on this host: a wrapper of that
     /// name, first on the PATH of every SSH session, sleeps and then runs the real one. Restarts
     /// sshd to apply it. For tests that need a delivery in flight for a while.
