@@ -159,7 +159,7 @@ impl Sshd {
         self.child.as_ref().expect("sshd running").pid()
     }
 
-    /// Makes `command` (e.g. `chown`) take `secs` seconds longer on this host: a wrapper of that
+    /// Makes `command` (e.g. `id`) take `secs` seconds longer on this host: a wrapper of that
     /// name, first on the PATH of every SSH session, sleeps and then runs the real one. Restarts
     /// sshd to apply it. For tests that need a delivery in flight for a while.
     pub fn slow_down(&mut self, command: &str, secs: u32) {
