@@ -309,3 +309,34 @@ fn revoke_removes_only_regular_files_in_directories_that_pass_the_rule() {
     assert!(std::fs::symlink_metadata(account.join("x.top")).is_ok());
     leaks.assert_clean();
 }
+
+#[test]
+fn a_server_without_posix_rename_gets_batched_mv_under_the_packet_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let mut sshd = Sshd::start(tmp.path(), &leaks);
+    sshd.hide_posix_rename();
+    let (uid, gid) = test_user();
+    let dir = sshd.spool.join("d".repeat(100));
+    std::fs::create_dir(&dir).unwrap();
+    let token = minted(&leaks, "hvs.NOPOSIXRENAME");
+    // Long names: 200 `mv` commands are far beyond one exec request's limit.
+    let files: Vec<RemoteFile> = (0..200)
+        .map(|i| RemoteFile { root: sshd.spool.to_str().unwrap().into(), ..plain_file("f", &dir.join(format!("{i:03}{}.top", "x".repeat(100))), &token, 0o600, Some(test_owner())) })
+        .collect();
+    std::fs::write(&files[0].path, "old").unwrap();
+    let execs_before = exec_count(&sshd);
+    let outcome = push(&leaks, &plan(&sshd, "root", vec![], files.clone(), vec![]), false);
+    assert_all_delivered(&outcome);
+    for f in &files {
+        let meta = std::fs::symlink_metadata(&f.path).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (uid, gid, 0o600));
+        assert_eq!(std::fs::read_to_string(&f.path).unwrap(), token.expose());
+    }
+    let log = sshd.sftp_log();
+    assert!(!log.contains("posix-rename old"), "the extension was hidden, so never used");
+    let execs = exec_count(&sshd) - execs_before;
+    assert!(execs >= 3, "the id lookup and the mv batches, split: {execs}");
+    assert!(temp_files(&sshd.spool).is_empty());
+    leaks.assert_clean();
+}

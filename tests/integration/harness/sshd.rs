@@ -176,6 +176,16 @@ impl Sshd {
         self.restart();
     }
 
+    /// Serves SFTP through a stand-in that hides `posix-rename@openssh.com` (see
+    /// `sftp_without_posix_rename.py`): a server without the extension. Restarts sshd.
+    pub fn hide_posix_rename(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/harness/sftp_without_posix_rename.py");
+        let wrapper = self.dir.join("sftp-server-logged");
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec /usr/bin/python3 {} {}\n", script.display(), self.sftp_log.display()))
+            .unwrap();
+        self.restart();
+    }
+
     /// Stops and starts again on the same port (known_hosts stays as it is).
     pub fn restart(&mut self) {
         self.stop();
