@@ -18,16 +18,39 @@ const MARKER: &str = "@tb-status ";
 /// 32 KiB, so stay well under it.
 const MAX_SCRIPT: usize = 16 * 1024;
 
+/// Why one command of a batch did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ItemError {
+    /// It ran and exited non-zero, or its batch could not be started: it did nothing.
+    Failed(String),
+    /// No status came back (the channel or the connection broke): it may or may not have run.
+    Unknown(String),
+}
+
+impl std::fmt::Display for ItemError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ItemError::Failed(d) => f.write_str(d),
+            ItemError::Unknown(d) => write!(f, "outcome unknown: {d}"),
+        }
+    }
+}
+
 /// Runs `commands` in as few exec channels as [`MAX_SCRIPT`] allows; per command its output
-/// (`Ok` on exit status 0) or a one-line failure.
-pub(crate) fn run(remote: &Remote, purpose: &str, commands: Vec<String>) -> Vec<Result<String, String>> {
+/// (`Ok` on exit status 0) or why not.
+pub(crate) fn run(remote: &Remote, purpose: &str, commands: Vec<String>) -> Vec<Result<String, ItemError>> {
     let mut results = Vec::with_capacity(commands.len());
     let mut batch = Batch::new();
+    let mut size = 0;
     for command in commands {
-        if !batch.is_empty() && batch.script().len() + command.len() + 96 > MAX_SCRIPT {
+        // Each command also carries its marker line.
+        let cost = command.len() + 96;
+        if !batch.is_empty() && size + cost > MAX_SCRIPT {
             results.extend(run_one(remote, purpose, &batch));
             batch = Batch::new();
+            size = 0;
         }
+        size += cost;
         batch.push(command);
     }
     if !batch.is_empty() {
@@ -36,19 +59,20 @@ pub(crate) fn run(remote: &Remote, purpose: &str, commands: Vec<String>) -> Vec<
     results
 }
 
-fn run_one(remote: &Remote, purpose: &str, batch: &Batch) -> Vec<Result<String, String>> {
+fn run_one(remote: &Remote, purpose: &str, batch: &Batch) -> Vec<Result<String, ItemError>> {
     match remote.exec(purpose, &batch.script()) {
         Err(e) => {
-            let detail = e.to_string();
-            (0..batch.len()).map(|_| Err(detail.clone())).collect()
+            // A broken connection may have cut the script short after it started.
+            let err = if remote.alive() { ItemError::Failed(e.to_string()) } else { ItemError::Unknown(e.to_string()) };
+            (0..batch.len()).map(|_| Err(err.clone())).collect()
         }
         Ok(out) => batch
             .parse(&out.stdout)
             .into_iter()
             .map(|r| match r.status {
                 Some(0) => Ok(r.output),
-                Some(status) => Err(format!("exit status {status}: {}", r.output)),
-                None => Err(format!("the remote shell did not report a result (outcome unknown): {}", one_line(&out.stderr))),
+                Some(status) => Err(ItemError::Failed(format!("exit status {status}: {}", r.output))),
+                None => Err(ItemError::Unknown(format!("the remote shell did not report a result: {}", one_line(&out.stderr)))),
             })
             .collect(),
     }

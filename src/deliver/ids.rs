@@ -49,7 +49,7 @@ impl Ids {
         }
         for ((is_user, name), result) in asked.into_iter().zip(batch::run(remote, "resolve account ids", commands)) {
             if is_user {
-                ids.users.insert(name, result.and_then(|out| parse_id_pair(&out)));
+                ids.users.insert(name, result.map_err(|e| e.to_string()).and_then(|out| parse_id_pair(&out)));
             } else {
                 ids.groups.insert(name, result.map_err(|_| "no such group".to_string()).and_then(|out| parse_group(&out)));
             }

@@ -20,11 +20,13 @@
 
 mod batch;
 mod credmon;
+mod dirs;
 mod error;
 mod ids;
 mod knownhosts;
 mod layout;
 mod posix_rename;
+mod remove;
 mod rule;
 mod session;
 
@@ -39,9 +41,11 @@ use ssh2::{FileStat, OpenFlags, OpenType};
 
 pub use error::DeliverError;
 pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout};
+pub use remove::{PathOutcome, Removal, remove_from_host};
 
 use crate::secret::{Secret, short_hash_bytes};
 use credmon::is_no_such_file;
+use dirs::{Dirs, realpath};
 use ids::{CONDOR_GROUP, Ids};
 use session::{Remote, Renamed, rpath, sh_quote};
 
@@ -527,199 +531,6 @@ fn normalize_dir(path: &str) -> &str {
     if trimmed.is_empty() { "/" } else { trimmed }
 }
 
-/// The verdict of the remote-write rule on every directory the plan touches, with the managed
-/// directories it had to create, and each directory's canonical path (to see later that a temp
-/// file landed where it was meant to).
-struct Dirs<'p> {
-    managed: HashMap<String, &'p RemoteDir>,
-    managed_owner: HashMap<String, Result<(u32, u32), String>>,
-    condor_gid: Option<u32>,
-    /// (path, judged as the root) → verdict.
-    verdicts: HashMap<(String, bool), Result<(), String>>,
-    /// Directories created in this push that still need their owner set.
-    created: Vec<String>,
-    canonical: HashMap<String, Result<String, String>>,
-}
-
-impl<'p> Dirs<'p> {
-    fn new(plan: &'p HostPlan, ids: &Ids) -> Self {
-        let mut managed = HashMap::new();
-        let mut managed_owner = HashMap::new();
-        for d in &plan.dirs {
-            let path = normalize_dir(&d.path).to_string();
-            if let Some(o) = &d.owner {
-                managed_owner.insert(path.clone(), ids.owner(o).map_err(|e| format!("cannot resolve its owner {o}: {e}")));
-            }
-            managed.insert(path, d);
-        }
-        Dirs {
-            managed,
-            managed_owner,
-            condor_gid: ids.group(CONDOR_GROUP).ok(),
-            verdicts: HashMap::new(),
-            created: Vec::new(),
-            canonical: HashMap::new(),
-        }
-    }
-
-    /// Applies the rule to every pending file's directories (creating missing managed ones unless
-    /// `dry_run`), then sets the owner of what it created (one exec), then fails each file whose
-    /// way is not clear, naming the directory.
-    fn judge_all(&mut self, remote: &Remote, work: &mut [Work], dry_run: bool) {
-        let chains: Vec<Option<Vec<String>>> = work
-            .iter()
-            .map(|w| if w.pending() { rule::chain(&w.root, split_parent(&w.path).0) } else { None })
-            .collect();
-        for chain in chains.iter().flatten() {
-            for (i, dir) in chain.iter().enumerate() {
-                let verdict = self.judge(remote, dir, i == 0, dry_run);
-                if verdict.is_err() {
-                    break;
-                }
-            }
-        }
-        self.own_created(remote);
-        for (w, chain) in work.iter_mut().zip(&chains) {
-            let Some(chain) = chain else { continue };
-            for (i, dir) in chain.iter().enumerate() {
-                if let Some(Err(reason)) = self.verdicts.get(&(dir.clone(), i == 0)) {
-                    w.failed = Some(DeliverError::UnsafeDirectory {
-                        host: remote.host.clone(),
-                        path: w.path.clone(),
-                        dir: dir.clone(),
-                        reason: reason.clone(),
-                    });
-                    break;
-                }
-            }
-            // Where the directory really is, taken now that it passed: a link swapped in later
-            // would send the temp file elsewhere, which `write_temp` then sees.
-            if w.pending() && !dry_run {
-                let parent = split_parent(&w.path).0.to_string();
-                if !self.canonical.contains_key(&parent) {
-                    let c = realpath(remote, &parent);
-                    self.canonical.insert(parent, c);
-                }
-            }
-        }
-    }
-
-    fn place(&self, dir: &str, is_root: bool) -> rule::Place {
-        let managed_owner = match self.managed_owner.get(dir) {
-            Some(Ok((uid, _))) => Some(*uid),
-            _ => None,
-        };
-        rule::Place { is_root, condor_gid: self.condor_gid, managed_owner }
-    }
-
-    fn judge(&mut self, remote: &Remote, dir: &str, is_root: bool, dry_run: bool) -> Result<(), String> {
-        let key = (dir.to_string(), is_root);
-        if let Some(v) = self.verdicts.get(&key) {
-            return v.clone();
-        }
-        let verdict = match remote.lstat(dir) {
-            Ok(st) => rule::judge(&st, self.place(dir, is_root)),
-            Err(e) if is_no_such_file(&e) => match self.managed.get(dir) {
-                Some(_) if is_root => Err("does not exist".into()),
-                Some(_) if dry_run => Ok(()),
-                Some(d) => {
-                    let mode = d.mode;
-                    self.create(remote, dir, mode)
-                }
-                None => Err("does not exist".into()),
-            },
-            Err(e) => Err(format!("cannot lstat: {e}")),
-        };
-        if let Err(reason) = &verdict {
-            tracing::debug!(host = %remote.host, path = %dir, %reason, "directory refused");
-        }
-        self.verdicts.insert(key, verdict.clone());
-        verdict
-    }
-
-    /// mkdir with its final mode (never more open than asked, even for a moment). Its parent
-    /// was judged just before.
-    fn create(&mut self, remote: &Remote, dir: &str, mode: u32) -> Result<(), String> {
-        let sftp = remote.sftp().map_err(|e| e.to_string())?;
-        if let Err(e) = sftp.mkdir(rpath(dir), mode as i32) {
-            remote.note(&e);
-            return Err(format!("is missing and cannot be created: {e}"));
-        }
-        tracing::info!(host = %remote.host, path = %dir, mode = format!("{mode:o}"), "directory created");
-        self.created.push(dir.to_string());
-        Ok(())
-    }
-
-    /// Gives every directory created in this push its owner with `chown -h` (SFTP v3 cannot set
-    /// the owner of a directory without following a link), in one exec request, then judges it
-    /// again: a created directory that ends up other than expected is refused.
-    fn own_created(&mut self, remote: &Remote) {
-        let created = std::mem::take(&mut self.created);
-        let mut commands = Vec::new();
-        let mut members = Vec::new();
-        for dir in &created {
-            let wanted = match self.managed_owner.get(dir) {
-                None => continue,
-                Some(Err(e)) => {
-                    self.verdicts.insert((dir.clone(), false), Err(e.clone()));
-                    continue;
-                }
-                Some(Ok(pair)) => *pair,
-            };
-            let now = remote.lstat(dir).ok().and_then(|st| Some((st.uid?, st.gid?)));
-            if now != Some(wanted) {
-                commands.push(format!("chown -h {}:{} -- {}", wanted.0, wanted.1, sh_quote(dir)));
-                members.push(dir.clone());
-            }
-        }
-        let results = if commands.is_empty() { Vec::new() } else { batch::run(remote, "set owner of created directories", commands) };
-        for (dir, result) in members.iter().zip(results) {
-            if let Err(detail) = result {
-                // A directory with the wrong owner would lock the credd out; leave things as they were.
-                if let Ok(sftp) = remote.sftp() {
-                    let _ = sftp.rmdir(rpath(dir));
-                }
-                self.verdicts.insert((dir.clone(), false), Err(format!("was created but its owner cannot be set: {detail}")));
-            }
-        }
-        for dir in &created {
-            if matches!(self.verdicts.get(&(dir.clone(), false)), Some(Err(_))) {
-                continue;
-            }
-            let requested = self.managed.get(dir).map(|d| d.mode).unwrap_or(0);
-            let verdict = match remote.lstat(dir) {
-                Ok(st) => rule::judge(&st, self.place(dir, false)).and_then(|()| {
-                    let mode = st.perm.unwrap_or(0) & 0o777;
-                    if mode & !requested != 0 {
-                        Err(format!("was created with mode {mode:04o}, more open than {requested:04o}"))
-                    } else {
-                        Ok(())
-                    }
-                }),
-                Err(e) => Err(format!("cannot lstat after creating it: {e}")),
-            };
-            self.verdicts.insert((dir.clone(), false), verdict);
-        }
-    }
-
-    /// The server's canonical path of a directory that passed the rule, as taken by
-    /// [`judge_all`](Self::judge_all) before anything was written.
-    fn canonical(&self, dir: &str) -> Result<String, String> {
-        self.canonical.get(dir).cloned().unwrap_or_else(|| Err("its directory was not looked at".into()))
-    }
-}
-
-fn realpath(remote: &Remote, path: &str) -> Result<String, String> {
-    let sftp = remote.sftp().map_err(|e| e.to_string())?;
-    match sftp.realpath(rpath(path)) {
-        Ok(p) => p.to_str().map(str::to_string).ok_or_else(|| "realpath is not UTF-8".to_string()),
-        Err(e) => {
-            remote.note(&e);
-            Err(format!("realpath failed: {e}"))
-        }
-    }
-}
-
 /// Temp-file name for `name`: `.<name>.tb-<16 hex>`.
 fn temp_name(name: &str) -> String {
     format!(".{name}.tb-{:016x}", rand::random::<u64>())
@@ -885,8 +696,7 @@ fn verify(st: &FileStat, e: &Expected) -> Result<(), String> {
 /// `mv -f` where the server lacks the extension), and checks each final path.
 fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
     let mut fallback: Vec<usize> = Vec::new();
-    for i in 0..work.len() {
-        let w = &mut work[i];
+    for (i, w) in work.iter_mut().enumerate() {
         if !w.pending() {
             continue;
         }
@@ -959,11 +769,11 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
                 w.temp = None;
                 check_landed(remote, w);
             }
-            Err(detail) if detail.contains("outcome unknown") || !remote.alive() => {
+            Err(batch::ItemError::Unknown(detail)) => {
                 w.temp = None;
                 w.failed = Some(DeliverError::OutcomeUnknown { host: remote.host.clone(), path: w.path.clone(), detail });
             }
-            Err(detail) => {
+            Err(batch::ItemError::Failed(detail)) => {
                 w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail });
                 remove_temp(remote, w);
             }
@@ -1043,101 +853,6 @@ fn remove_temp(remote: &Remote, w: &mut Work) {
     {
         remote.note(&e);
         tracing::warn!(host = %remote.host, path = %temp, error = %e, "cannot remove temp file");
-    }
-}
-
-/// A path and what happened to it.
-pub type PathOutcome = (String, Result<(), DeliverError>);
-
-/// One recorded file to remove.
-#[derive(Clone, Debug)]
-pub struct Removal {
-    pub path: String,
-    /// As [`RemoteFile::root`].
-    pub root: String,
-    /// Besides root, who may own the file's own directory (a credd account directory's owner).
-    pub dir_owner: Option<Owner>,
-}
-
-/// Removes credentials from a host (the `revoke` drill), over SFTP on one session with the same
-/// host-key and login rules as a delivery: each path is removed only if it is a regular file
-/// (lstat) in directories that pass the remote-write rule, and stale temp files beside it go too.
-/// A path that is already gone counts as removed. `Err` when the host could not be reached.
-pub fn remove_from_host(target: &HostTarget, removals: &[Removal]) -> Result<Vec<PathOutcome>, DeliverError> {
-    let span = tracing::info_span!("remove", host = %target.name);
-    let _entered = span.enter();
-    for r in removals {
-        if let Err(reason) = check_path(&r.path).and_then(|()| check_root(&r.root, &r.path)) {
-            return Err(DeliverError::InvalidPath { host: target.name.clone(), path: r.path.clone(), reason });
-        }
-    }
-    if removals.is_empty() {
-        return Ok(Vec::new());
-    }
-    let remote = Remote::connect(target)?;
-    let mut users = BTreeSet::new();
-    let mut groups = BTreeSet::from([CONDOR_GROUP.to_string()]);
-    for o in removals.iter().filter_map(|r| r.dir_owner.as_ref()) {
-        Ids::want(o, &mut users, &mut groups);
-    }
-    let ids = Ids::resolve(&remote, &users, &groups);
-    let condor_gid = ids.group(CONDOR_GROUP).ok();
-    let mut verdicts: HashMap<(String, bool, Option<u32>), Result<(), String>> = HashMap::new();
-    let mut out = Vec::new();
-    let mut cleared = Vec::new();
-    for r in removals {
-        let parent = split_parent(&r.path).0;
-        let dir_owner = r.dir_owner.as_ref().and_then(|o| ids.owner(o).ok()).map(|(uid, _)| uid);
-        let chain = rule::chain(normalize_dir(&r.root), parent).unwrap_or_default();
-        let mut refused = None;
-        for (i, dir) in chain.iter().enumerate() {
-            let managed_owner = if dir == parent { dir_owner } else { None };
-            let verdict = verdicts.entry((dir.clone(), i == 0, managed_owner)).or_insert_with(|| match remote.lstat(dir) {
-                Ok(st) => rule::judge(&st, rule::Place { is_root: i == 0, condor_gid, managed_owner }),
-                Err(e) if is_no_such_file(&e) => Err("does not exist".into()),
-                Err(e) => Err(format!("cannot lstat: {e}")),
-            });
-            if let Err(reason) = verdict {
-                refused = Some((dir.clone(), reason.clone()));
-                break;
-            }
-        }
-        let result = match refused {
-            // A directory that is gone holds nothing to remove.
-            Some((_, reason)) if reason == "does not exist" => Ok(()),
-            Some((dir, reason)) => Err(DeliverError::UnsafeRemove { host: remote.host.clone(), path: r.path.clone(), dir, reason }),
-            None => {
-                cleared.push(r.path.as_str());
-                remove_regular(&remote, &r.path)
-                    .map_err(|detail| DeliverError::Remove { host: remote.host.clone(), path: r.path.clone(), detail })
-            }
-        };
-        match &result {
-            Ok(()) => tracing::info!(host = %remote.host, path = %r.path, "removed"),
-            Err(e) => tracing::debug!(error = %e, "not removed"),
-        }
-        out.push((r.path.clone(), result));
-    }
-    sweep_stale(&remote, cleared.into_iter());
-    Ok(out)
-}
-
-/// Unlinks `path` if it is a regular file; gone already counts as removed.
-fn remove_regular(remote: &Remote, path: &str) -> Result<(), String> {
-    match remote.lstat(path) {
-        Err(e) if is_no_such_file(&e) => return Ok(()),
-        Err(e) => return Err(format!("cannot lstat: {e}")),
-        Ok(st) if is_regular(&st) => {}
-        Ok(_) => return Err("is not a regular file; left alone".into()),
-    }
-    let sftp = remote.sftp().map_err(|e| e.to_string())?;
-    match sftp.unlink(rpath(path)) {
-        Ok(()) => Ok(()),
-        Err(e) if is_no_such_file(&e) => Ok(()),
-        Err(e) => {
-            remote.note(&e);
-            Err(format!("unlink failed: {e}"))
-        }
     }
 }
 

@@ -252,7 +252,7 @@ fn read_back_hashes_what_is_there_before_anything_is_written() {
     assert_all_delivered(&outcome);
     assert_eq!(std::fs::read_to_string(&held).unwrap(), new.expose());
     let got: Vec<(String, Result<Option<String>, String>)> =
-        outcome.read_back.iter().map(|(p, r)| (p.clone(), r.as_ref().map(Clone::clone).map_err(|e| e.to_string()))).collect();
+        outcome.read_back.iter().map(|(p, r)| (p.clone(), r.as_ref().map_err(|e| e.to_string()).cloned())).collect();
     assert_eq!(got[0], (asked[0].clone(), Ok(Some(old.short_hash()))), "the digest from before the write");
     assert_eq!(got[1], (asked[1].clone(), Ok(None)));
     for (i, why) in [(2, "larger than"), (3, "not a regular file"), (4, "not a regular file")] {
