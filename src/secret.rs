@@ -31,9 +31,15 @@ impl Secret {
     /// First 12 hex digits of the SHA-256 of the secret: enough to tell two tokens apart in a
     /// log, useless for recovering either.
     pub fn short_hash(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
-        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+        short_hash_bytes(self.0.as_bytes())
     }
+}
+
+/// [`Secret::short_hash`] of raw bytes (a file read back from a host), so that what was
+/// delivered and what is found can be compared by hash alone.
+pub fn short_hash_bytes(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Debug for Secret {

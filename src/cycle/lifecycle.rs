@@ -15,10 +15,11 @@ use tracing::{info, warn};
 
 use super::ledger::{holders_of, Ledger};
 use super::obtain::{expiry_of, record_or_revoke};
-use super::plan::host_target;
+use super::plan::{file_root, host_target, owner};
 use super::{error_chain, now_unix, CycleOptions, CycleSetupError, Ctx, DestinationKind, FileContent, RunReport, ServiceReport};
 use crate::broker::Broker;
-use crate::inventory::{Inventory, ServiceSpec};
+use crate::deliver::Removal;
+use crate::inventory::{HostSpec, Inventory, ServiceSpec};
 use crate::keep::TokenKeeper;
 use crate::secret::Secret;
 use crate::state::{DestinationStatus, Holding, LedgerToken, NewToken, StateStore, TokenKind};
@@ -145,6 +146,17 @@ fn paths_of(inv: &Inventory, st: &DestinationStatus) -> Vec<String> {
     }
 }
 
+/// What to remove at `path` on `host`: a credd file is judged from the spool (its account
+/// directory may belong to the spool owner), any other file from its file root.
+fn removal(host: &HostSpec, path: String) -> Removal {
+    match host.spool.as_deref().map(|s| s.trim_end_matches('/')) {
+        Some(spool) if path.strip_prefix(spool).is_some_and(|rest| rest.starts_with('/')) => {
+            Removal { root: spool.to_string(), dir_owner: Some(owner(&host.spool_owner)), path }
+        }
+        _ => Removal { root: file_root(&path), dir_owner: None, path },
+    }
+}
+
 /// The incident drill: removes `service`'s credentials from its destinations (only on `host`,
 /// if given) and revokes every Vault token the bastion holds for it, so that nothing delivered
 /// keeps working. With `host`, the service's other destinations then get fresh tokens from a
@@ -187,11 +199,11 @@ pub fn revoke(
                 }
                 continue;
             };
-            let paths: Vec<String> = rows.iter().flat_map(|st| paths_of(inv, st)).collect();
+            let removals: Vec<Removal> = rows.iter().flat_map(|st| paths_of(inv, st)).map(|p| removal(spec, p)).collect();
             let outcome = match host_target(spec) {
                 Err(e) => Err(e),
                 Ok(target) => runtime
-                    .block_on(runtime.spawn_blocking(move || crate::deliver::remove_from_host(&target, &paths)))
+                    .block_on(runtime.spawn_blocking(move || crate::deliver::remove_from_host(&target, &removals)))
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| error_chain(&e))),
             };

@@ -40,7 +40,22 @@ fn split_file_id(id: &str) -> Option<(&str, &str)> {
     Some((parts.next()?, parts.next()?))
 }
 
-fn owner(o: &InvOwner) -> deliver::Owner {
+/// Where the remote-write rule starts for a file destination: the longest of a few usual roots
+/// the path lies under, else the file's own directory. The directories above it are trusted.
+pub(super) fn file_root(path: &str) -> String {
+    const ROOTS: [&str; 5] = ["/tmp", "/var/tmp", "/run/user", "/home", "/data"];
+    ROOTS
+        .iter()
+        .filter(|r| path.strip_prefix(**r).is_some_and(|rest| rest.starts_with('/')))
+        .max_by_key(|r| r.len())
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| match path.rsplit_once('/') {
+            Some(("", _)) | None => "/".to_string(),
+            Some((dir, _)) => dir.to_string(),
+        })
+}
+
+pub(super) fn owner(o: &InvOwner) -> deliver::Owner {
     deliver::Owner { user: o.user.clone(), group: o.group.clone().unwrap_or_default() }
 }
 
@@ -80,7 +95,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
             if !plans.hosts.contains_key(&host.name) {
                 match host_target(host) {
                     Ok(target) => {
-                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new() });
+                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new(), read_back: Vec::new() });
                     }
                     Err(e) => {
                         host_errors.insert(host.name.clone(), e.clone());
@@ -120,8 +135,8 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                         }
                         plan.files.push(f);
                     }
-                    if host.signal_credmon && !plan.signal_credmon.iter().any(|s| s == spool) {
-                        plan.signal_credmon.push(spool.to_string());
+                    if host.signal_credmon && !plan.signal_credmon.iter().any(|c| c.spool == spool) {
+                        plan.signal_credmon.push(deliver::Credmon { spool: spool.to_string(), user: host.spool_owner.user.clone() });
                     }
                     plans.will_hold.insert(key, Delivered { vault_expiry: Some(tokens.vault_expiry), access: access_fp, vault_root: root.clone(), paths: Vec::new() });
                 }
@@ -141,6 +156,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     let file = RemoteFile {
                         id: file_id(&spec.name, &dest.id, "file"),
                         path: path.clone(),
+                        root: file_root(path),
                         uid_of: path.contains("{uid}").then(|| spec.account.clone()),
                         content: Secret::new(format!("{}\n", body.expose())),
                         mode: *mode,
@@ -373,4 +389,20 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         results.insert(key, Ok(held));
     }
     Delivery { results, warnings, unrecorded }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_root;
+
+    #[test]
+    fn file_roots() {
+        assert_eq!(file_root("/tmp/vt_u{uid}-cms"), "/tmp");
+        assert_eq!(file_root("/var/tmp/x"), "/var/tmp");
+        assert_eq!(file_root("/run/user/{uid}/bt_u{uid}"), "/run/user");
+        assert_eq!(file_root("/data/tier0/tokens/bt"), "/data");
+        assert_eq!(file_root("/datax/bt"), "/datax");
+        assert_eq!(file_root("/etc/token"), "/etc");
+        assert_eq!(file_root("/token"), "/");
+    }
 }

@@ -1,14 +1,82 @@
 //! Several remote commands in one exec channel, with a per-command exit status.
 //!
-//! Owner changes and the final renames are done by shell commands (SFTP can neither chown by
-//! name nor rename over an existing file); running them one channel each would cost a round
-//! trip per file, so a host's commands of one kind go into one script. Each command is followed
-//! by a marker line carrying its index and exit status, and its output is attributed to it.
+//! The few things SFTP cannot do (resolve account names through the host's NSS, `chown -h` a
+//! directory just created, `mv -f` where a server lacks `posix-rename@openssh.com`) are shell
+//! commands; running them one channel each would cost a round trip and a process per item, so a
+//! host's commands of one kind go into as few scripts as the SSH packet limit allows. Each
+//! command is followed by a marker line carrying its index and exit status, and its output is
+//! attributed to it.
 //!
 //! Must never see file content: the commands it runs take only paths and account names.
 
+use super::session::Remote;
+
 /// A marker no command output starts a line with by accident.
 const MARKER: &str = "@tb-status ";
+
+/// Largest script sent in one exec request: libssh2 refuses a channel request packet of about
+/// 32 KiB, so stay well under it.
+const MAX_SCRIPT: usize = 16 * 1024;
+
+/// Why one command of a batch did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ItemError {
+    /// It ran and exited non-zero, or its batch could not be started: it did nothing.
+    Failed(String),
+    /// No status came back (the channel or the connection broke): it may or may not have run.
+    Unknown(String),
+}
+
+impl std::fmt::Display for ItemError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ItemError::Failed(d) => f.write_str(d),
+            ItemError::Unknown(d) => write!(f, "outcome unknown: {d}"),
+        }
+    }
+}
+
+/// Runs `commands` in as few exec channels as [`MAX_SCRIPT`] allows; per command its output
+/// (`Ok` on exit status 0) or why not.
+pub(crate) fn run(remote: &Remote, purpose: &str, commands: Vec<String>) -> Vec<Result<String, ItemError>> {
+    let mut results = Vec::with_capacity(commands.len());
+    let mut batch = Batch::new();
+    let mut size = 0;
+    for command in commands {
+        // Each command also carries its marker line.
+        let cost = command.len() + 96;
+        if !batch.is_empty() && size + cost > MAX_SCRIPT {
+            results.extend(run_one(remote, purpose, &batch));
+            batch = Batch::new();
+            size = 0;
+        }
+        size += cost;
+        batch.push(command);
+    }
+    if !batch.is_empty() {
+        results.extend(run_one(remote, purpose, &batch));
+    }
+    results
+}
+
+fn run_one(remote: &Remote, purpose: &str, batch: &Batch) -> Vec<Result<String, ItemError>> {
+    match remote.exec(purpose, &batch.script()) {
+        Err(e) => {
+            // A broken connection may have cut the script short after it started.
+            let err = if remote.alive() { ItemError::Failed(e.to_string()) } else { ItemError::Unknown(e.to_string()) };
+            (0..batch.len()).map(|_| Err(err.clone())).collect()
+        }
+        Ok(out) => batch
+            .parse(&out.stdout)
+            .into_iter()
+            .map(|r| match r.status {
+                Some(0) => Ok(r.output),
+                Some(status) => Err(ItemError::Failed(format!("exit status {status}: {}", r.output))),
+                None => Err(ItemError::Unknown(format!("the remote shell did not report a result: {}", one_line(&out.stderr)))),
+            })
+            .collect(),
+    }
+}
 
 /// One script: command lines, each run whatever the others did.
 pub(crate) struct Batch {

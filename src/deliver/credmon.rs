@@ -1,44 +1,52 @@
 //! Waking the credmon after a delivery: read `<spool>/pid`, and SIGHUP that pid only if the
-//! process behind it is a credmon, so that it rescans the spool at once instead of at its next
-//! periodic pass.
+//! process behind it is owned by the credd's user and its command line is a credmon's, so that
+//! it rescans the spool at once instead of at its next periodic pass. Owner and command line are
+//! read over SFTP (`/proc/<pid>`); only the `kill` itself is a command.
 //!
-//! Must never signal a process whose command line does not name a credmon: a pid file left over
-//! from a dead credmon may point at any process by now.
+//! Must never signal a process owned by anyone else or whose command line does not name a
+//! credmon: a pid file left over from a dead credmon may point at any process by now.
 
-use super::session::{Remote, rpath};
 use super::DeliverError;
-use std::io::Read;
+use super::session::Remote;
 
 /// A pid file is a number and a newline; anything bigger is not one.
 const MAX_PID_FILE: u64 = 64;
+/// Enough of a command line to see the program and its script.
+const MAX_CMDLINE: u64 = 4096;
 
 /// Reads the pid file, checks the process, and (unless `dry_run`) signals it. `Ok(false)` means
-/// nothing was signalled: no pid file, no such process, or not a credmon.
-pub(crate) fn signal(remote: &Remote, spool: &str, dry_run: bool) -> Result<bool, DeliverError> {
+/// nothing was signalled: no pid file, no such process, or not the credd user's credmon.
+/// `credd_uid` is the uid the credmon must run as.
+pub(crate) fn signal(remote: &Remote, spool: &str, credd_uid: Result<u32, String>, dry_run: bool) -> Result<bool, DeliverError> {
     let host = remote.host.clone();
     let pid_path = format!("{}/pid", spool.trim_end_matches('/'));
     let pid_err = |detail: String| DeliverError::PidFile { host: host.clone(), path: pid_path.clone(), detail };
 
-    let sftp = remote.sftp();
-    let mut text = Vec::new();
-    match sftp.open(rpath(&pid_path)) {
-        Ok(mut f) => {
-            f.by_ref().take(MAX_PID_FILE).read_to_end(&mut text).map_err(|e| pid_err(e.to_string()))?;
-        }
+    let Some(text) = super::read_regular(remote, &pid_path, MAX_PID_FILE).map_err(pid_err)? else {
+        tracing::warn!(host = %host, path = %pid_path, "no credmon pid file; credmon not signalled");
+        return Ok(false);
+    };
+    let pid = parse_pid(&text).ok_or_else(|| pid_err("does not hold a process id".into()))?;
+    let credd_uid = credd_uid.map_err(|e| pid_err(format!("cannot tell whose credmon to accept: {e}")))?;
+
+    let owner = match remote.lstat(&format!("/proc/{pid}")) {
+        Ok(st) => st.uid,
         Err(e) if is_no_such_file(&e) => {
-            tracing::warn!(host = %host, path = %pid_path, "no credmon pid file; credmon not signalled");
+            tracing::warn!(host = %host, path = %pid_path, pid, "pid file names no running process; credmon not signalled");
             return Ok(false);
         }
-        Err(e) => return Err(pid_err(e.to_string())),
-    }
-    let pid = parse_pid(&text).ok_or_else(|| pid_err("does not hold a process id".into()))?;
-
-    let inspect = remote.exec("read credmon command line", &format!("cat /proc/{pid}/cmdline 2>/dev/null"))?;
-    if inspect.status != 0 {
-        tracing::warn!(host = %host, path = %pid_path, pid, "pid file names no running process; credmon not signalled");
+        Err(e) => return Err(pid_err(format!("cannot look at process {pid}: {e}"))),
+    };
+    if owner != Some(credd_uid) {
+        tracing::warn!(host = %host, path = %pid_path, pid, uid = ?owner, credd_uid, "pid file names a process of another user; not signalled");
         return Ok(false);
     }
-    if !is_credmon(inspect.stdout.as_bytes()) {
+    let Some(cmdline) = super::read_regular(remote, &format!("/proc/{pid}/cmdline"), MAX_CMDLINE)
+        .map_err(|e| pid_err(format!("cannot read the command line of process {pid}: {e}")))?
+    else {
+        return Ok(false);
+    };
+    if !is_credmon(&cmdline) {
         tracing::warn!(host = %host, path = %pid_path, pid, "pid file names a process that is not a credmon; not signalled");
         return Ok(false);
     }

@@ -39,8 +39,20 @@ pub enum DeliverError {
         host: String,
         path: PathBuf,
         #[source]
-        source: ssh2::Error,
+        source: std::io::Error,
     },
+
+    #[error(
+        "host {host}: host key of {address}:{port} ({fingerprint}) is marked @revoked in \
+         {known_hosts}; nothing was written"
+    )]
+    HostKeyRevoked { host: String, address: String, port: u16, fingerprint: String, known_hosts: PathBuf },
+
+    #[error(
+        "host {host}: {known_hosts} names {address}:{port} only in @cert-authority lines; host \
+         certificates cannot be verified here, so add the host's plain key; nothing was written"
+    )]
+    HostKeyCertificateOnly { host: String, address: String, port: u16, known_hosts: PathBuf },
 
     #[error(
         "host {host}: host key of {address}:{port} ({fingerprint}) is not in {known_hosts}; \
@@ -75,6 +87,21 @@ pub enum DeliverError {
     #[error("host {host}: directory {path}: {detail}")]
     Directory { host: String, path: String, detail: String },
 
+    #[error("host {host}: {path} not written: directory {dir} {reason} (remote-write rule)")]
+    UnsafeDirectory { host: String, path: String, dir: String, reason: String },
+
+    #[error("host {host}: temp file for {path} changed under us ({detail}); not renamed, the old file stays")]
+    TempChanged { host: String, path: String, detail: String },
+
+    #[error("host {host}: {path}: outcome unknown, the file may hold the new content: {detail}")]
+    OutcomeUnknown { host: String, path: String, detail: String },
+
+    #[error("host {host}: {path} not replaced: the connection was lost before its turn; the old file stays")]
+    SessionLost { host: String, path: String },
+
+    #[error("host {host}: cannot read back {path}: {detail}")]
+    ReadBack { host: String, path: String, detail: String },
+
     #[error("host {host}: SFTP {op} {path} failed")]
     Sftp {
         host: String,
@@ -96,6 +123,9 @@ pub enum DeliverError {
     #[error("host {host}: cannot remove {path}: {detail}")]
     Remove { host: String, path: String, detail: String },
 
+    #[error("host {host}: {path} not removed: directory {dir} {reason} (remote-write rule)")]
+    UnsafeRemove { host: String, path: String, dir: String, reason: String },
+
     #[error("host {host}: remote command ({purpose}) failed: {detail}")]
     Exec { host: String, purpose: String, detail: String },
 
@@ -107,4 +137,12 @@ pub enum DeliverError {
 
     #[error("host {host}: {path} not attempted: the connection to the host failed")]
     NotAttempted { host: String, path: String },
+}
+
+impl DeliverError {
+    /// Whether the file may now hold the new content although its delivery is not confirmed:
+    /// the rename was sent and no answer read, or the check after it failed.
+    pub fn may_have_landed(&self) -> bool {
+        matches!(self, DeliverError::OutcomeUnknown { .. })
+    }
 }

@@ -1,5 +1,5 @@
 //! Where and how a credd destination's files lie in the credential spool that the HTCondor Vault
-//! credmon reads: `<spool>/<user>/` (0700), `<service>.top` (JSON with the Vault token, 0600 —
+//! credmon reads: `<spool>/<user>/` (0700, its `<user>.mark` removed), `<service>.top` (JSON with the Vault token, 0600 —
 //! the credd rejects any group/other bit) and `<service>.use` (the bare access token and a
 //! newline, 0400).
 //!
@@ -61,6 +61,7 @@ pub fn credd_layout(
     let file = |suffix: &str, content: Secret, mode: u32| RemoteFile {
         id: format!("{user}/{service}.{suffix}"),
         path: format!("{dir}/{service}.{suffix}"),
+        root: spool.to_string(),
         uid_of: None,
         content,
         mode,
@@ -70,7 +71,7 @@ pub fn credd_layout(
         file("top", top.to_json(), TOP_MODE),
         file("use", Secret::new(format!("{}\n", access_token.expose())), USE_MODE),
     ];
-    (RemoteDir { path: dir, mode: SPOOL_DIR_MODE, owner: Some(owner.clone()) }, files)
+    (RemoteDir { path: dir, mode: SPOOL_DIR_MODE, owner: Some(owner.clone()), clear_mark: true }, files)
 }
 
 #[cfg(test)]
@@ -101,6 +102,8 @@ mod tests {
         assert_eq!(files[1].mode, 0o400);
         assert_eq!(files[1].content.expose(), "eyJ.a.b\n");
         assert_eq!(files[0].owner.as_ref().unwrap().user, "root");
+        assert!(files.iter().all(|f| f.root == "/var/lib/condor/oauth_credentials"), "the rule starts at the spool");
+        assert!(dir.clear_mark);
 
         let json: serde_json::Value = serde_json::from_str(files[0].content.expose()).unwrap();
         assert_eq!(json["vault_token"], "hvs.VAULTTOKENabc");

@@ -1,40 +1,84 @@
 //! Delivery over SSH: the only code that knows SSH.
 //!
 //! Takes a [`HostPlan`] (plain data: where to connect, which directories and files must exist,
-//! which credmons to wake) and carries it out over one SSH session: strict host-key check,
-//! public-key login, `{uid}` resolution, then for every file a temp file created exclusively with
-//! mode 0600, written, fsynced, given its final mode and owner, and moved over the old file with
-//! one batched `mv -f` (OpenSSH's SFTP cannot rename over an existing file). The result is a
-//! [`HostOutcome`] with one entry per file: a failure in one file never stops the others.
-//! [`credd_layout`] builds the plan entries of a credd credential-spool destination.
+//! which credmons to wake, which files to read back first) and carries it out over one SSH
+//! session: strict known_hosts check, public-key login, account ids resolved once (one exec),
+//! every directory on the way judged by the remote-write rule ([`rule`]), then per file, all
+//! over SFTP and on the open handle where it matters: a temp file created exclusively with its
+//! final mode, written, fsynced, given its owner (fsetstat), checked, and put in place with one
+//! atomic `posix-rename@openssh.com`; the final path is checked before "delivered" is said.
+//! The result is a [`HostOutcome`] with one entry per file: a failure in one file never stops
+//! the others. [`credd_layout`] builds the plan entries of a credd credential-spool destination.
 //!
-//! Must never: write anything to a host whose key known_hosts does not hold; leave a token
-//! readable by others, partially written under its final name, or in a temp file after the run;
-//! put token bytes on a command line, in an error or in a log line (logs carry a short hash);
-//! signal a process that is not a credmon; read configuration or touch state (callers map
+//! Must never: write anything to a host whose key known_hosts does not hold; change an owner or
+//! mode by name (only on a handle, or `chown -h` on a directory it just created); follow a
+//! symbolic link at a final component or write below one; leave a token readable by others,
+//! partially written under its final name, or in a temp file it can still remove; put token
+//! bytes on a command line, in an error or in a log line (logs carry a short hash); signal a
+//! process that is not the credd user's credmon; read configuration or touch state (callers map
 //! their configuration onto these types and record the outcome).
 
 mod batch;
 mod credmon;
+mod dirs;
 mod error;
+mod ids;
+mod knownhosts;
 mod layout;
+mod posix_rename;
+mod remove;
+mod rule;
 mod session;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ssh2::{FileStat, OpenFlags, OpenType};
 
 pub use error::DeliverError;
 pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout};
+pub use remove::{PathOutcome, Removal, remove_from_host};
 
-use crate::secret::Secret;
-use batch::{Batch, one_line};
-use session::{Remote, rpath, sh_quote};
+use crate::secret::{Secret, short_hash_bytes};
+use credmon::is_no_such_file;
+use dirs::{Dirs, realpath};
+use ids::{CONDOR_GROUP, Ids};
+use session::{Remote, Renamed, rpath, sh_quote};
+
+/// Failpoints (`deliver::<place>`), compiled in only with the `failpoints` feature. A callback
+/// configured with `fail::cfg_callback` runs on the delivering thread and can ask
+/// [`failpoints::context`] which host and path the point was reached for.
+#[cfg(feature = "failpoints")]
+pub mod failpoints {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static CONTEXT: RefCell<(String, String)> = const { RefCell::new((String::new(), String::new())) };
+    }
+
+    /// (host, path) of the failpoint being evaluated on this thread.
+    pub fn context() -> (String, String) {
+        CONTEXT.with(|c| c.borrow().clone())
+    }
+
+    pub(crate) fn set(host: &str, path: &str) {
+        CONTEXT.with(|c| *c.borrow_mut() = (host.to_string(), path.to_string()));
+    }
+}
+
+macro_rules! failpoint {
+    ($name:literal, $host:expr, $path:expr) => {{
+        #[cfg(feature = "failpoints")]
+        {
+            failpoints::set(&$host, &$path);
+            fail::fail_point!($name);
+        }
+    }};
+}
 
 /// Where and as whom to log in.
 #[derive(Clone, Debug)]
@@ -46,15 +90,15 @@ pub struct HostTarget {
     pub user: String,
     pub key_file: PathBuf,
     pub key_passphrase: Option<Secret>,
-    /// The only host keys accepted are this file's entries for `address` (`[address]:port`
-    /// when the port is not 22).
+    /// The only host keys accepted are this file's entries for `address` on `port`, read with
+    /// OpenSSH's rules (`[address]:port` unless the port is 22, `@revoked` honoured).
     pub known_hosts: PathBuf,
     /// Bounds the TCP connect and every SSH operation after it.
     pub timeout: Duration,
 }
 
-/// Final owner of a file or created directory, by name. An empty `group` leaves the group as
-/// `chown user` sets it.
+/// Final owner of a file or created directory, by name (resolved to numbers on the host). An
+/// empty `group` means the user's primary group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub user: String,
@@ -74,20 +118,36 @@ pub struct RemoteFile {
     pub id: String,
     /// Absolute remote path; may contain `{uid}`.
     pub path: String,
-    /// Account whose `id -u` fills `{uid}`.
+    /// The directory from which the remote-write rule is applied: it and every directory below
+    /// it down to the file's own are checked; those above it are trusted. A credd file's root is
+    /// the spool. May contain `{uid}`.
+    pub root: String,
+    /// Account whose uid fills `{uid}`.
     pub uid_of: Option<String>,
     pub content: Secret,
     pub mode: u32,
+    /// `None` leaves the file to the login user.
     pub owner: Option<Owner>,
 }
 
-/// A directory that must exist; created with `mode` and `owner` when missing (its parent must
-/// exist). An existing directory is left as it is.
+/// A directory the delivery manages: created with `mode` and `owner` when missing (its parent
+/// must pass the rule), and accepted when owned by `owner` (or root) and writable by nobody else.
 #[derive(Clone, Debug)]
 pub struct RemoteDir {
     pub path: String,
     pub mode: u32,
     pub owner: Option<Owner>,
+    /// Remove `<path>.mark` once a file in it is delivered, as `condor_store_cred` does (the
+    /// credd sweeps an account directory whose `.mark` is older than its sweep delay).
+    pub clear_mark: bool,
+}
+
+/// A credmon to wake after files under its spool were delivered.
+#[derive(Clone, Debug)]
+pub struct Credmon {
+    pub spool: String,
+    /// The credd's user (the spool owner): the credmon named by `<spool>/pid` must run as it.
+    pub user: String,
 }
 
 /// Everything to do on one host, in one session.
@@ -96,12 +156,13 @@ pub struct HostPlan {
     pub target: HostTarget,
     pub dirs: Vec<RemoteDir>,
     pub files: Vec<RemoteFile>,
-    /// Spool roots whose `<spool>/pid` credmon is sent SIGHUP after files under it were delivered.
-    pub signal_credmon: Vec<String>,
+    pub signal_credmon: Vec<Credmon>,
     /// Files that should still be there from the last delivery, looked at before anything is
     /// written: a credd `.top` that vanished means the credmon deleted it (its Vault token was
     /// refused).
     pub expect_present: Vec<String>,
+    /// Files whose content digest is read before anything is written (see [`read_back`]).
+    pub read_back: Vec<String>,
 }
 
 /// What happened to one file.
@@ -112,6 +173,9 @@ pub struct FileOutcome {
     pub path: String,
     pub result: Result<(), DeliverError>,
 }
+
+/// Per path: `Some(short hash)` of what the file holds, `None` when there is no such file.
+pub type ReadBack = Vec<(String, Result<Option<String>, DeliverError>)>;
 
 /// What happened on one host.
 #[derive(Debug)]
@@ -124,6 +188,8 @@ pub struct HostOutcome {
     pub signalled: Vec<(String, Result<bool, DeliverError>)>,
     /// Paths of [`HostPlan::expect_present`] that were missing before this push.
     pub missing: Vec<String>,
+    /// [`HostPlan::read_back`], as read before anything was written.
+    pub read_back: ReadBack,
 }
 
 impl HostOutcome {
@@ -133,18 +199,22 @@ impl HostOutcome {
     }
 }
 
+/// Largest file [`read_back`] hashes; a token file is far smaller.
+pub const READ_BACK_MAX: u64 = 64 * 1024;
+
 /// Carries out `plan` on its host. Blocking: run it on its own thread (`spawn_blocking`).
 ///
-/// `dry_run` connects, verifies the host key, logs in, resolves `{uid}` and checks that every
-/// target directory exists or could be created, and writes and signals nothing.
+/// `dry_run` connects, verifies the host key, logs in, resolves ids and `{uid}`, and applies
+/// the remote-write rule to every directory (one that would be created counts as fine), and
+/// writes and signals nothing.
 pub fn push_to_host(plan: &HostPlan, dry_run: bool) -> HostOutcome {
     push_to_host_unless(plan, dry_run, &AtomicBool::new(false))
 }
 
-/// [`push_to_host`] that gives up when `abandon` is set before its files are renamed into
-/// place: temp files are removed, the old files stay, and every file not yet renamed fails
-/// with [`DeliverError::Abandoned`]. A rename batch already started runs to its end (each
-/// `mv` is atomic), so no file is ever left half replaced.
+/// [`push_to_host`] that gives up once `abandon` is set: it is looked at before each file's
+/// write and before each rename, so shutdown waits for one file's round trips at most. Files not
+/// yet renamed fail with [`DeliverError::Abandoned`], their temp files are removed and the old
+/// files stay.
 pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool) -> HostOutcome {
     let host = plan.target.name.clone();
     let span = tracing::info_span!("push", host = %host, dry_run);
@@ -157,28 +227,44 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
             return host_failed(plan, e);
         }
     };
+    let read_back = read_back_on(&remote, &plan.read_back);
 
     let missing: Vec<String> = plan
         .expect_present
         .iter()
-        .filter(|p| matches!(remote.sftp().lstat(rpath(p)), Err(ref e) if credmon::is_no_such_file(e)))
+        .filter(|p| matches!(remote.lstat(p), Err(ref e) if is_no_such_file(e)))
         .cloned()
         .collect();
     for p in &missing {
         tracing::warn!(host = %host, path = %p, "a file delivered earlier has disappeared");
     }
 
+    let ids = resolve_ids(&remote, plan);
     let mut work: Vec<Work> = plan.files.iter().map(Work::new).collect();
-    resolve_paths(&remote, &mut work);
-    check_dirs(&remote, plan, &mut work, dry_run);
+    resolve_paths(&remote, &ids, &mut work);
+    let mut dirs = Dirs::new(plan, &ids);
+    dirs.judge_all(&remote, &mut work, dry_run);
     if !dry_run {
-        write_temps(&remote, &mut work);
-        set_owners(&remote, &mut work);
-        if abandon.load(Ordering::SeqCst) {
-            abandon_all(&remote, &mut work);
-        } else {
-            rename_all(&remote, &mut work);
+        sweep_stale(&remote, work.iter().filter(|w| w.pending()).map(|w| w.path.as_str()));
+        if work.iter().any(Work::pending) {
+            remote.prepare_rename();
         }
+        for w in work.iter_mut().filter(|w| w.pending()) {
+            if abandon.load(Ordering::SeqCst) {
+                w.failed = Some(DeliverError::Abandoned { host: host.clone(), path: w.path.clone() });
+                continue;
+            }
+            if !remote.alive() {
+                w.failed = Some(DeliverError::SessionLost { host: host.clone(), path: w.path.clone() });
+                continue;
+            }
+            write_temp(&remote, &dirs, w);
+        }
+        rename_all(&remote, &mut work, abandon);
+        if work.iter().any(|w| matches!(w.failed, Some(DeliverError::Abandoned { .. }))) {
+            tracing::warn!(host = %host, "shutting down: writes not yet renamed were abandoned");
+        }
+        clear_marks(&remote, plan, &work);
     }
 
     let files: Vec<FileOutcome> = work
@@ -196,20 +282,22 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
     let signalled = plan
         .signal_credmon
         .iter()
-        .map(|spool| {
-            let root = format!("{}/", spool.trim_end_matches('/'));
+        .map(|c| {
+            let root = format!("{}/", c.spool.trim_end_matches('/'));
             let touched = files.iter().any(|f| f.result.is_ok() && f.path.starts_with(&root));
-            let result = if dry_run || touched {
-                credmon::signal(&remote, spool, dry_run)
+            let result = if !remote.alive() {
+                Err(DeliverError::SessionLost { host: host.clone(), path: format!("{root}pid") })
+            } else if dry_run || touched {
+                credmon::signal(&remote, &c.spool, ids.user(&c.user).map(|(uid, _)| uid), dry_run)
             } else {
-                tracing::info!(host = %host, path = %spool, "nothing delivered under this spool; credmon not signalled");
+                tracing::info!(host = %host, path = %c.spool, "nothing delivered under this spool; credmon not signalled");
                 Ok(false)
             };
-            (spool.clone(), result)
+            (c.spool.clone(), result)
         })
         .collect();
 
-    HostOutcome { host, connected: Ok(()), files, signalled, missing }
+    HostOutcome { host, connected: Ok(()), files, signalled, missing, read_back }
 }
 
 fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
@@ -225,37 +313,143 @@ fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
         signalled: plan
             .signal_credmon
             .iter()
-            .map(|s| (s.clone(), Err(not_attempted(format!("{}/pid", s.trim_end_matches('/'))))))
+            .map(|c| (c.spool.clone(), Err(not_attempted(format!("{}/pid", c.spool.trim_end_matches('/'))))))
             .collect(),
+        read_back: plan.read_back.iter().map(|p| (p.clone(), Err(not_attempted(p.clone())))).collect(),
         connected: Err(e),
         missing: Vec::new(),
     }
 }
 
-/// One file on its way: its resolved path, its temp file once created, and the first failure.
+/// Reads the content digest of `paths` on one host, before (and without) writing anything:
+/// `Some(hash)` ([`crate::secret::short_hash_bytes`] of the bytes), or `None` when there is no
+/// such file. Only regular files (lstat) of at most [`READ_BACK_MAX`] bytes are read; anything
+/// else is an error for that path. `Err` when the host could not be reached at all. The content
+/// itself never leaves this function.
+pub fn read_back(target: &HostTarget, paths: &[String]) -> Result<ReadBack, DeliverError> {
+    let span = tracing::info_span!("read_back", host = %target.name);
+    let _entered = span.enter();
+    let remote = Remote::connect(target)?;
+    Ok(read_back_on(&remote, paths))
+}
+
+fn read_back_on(remote: &Remote, paths: &[String]) -> ReadBack {
+    paths
+        .iter()
+        .map(|p| {
+            let r = read_back_one(remote, p)
+                .map_err(|detail| DeliverError::ReadBack { host: remote.host.clone(), path: p.clone(), detail });
+            (p.clone(), r)
+        })
+        .collect()
+}
+
+fn read_back_one(remote: &Remote, path: &str) -> Result<Option<String>, String> {
+    check_path(path).map_err(str::to_string)?;
+    let st = match remote.lstat(path) {
+        Ok(st) => st,
+        Err(e) if is_no_such_file(&e) => return Ok(None),
+        Err(e) => return Err(format!("cannot lstat: {e}")),
+    };
+    if !is_regular(&st) {
+        return Err("is not a regular file".into());
+    }
+    if st.size.unwrap_or(u64::MAX) > READ_BACK_MAX {
+        return Err(format!("is larger than {READ_BACK_MAX} bytes"));
+    }
+    let Some(bytes) = read_regular(remote, path, READ_BACK_MAX + 1)? else { return Ok(None) };
+    if bytes.len() as u64 > READ_BACK_MAX {
+        return Err(format!("is larger than {READ_BACK_MAX} bytes"));
+    }
+    Ok(Some(short_hash_bytes(&bytes)))
+}
+
+/// At most `cap` bytes of a remote regular file, over SFTP; `None` if there is no such file.
+/// Whatever the name was found to be before, the open handle is looked at too (fstat).
+fn read_regular(remote: &Remote, path: &str, cap: u64) -> Result<Option<Vec<u8>>, String> {
+    let sftp = remote.sftp().map_err(|e| e.to_string())?;
+    let mut file = match sftp.open(rpath(path)) {
+        Ok(f) => f,
+        Err(e) if is_no_such_file(&e) => return Ok(None),
+        Err(e) => {
+            remote.note(&e);
+            return Err(format!("cannot open: {e}"));
+        }
+    };
+    let opened = file.stat().inspect_err(|e| remote.note(e)).map_err(|e| format!("cannot fstat: {e}"))?;
+    if !is_regular(&opened) {
+        return Err("is not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, cap), &mut bytes).map_err(|e| {
+        remote.note_io();
+        format!("cannot read: {e}")
+    })?;
+    Ok(Some(bytes))
+}
+
+const S_IFMT: u32 = 0o170_000;
+const S_IFREG: u32 = 0o100_000;
+
+fn is_regular(st: &FileStat) -> bool {
+    st.perm.is_some_and(|p| p & S_IFMT == S_IFREG)
+}
+
+/// One file on its way: its resolved path and root, the numeric owner, its temp file once
+/// created, and the first failure.
 struct Work<'a> {
     file: &'a RemoteFile,
     path: String,
+    root: String,
+    owner_ids: Option<(u32, u32)>,
     temp: Option<String>,
     failed: Option<DeliverError>,
 }
 
 impl<'a> Work<'a> {
     fn new(file: &'a RemoteFile) -> Self {
-        Work { file, path: file.path.clone(), temp: None, failed: None }
+        Work { file, path: file.path.clone(), root: file.root.clone(), owner_ids: None, temp: None, failed: None }
     }
 
     fn pending(&self) -> bool {
         self.failed.is_none()
     }
+
+    /// What the temp file and, after the rename, the final path must look like.
+    fn expected(&self) -> Expected {
+        Expected { owner: self.owner_ids, mode: self.file.mode, size: self.file.content.expose().len() as u64 }
+    }
 }
 
-/// Fills `{uid}` from `id -u <account>` (once per account) and checks every final path.
-fn resolve_paths(remote: &Remote, work: &mut [Work]) {
+/// Every account and group name the plan needs as a number, plus the `condor` group, in one
+/// exec request.
+fn resolve_ids(remote: &Remote, plan: &HostPlan) -> Ids {
+    let mut users = BTreeSet::new();
+    let mut groups = BTreeSet::from([CONDOR_GROUP.to_string()]);
+    for f in &plan.files {
+        if let Some(account) = &f.uid_of {
+            users.insert(account.clone());
+        }
+        if let Some(o) = &f.owner {
+            Ids::want(o, &mut users, &mut groups);
+        }
+    }
+    for d in &plan.dirs {
+        if let Some(o) = &d.owner {
+            Ids::want(o, &mut users, &mut groups);
+        }
+    }
+    for c in &plan.signal_credmon {
+        users.insert(c.user.clone());
+    }
+    Ids::resolve(remote, &users, &groups)
+}
+
+/// Fills `{uid}`, checks every final path and root, and finds each file's numeric owner.
+fn resolve_paths(remote: &Remote, ids: &Ids, work: &mut [Work]) {
     let host = &remote.host;
-    let mut uids: HashMap<String, Result<u32, String>> = HashMap::new();
     for w in work.iter_mut() {
-        if w.path.contains("{uid}") {
+        if w.path.contains("{uid}") || w.root.contains("{uid}") {
             let Some(account) = &w.file.uid_of else {
                 w.failed = Some(DeliverError::InvalidPath {
                     host: host.clone(),
@@ -264,38 +458,33 @@ fn resolve_paths(remote: &Remote, work: &mut [Work]) {
                 });
                 continue;
             };
-            let uid = uids.entry(account.clone()).or_insert_with(|| lookup_uid(remote, account)).clone();
-            match uid {
-                Ok(uid) => w.path = w.path.replace("{uid}", &uid.to_string()),
+            match ids.user(account) {
+                Ok((uid, _)) => {
+                    w.path = w.path.replace("{uid}", &uid.to_string());
+                    w.root = w.root.replace("{uid}", &uid.to_string());
+                }
                 Err(detail) => {
-                    w.failed = Some(DeliverError::Uid {
-                        host: host.clone(),
-                        account: account.clone(),
-                        path: w.path.clone(),
-                        detail,
-                    });
+                    w.failed =
+                        Some(DeliverError::Uid { host: host.clone(), account: account.clone(), path: w.path.clone(), detail });
                     continue;
                 }
             }
         }
-        if let Err(reason) = check_path(&w.path) {
+        if let Err(reason) = check_path(&w.path).and_then(|()| check_root(&w.root, &w.path)) {
             w.failed = Some(DeliverError::InvalidPath { host: host.clone(), path: w.path.clone(), reason });
+            continue;
+        }
+        w.root = normalize_dir(&w.root).to_string();
+        if let Some(owner) = &w.file.owner {
+            match ids.owner(owner) {
+                Ok(pair) => w.owner_ids = Some(pair),
+                Err(detail) => {
+                    w.failed =
+                        Some(DeliverError::Owner { host: host.clone(), path: w.path.clone(), owner: owner.to_string(), detail });
+                }
+            }
         }
     }
-}
-
-fn lookup_uid(remote: &Remote, account: &str) -> Result<u32, String> {
-    let out = remote
-        .exec("look up uid", &format!("id -u -- {}", sh_quote(account)))
-        .map_err(|e| e.to_string())?;
-    let text = out.stdout.trim();
-    if out.status != 0 {
-        return Err(format!("id -u exited {}: {}", out.status, out.detail()));
-    }
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("id -u printed no uid: {}", one_line(text)));
-    }
-    text.parse().map_err(|_| format!("id -u printed no uid: {}", one_line(text)))
 }
 
 /// A remote path the rest of the module can handle safely: absolute, one line, no `..`, naming
@@ -304,17 +493,28 @@ fn check_path(path: &str) -> Result<(), &'static str> {
     if !path.starts_with('/') {
         return Err("not absolute");
     }
-    if path.contains(['\0', '\n', '\r']) {
+    if path.contains(|c: char| c.is_control()) {
         return Err("contains a control character");
     }
-    if path.split('/').any(|c| c == "..") {
-        return Err("contains a .. component");
+    if path.split('/').any(|c| c == ".." || c == ".") {
+        return Err("contains a . or .. component");
     }
     let (_, name) = split_parent(path);
-    if name.is_empty() || name == "." {
+    if name.is_empty() {
         return Err("names no file");
     }
     Ok(())
+}
+
+/// The root is an absolute directory the path's own directory lies in (or is).
+fn check_root(root: &str, path: &str) -> Result<(), &'static str> {
+    if !root.starts_with('/') || root.contains(|c: char| c.is_control()) || root.split('/').any(|c| c == ".." || c == ".") {
+        return Err("its root directory is not a plain absolute path");
+    }
+    match rule::chain(normalize_dir(root), split_parent(path).0) {
+        Some(_) => Ok(()),
+        None => Err("does not lie under its root directory"),
+    }
 }
 
 /// `(parent, name)`; the parent of `/x` is `/`.
@@ -331,242 +531,249 @@ fn normalize_dir(path: &str) -> &str {
     if trimmed.is_empty() { "/" } else { trimmed }
 }
 
-/// Creates the plan's missing directories (or, in a dry run, checks they could be created) and
-/// fails every file whose directory is not there.
-fn check_dirs(remote: &Remote, plan: &HostPlan, work: &mut [Work], dry_run: bool) {
-    let mut dirs: HashMap<String, Result<(), String>> = HashMap::new();
-    for dir in &plan.dirs {
-        let path = normalize_dir(&dir.path).to_string();
-        let result = match check_path(&path) {
-            Err(reason) => Err(format!("not acceptable: {reason}")),
-            Ok(()) => ensure_dir(remote, &path, dir, dry_run),
-        };
-        if let Err(detail) = &result {
-            tracing::debug!(host = %remote.host, path = %path, %detail, "directory not usable");
-        }
-        dirs.insert(path, result);
-    }
-    for w in work.iter_mut().filter(|w| w.pending()) {
-        let parent = split_parent(&w.path).0.to_string();
-        let state = dirs.entry(parent.clone()).or_insert_with(|| existing_dir(remote, &parent));
-        if let Err(detail) = state {
-            w.failed = Some(DeliverError::Directory { host: remote.host.clone(), path: parent, detail: detail.clone() });
-        }
-    }
+/// Temp-file name for `name`: `.<name>.tb-<16 hex>`.
+fn temp_name(name: &str) -> String {
+    format!(".{name}.tb-{:016x}", rand::random::<u64>())
 }
 
-enum DirState {
-    Dir,
-    Missing,
-    NotDir,
+/// Whether `entry` is a temp-file name this module makes for `name`.
+fn is_temp_of(entry: &str, name: &str) -> bool {
+    let Some(rest) = entry.strip_prefix('.').and_then(|e| e.strip_prefix(name)).and_then(|e| e.strip_prefix(".tb-")) else {
+        return false;
+    };
+    rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn dir_state(remote: &Remote, path: &str) -> Result<DirState, String> {
-    match remote.sftp().stat(rpath(path)) {
-        Ok(st) if st.is_dir() => Ok(DirState::Dir),
-        Ok(_) => Ok(DirState::NotDir),
-        Err(e) if credmon::is_no_such_file(&e) => Ok(DirState::Missing),
-        Err(e) => Err(format!("cannot stat: {e}")),
+/// Unlinks stale temp files (regular files named exactly like this module's temps for a file
+/// about to be written or removed) left by a killed run or a dropped connection, in the
+/// directories of `paths`.
+fn sweep_stale<'a>(remote: &Remote, paths: impl Iterator<Item = &'a str>) {
+    let mut by_dir: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for p in paths {
+        let (dir, name) = split_parent(p);
+        by_dir.entry(dir).or_default().insert(name);
     }
-}
-
-fn existing_dir(remote: &Remote, path: &str) -> Result<(), String> {
-    match dir_state(remote, path)? {
-        DirState::Dir => Ok(()),
-        DirState::Missing => Err("does not exist".into()),
-        DirState::NotDir => Err("is not a directory".into()),
-    }
-}
-
-fn ensure_dir(remote: &Remote, path: &str, dir: &RemoteDir, dry_run: bool) -> Result<(), String> {
-    match dir_state(remote, path)? {
-        DirState::Dir => return Ok(()),
-        DirState::NotDir => return Err("exists but is not a directory".into()),
-        DirState::Missing => {}
-    }
-    let parent = split_parent(path).0;
-    existing_dir(remote, parent).map_err(|why| format!("missing, and its parent {parent} {why}"))?;
-    if dry_run {
-        return Ok(());
-    }
-    let sftp = remote.sftp();
-    // Created with its final mode, so it is never more open than asked, even for a moment.
-    if let Err(e) = sftp.mkdir(rpath(path), dir.mode as i32) {
-        // Someone else may have created it in the meantime; that is as good.
-        return match dir_state(remote, path) {
-            Ok(DirState::Dir) => Ok(()),
-            _ => Err(format!("cannot create: {e}")),
-        };
-    }
-    if let Some(owner) = &dir.owner {
-        let out = remote.exec("set directory owner", &chown_command(owner, path));
-        let failure = match out {
-            Ok(out) if out.status == 0 => None,
-            Ok(out) => Some(out.detail()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(detail) = failure {
-            // A directory with the wrong owner would lock the credd out; leave things as they were.
-            let _ = sftp.rmdir(rpath(path));
-            return Err(format!("created, but cannot set owner {owner}: {detail}"));
-        }
-    }
-    // mkdir's mode went through the server's umask.
-    sftp.setstat(rpath(path), perm_only(dir.mode)).map_err(|e| format!("cannot set mode {:o}: {e}", dir.mode))?;
-    tracing::info!(host = %remote.host, path = %path, mode = format!("{:o}", dir.mode), "directory created");
-    Ok(())
-}
-
-fn perm_only(mode: u32) -> FileStat {
-    FileStat { size: None, uid: None, gid: None, perm: Some(mode), atime: None, mtime: None }
-}
-
-fn chown_command(owner: &Owner, path: &str) -> String {
-    format!("chown -- {} {}", sh_quote(&owner.to_string()), sh_quote(path))
-}
-
-/// A user and group name chown will take as exactly one owner.
-fn owner_is_plain(owner: &Owner) -> bool {
-    let ok = |s: &str| !s.contains(|c: char| c == ':' || c.is_whitespace() || c.is_control());
-    !owner.user.is_empty() && ok(&owner.user) && ok(&owner.group)
-}
-
-/// Writes every pending file to a fresh temp file beside its final path, fsyncs it and gives it
-/// its final mode.
-fn write_temps(remote: &Remote, work: &mut [Work]) {
-    for w in work.iter_mut().filter(|w| w.pending()) {
-        let (dir, name) = split_parent(&w.path);
-        let dir = if dir == "/" { "" } else { dir };
-        let temp = format!("{dir}/.{name}.tb-{:016x}", rand::random::<u64>());
-        let sftp = remote.sftp();
-        let sftp_err = |op: &'static str, source: std::io::Error| DeliverError::Sftp {
-            host: remote.host.clone(),
-            op,
-            path: temp.clone(),
-            source,
-        };
-        // EXCLUSIVE: never reuse (or follow a symlink planted at) an existing name; mode 0600 in
-        // the open itself, or the server would create it world-readable for a moment.
-        let mut file = match sftp.open_mode(rpath(&temp), OpenFlags::WRITE | OpenFlags::EXCLUSIVE, 0o600, OpenType::File) {
-            Ok(f) => f,
+    for (dir, names) in by_dir {
+        let Ok(sftp) = remote.sftp() else { return };
+        let entries = match sftp.readdir(rpath(dir)) {
+            Ok(e) => e,
             Err(e) => {
-                w.failed = Some(sftp_err("create of temp file", e.into()));
+                remote.note(&e);
+                tracing::warn!(host = %remote.host, path = %dir, error = %e, "cannot list directory to remove stale temp files");
                 continue;
             }
         };
-        w.temp = Some(temp.clone());
-        let written = file
-            .write_all(w.file.content.expose().as_bytes())
-            .map_err(|e| sftp_err("write of", e))
-            .and_then(|()| file.fsync().map_err(|e| sftp_err("fsync of", e.into())))
-            .and_then(|()| file.setstat(perm_only(w.file.mode)).map_err(|e| sftp_err("chmod of", e.into())));
-        drop(file);
-        if let Err(e) = written {
-            w.failed = Some(e);
-            remove_temp(remote, w);
+        for (entry, st) in entries {
+            let Some(file_name) = entry.file_name().and_then(|n| n.to_str()) else { continue };
+            // readdir's attributes come from lstat: a link is never taken for a file.
+            if !is_regular(&st) || !names.iter().any(|n| is_temp_of(file_name, n)) {
+                continue;
+            }
+            let stale = format!("{}/{file_name}", dir.trim_end_matches('/'));
+            match sftp.unlink(rpath(&stale)) {
+                Ok(()) => tracing::info!(host = %remote.host, path = %stale, "removed a stale temp file"),
+                Err(e) => {
+                    remote.note(&e);
+                    tracing::warn!(host = %remote.host, path = %stale, error = %e, "cannot remove a stale temp file");
+                }
+            }
         }
     }
 }
 
-/// Gives every pending temp file with a configured owner that owner, in one exec channel.
-fn set_owners(remote: &Remote, work: &mut [Work]) {
-    let mut batch = Batch::new();
-    let mut members = Vec::new();
-    for (i, w) in work.iter_mut().enumerate().filter(|(_, w)| w.pending()) {
-        let Some(owner) = &w.file.owner else { continue };
-        if !owner_is_plain(owner) {
-            w.failed = Some(DeliverError::Owner {
+/// Creates `w`'s temp file exclusively with its final mode, checks it is where it was meant to
+/// be, writes, fsyncs and sets its owner on the open handle.
+fn write_temp(remote: &Remote, dirs: &Dirs, w: &mut Work) {
+    let (dir, name) = split_parent(&w.path);
+    let dir = dir.to_string();
+    let temp = format!("{}/{}", dir.trim_end_matches('/'), temp_name(name));
+    let sftp_err = |op: &'static str, source: std::io::Error| DeliverError::Sftp {
+        host: remote.host.clone(),
+        op,
+        path: temp.clone(),
+        source,
+    };
+    failpoint!("deliver::before_write", remote.host, w.path);
+    let sftp = match remote.sftp() {
+        Ok(s) => s,
+        Err(e) => {
+            w.failed = Some(sftp_err("create of temp file", e.into()));
+            return;
+        }
+    };
+    // EXCLUSIVE: never reuse (or follow a link planted at) an existing name; the final mode in
+    // the open itself, or the server would create it readable by others for a moment. A handle
+    // opened for writing writes even to a 0400 file it created.
+    let mut file = match sftp.open_mode(rpath(&temp), OpenFlags::WRITE | OpenFlags::EXCLUSIVE, w.file.mode as i32, OpenType::File) {
+        Ok(f) => f,
+        Err(e) => {
+            remote.note(&e);
+            w.failed = Some(sftp_err("create of temp file", e.into()));
+            return;
+        }
+    };
+    w.temp = Some(temp.clone());
+    // The directories were judged by name; a link swapped in since would have taken the open
+    // elsewhere. Nothing is written until the temp file is known to be where it was meant to be.
+    let expected = dirs.canonical(&dir).map(|c| format!("{}/{}", c.trim_end_matches('/'), split_parent(&temp).1));
+    match (expected, realpath(remote, &temp)) {
+        (Ok(expected), Ok(actual)) if expected == actual => {}
+        (expected, actual) => {
+            drop(file);
+            let detail = match (expected, actual) {
+                (Ok(_), Ok(actual)) => format!("the temp file was created at {actual}: a directory on the way was replaced"),
+                (Err(e), _) | (_, Err(e)) => e,
+            };
+            w.failed = Some(DeliverError::TempChanged { host: remote.host.clone(), path: w.path.clone(), detail });
+            remove_temp(remote, w);
+            return;
+        }
+    }
+    let mut written = file.write_all(w.file.content.expose().as_bytes()).map_err(|e| {
+        remote.note_io();
+        sftp_err("write of", e)
+    });
+    if written.is_ok() {
+        written = file.fsync().map_err(|e| {
+            remote.note(&e);
+            sftp_err("fsync of", e.into())
+        });
+    }
+    if written.is_ok()
+        && let Some((uid, gid)) = w.owner_ids
+    {
+        failpoint!("deliver::before_fsetstat", remote.host, temp);
+        // fsetstat: the server applies it with fchown on this handle, whatever the name now
+        // points at. SFTP v3 carries uid and gid together.
+        let ids = FileStat { size: None, uid: Some(uid), gid: Some(gid), perm: None, atime: None, mtime: None };
+        if let Err(e) = file.setstat(ids) {
+            remote.note(&e);
+            let owner = w.file.owner.as_ref().map(Owner::to_string).unwrap_or_default();
+            written = Err(DeliverError::Owner {
                 host: remote.host.clone(),
                 path: w.path.clone(),
-                owner: owner.to_string(),
-                detail: "not a plain user[:group] name".into(),
+                owner,
+                detail: format!("fsetstat {uid}:{gid} refused: {e}"),
             });
-            remove_temp(remote, w);
+        }
+    }
+    drop(file);
+    if let Err(e) = written {
+        w.failed = Some(e);
+        remove_temp(remote, w);
+    }
+}
+
+/// What a delivered file (or its temp file just before the rename) must be.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    owner: Option<(u32, u32)>,
+    mode: u32,
+    size: u64,
+}
+
+/// `Ok` if an lstat shows a regular file with the expected owner, mode and size.
+fn verify(st: &FileStat, e: &Expected) -> Result<(), String> {
+    let perm = st.perm.unwrap_or(0);
+    if perm & S_IFMT != S_IFREG {
+        return Err(if perm & S_IFMT == 0o120_000 { "is a symbolic link".into() } else { "is not a regular file".into() });
+    }
+    if perm & 0o7777 != e.mode {
+        return Err(format!("has mode {:04o}, not {:04o}", perm & 0o7777, e.mode));
+    }
+    if let Some((uid, gid)) = e.owner
+        && (st.uid, st.gid) != (Some(uid), Some(gid))
+    {
+        return Err(format!("is owned by {}:{}, not {uid}:{gid}", st.uid.unwrap_or(u32::MAX), st.gid.unwrap_or(u32::MAX)));
+    }
+    if st.size != Some(e.size) {
+        return Err(format!("holds {} bytes, not {}", st.size.unwrap_or(0), e.size));
+    }
+    Ok(())
+}
+
+/// Puts every written temp file in place, one atomic `posix-rename@openssh.com` each (batched
+/// `mv -f` where the server lacks the extension), and checks each final path.
+fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
+    let mut fallback: Vec<usize> = Vec::new();
+    for (i, w) in work.iter_mut().enumerate() {
+        if !w.pending() {
             continue;
         }
-        batch.push(chown_command(owner, w.temp.as_deref().expect("pending files have a temp file")));
-        members.push(i);
-    }
-    if batch.is_empty() {
-        return;
-    }
-    let results = run_batch(remote, "set file owners", &batch);
-    for (&i, result) in members.iter().zip(results) {
-        if let Err(detail) = result {
-            let w = &mut work[i];
-            let owner = w.file.owner.as_ref().map(Owner::to_string).unwrap_or_default();
-            w.failed = Some(DeliverError::Owner { host: remote.host.clone(), path: w.path.clone(), owner, detail });
+        if abandon.load(Ordering::SeqCst) {
             remove_temp(remote, w);
+            w.failed = Some(DeliverError::Abandoned { host: remote.host.clone(), path: w.path.clone() });
+            continue;
         }
-    }
-}
-
-/// Gives up every pending file: its temp file is removed and the old file stays.
-fn abandon_all(remote: &Remote, work: &mut [Work]) {
-    for w in work.iter_mut().filter(|w| w.pending()) {
-        remove_temp(remote, w);
-        w.failed = Some(DeliverError::Abandoned { host: remote.host.clone(), path: w.path.clone() });
-    }
-    tracing::warn!(host = %remote.host, "shutting down: writes not yet renamed were abandoned");
-}
-
-/// A path and what happened to it.
-pub type PathOutcome = (String, Result<(), DeliverError>);
-
-/// Removes credentials from a host (the `revoke` drill): every path with `rm -f` in one exec
-/// channel over one session, with the same host-key and login rules as a delivery. A path that
-/// is already gone counts as removed. `Err` when the host could not be reached at all.
-pub fn remove_from_host(target: &HostTarget, paths: &[String]) -> Result<Vec<PathOutcome>, DeliverError> {
-    let span = tracing::info_span!("remove", host = %target.name);
-    let _entered = span.enter();
-    for p in paths {
-        if let Err(reason) = check_path(p) {
-            return Err(DeliverError::InvalidPath { host: target.name.clone(), path: p.clone(), reason });
+        if !remote.alive() {
+            w.failed = Some(DeliverError::SessionLost { host: remote.host.clone(), path: w.path.clone() });
+            continue;
         }
-    }
-    let remote = Remote::connect(target)?;
-    let mut batch = Batch::new();
-    for p in paths {
-        batch.push(format!("rm -f -- {}", sh_quote(p)));
-    }
-    if batch.is_empty() {
-        return Ok(Vec::new());
-    }
-    let results = run_batch(&remote, "remove files", &batch);
-    Ok(paths
-        .iter()
-        .zip(results)
-        .map(|(p, r)| {
-            let r = r.map_err(|detail| DeliverError::Remove { host: target.name.clone(), path: p.clone(), detail });
-            match &r {
-                Ok(()) => tracing::info!(host = %target.name, path = %p, "removed"),
-                Err(e) => tracing::debug!(error = %e, "not removed"),
+        if !temp_intact(remote, w) {
+            continue;
+        }
+        failpoint!("deliver::before_rename", remote.host, w.path);
+        let temp = w.temp.clone().expect("pending files have a temp file");
+        if !fallback.is_empty() {
+            fallback.push(i);
+            continue;
+        }
+        match remote.rename(&temp, &w.path) {
+            Renamed::Done => {
+                w.temp = None;
+                check_landed(remote, w);
             }
-            (p.clone(), r)
-        })
-        .collect())
-}
-
-/// Moves every pending temp file over its final path, all in one exec channel: `mv -f` within
-/// one directory is rename(2), which replaces the old file atomically.
-fn rename_all(remote: &Remote, work: &mut [Work]) {
-    let mut batch = Batch::new();
-    let mut members = Vec::new();
-    for (i, w) in work.iter().enumerate().filter(|(_, w)| w.pending()) {
-        let temp = w.temp.as_deref().expect("pending files have a temp file");
-        // -T: if the final path is a directory, fail instead of moving the token into it.
-        batch.push(format!("mv -f -T -- {} {}", sh_quote(temp), sh_quote(&w.path)));
-        members.push(i);
+            Renamed::Unsupported => {
+                tracing::warn!(
+                    host = %remote.host,
+                    "server lacks posix-rename@openssh.com: replacing files with batched mv -f over exec"
+                );
+                fallback.push(i);
+            }
+            Renamed::Refused(detail) => {
+                w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail });
+                remove_temp(remote, w);
+            }
+            Renamed::Unknown(detail) => {
+                w.temp = None;
+                w.failed = Some(DeliverError::OutcomeUnknown {
+                    host: remote.host.clone(),
+                    path: w.path.clone(),
+                    detail: format!("the rename was sent and no answer came ({detail}); the connection is given up"),
+                });
+            }
+        }
     }
-    if batch.is_empty() {
+    if fallback.is_empty() {
         return;
     }
-    let results = run_batch(remote, "replace files", &batch);
-    for (&i, result) in members.iter().zip(results) {
+    let commands: Vec<String> = fallback
+        .iter()
+        .map(|&i| {
+            let w = &work[i];
+            // -T: if the final path is a directory, fail instead of moving the token into it.
+            format!("mv -f -T -- {} {}", sh_quote(w.temp.as_deref().unwrap_or_default()), sh_quote(&w.path))
+        })
+        .collect();
+    if abandon.load(Ordering::SeqCst) {
+        for &i in &fallback {
+            remove_temp(remote, &mut work[i]);
+            work[i].failed = Some(DeliverError::Abandoned { host: remote.host.clone(), path: work[i].path.clone() });
+        }
+        return;
+    }
+    for (&i, result) in fallback.iter().zip(batch::run(remote, "replace files", commands)) {
         let w = &mut work[i];
         match result {
-            Ok(()) => w.temp = None,
-            Err(detail) => {
+            Ok(_) => {
+                w.temp = None;
+                check_landed(remote, w);
+            }
+            Err(batch::ItemError::Unknown(detail)) => {
+                w.temp = None;
+                w.failed = Some(DeliverError::OutcomeUnknown { host: remote.host.clone(), path: w.path.clone(), detail });
+            }
+            Err(batch::ItemError::Failed(detail)) => {
                 w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail });
                 remove_temp(remote, w);
             }
@@ -574,35 +781,77 @@ fn rename_all(remote: &Remote, work: &mut [Work]) {
     }
 }
 
-/// Runs a batch; one result per command, failures as a one-line detail.
-fn run_batch(remote: &Remote, purpose: &str, batch: &Batch) -> Vec<Result<(), String>> {
-    match remote.exec(purpose, &batch.script()) {
-        Err(e) => {
-            let detail = e.to_string();
-            (0..batch.len()).map(|_| Err(detail.clone())).collect()
+/// The temp file is still the regular file written, with its owner and mode: nothing was
+/// swapped in under its name since. Fails the file (removing what is at the temp name) if not.
+fn temp_intact(remote: &Remote, w: &mut Work) -> bool {
+    let temp = w.temp.clone().expect("pending files have a temp file");
+    let verdict = match remote.lstat(&temp) {
+        Ok(st) => verify(&st, &w.expected()),
+        Err(e) => Err(format!("cannot lstat it: {e}")),
+    };
+    match verdict {
+        Ok(()) => true,
+        Err(detail) => {
+            w.failed = Some(DeliverError::TempChanged { host: remote.host.clone(), path: w.path.clone(), detail: format!("{temp} {detail}") });
+            remove_temp(remote, w);
+            false
         }
-        Ok(out) => batch
-            .parse(&out.stdout)
-            .into_iter()
-            .map(|r| match r.status {
-                Some(0) => Ok(()),
-                Some(status) => Err(format!("exit status {status}: {}", r.output)),
-                None => Err(format!(
-                    "the remote shell did not report a result (outcome unknown): {}",
-                    one_line(&out.stderr)
-                )),
-            })
-            .collect(),
     }
 }
 
-/// Best effort: a temp file that cannot be removed is logged (by path), and the file's own
-/// failure stays what is reported.
+/// After the rename: the final path must be a regular file with the expected owner, mode and
+/// size before the file counts as delivered.
+fn check_landed(remote: &Remote, w: &mut Work) {
+    failpoint!("deliver::after_rename", remote.host, w.path);
+    let verdict = match remote.lstat(&w.path) {
+        Ok(st) => verify(&st, &w.expected()),
+        Err(e) => Err(format!("cannot lstat it: {e}")),
+    };
+    if let Err(detail) = verdict {
+        w.failed = Some(DeliverError::OutcomeUnknown {
+            host: remote.host.clone(),
+            path: w.path.clone(),
+            detail: format!("renamed into place, but the file there then {detail}"),
+        });
+    }
+}
+
+/// Removes `<dir>.mark` of every managed directory that got a file, as `condor_store_cred`
+/// does; only a regular file (lstat), and only beside a directory that passed the rule.
+fn clear_marks(remote: &Remote, plan: &HostPlan, work: &[Work]) {
+    for d in plan.dirs.iter().filter(|d| d.clear_mark) {
+        let dir = normalize_dir(&d.path);
+        if !work.iter().any(|w| w.failed.is_none() && split_parent(&w.path).0 == dir) {
+            continue;
+        }
+        let mark = format!("{dir}.mark");
+        match remote.lstat(&mark) {
+            Ok(st) if is_regular(&st) => {
+                match remote.sftp().and_then(|s| s.unlink(rpath(&mark)).inspect_err(|e| remote.note(e))) {
+                    Ok(()) => tracing::info!(host = %remote.host, path = %mark, "removed the credd's sweep mark"),
+                    Err(e) => tracing::warn!(host = %remote.host, path = %mark, error = %e, "cannot remove the credd's sweep mark"),
+                }
+            }
+            Ok(_) => tracing::warn!(host = %remote.host, path = %mark, "sweep mark is not a regular file; left alone"),
+            Err(e) if is_no_such_file(&e) => {}
+            Err(e) => tracing::warn!(host = %remote.host, path = %mark, error = %e, "cannot look at the credd's sweep mark"),
+        }
+    }
+}
+
+/// Best effort, never over a dead session (the next connection sweeps it): a temp file that
+/// cannot be removed is logged (by path), and the file's own failure stays what is reported.
 fn remove_temp(remote: &Remote, w: &mut Work) {
-    if let Some(temp) = w.temp.take()
-        && let Err(e) = remote.sftp().unlink(rpath(&temp))
-        && !credmon::is_no_such_file(&e)
+    let Some(temp) = w.temp.take() else { return };
+    if !remote.alive() {
+        tracing::warn!(host = %remote.host, path = %temp, "connection lost: temp file left for the next delivery to remove");
+        return;
+    }
+    if let Ok(sftp) = remote.sftp()
+        && let Err(e) = sftp.unlink(rpath(&temp))
+        && !is_no_such_file(&e)
     {
+        remote.note(&e);
         tracing::warn!(host = %remote.host, path = %temp, error = %e, "cannot remove temp file");
     }
 }
@@ -620,9 +869,23 @@ mod tests {
         check("/var/lib/condor/oauth_credentials/u/svc.top", Ok(()));
         check("/tmp/bt_u0", Ok(()));
         check("relative/x", Err("not absolute"));
-        check("/a/../etc/shadow", Err("contains a .. component"));
+        check("/a/../etc/shadow", Err("contains a . or .. component"));
+        check("/a/./b", Err("contains a . or .. component"));
         check("/a/b/", Err("names no file"));
         check("/a/\nb", Err("contains a control character"));
+        check("/a/\tb", Err("contains a control character"));
+    }
+
+    #[test]
+    fn roots() {
+        assert_eq!(check_root("/tmp", "/tmp/bt_u0"), Ok(()));
+        assert_eq!(check_root("/tmp/", "/tmp/bt_u0"), Ok(()));
+        assert_eq!(check_root("/", "/bt"), Ok(()));
+        assert_eq!(check_root("/data", "/data/t0/tokens/bt"), Ok(()));
+        assert_eq!(check_root("/data", "/datax/bt"), Err("does not lie under its root directory"));
+        assert_eq!(check_root("/data/t0", "/data/bt"), Err("does not lie under its root directory"));
+        assert_eq!(check_root("data", "/data/bt"), Err("its root directory is not a plain absolute path"));
+        assert_eq!(check_root("/data/../etc", "/etc/bt"), Err("its root directory is not a plain absolute path"));
     }
 
     #[test]
@@ -634,21 +897,52 @@ mod tests {
     }
 
     #[test]
-    fn owners() {
-        let o = |u: &str, g: &str| Owner { user: u.into(), group: g.into() };
-        assert!(owner_is_plain(&o("root", "root")));
-        assert!(owner_is_plain(&o("condor", "")));
-        assert_eq!(o("condor", "").to_string(), "condor");
-        assert!(!owner_is_plain(&o("", "root")));
-        assert!(!owner_is_plain(&o("a:b", "root")));
-        assert!(!owner_is_plain(&o("a b", "root")));
-        assert_eq!(chown_command(&o("root", "root"), "/x y"), "chown -- 'root:root' '/x y'");
+    fn temp_names_are_recognised_exactly() {
+        let t = temp_name("svc.top");
+        assert!(is_temp_of(&t, "svc.top"), "{t}");
+        assert!(!is_temp_of(&t, "svc.use"));
+        assert!(!is_temp_of(&t, "svc"));
+        assert!(is_temp_of(".svc.top.tb-0123456789abcdef", "svc.top"));
+        assert!(!is_temp_of(".svc.top.tb-0123456789ABCDEF", "svc.top"));
+        assert!(!is_temp_of(".svc.top.tb-0123456789abcde", "svc.top"));
+        assert!(!is_temp_of(".svc.top.tb-0123456789abcdef0", "svc.top"));
+        assert!(!is_temp_of("svc.top.tb-0123456789abcdef", "svc.top"));
+        assert!(!is_temp_of(".svc.top", "svc.top"));
+    }
+
+    fn stat(kind: u32, mode: u32, uid: u32, gid: u32, size: u64) -> FileStat {
+        FileStat { size: Some(size), uid: Some(uid), gid: Some(gid), perm: Some(kind | mode), atime: None, mtime: None }
+    }
+
+    #[test]
+    fn landed_files_are_checked_for_kind_owner_mode_and_size() {
+        let e = Expected { owner: Some((5, 6)), mode: 0o600, size: 10 };
+        assert_eq!(verify(&stat(S_IFREG, 0o600, 5, 6, 10), &e), Ok(()));
+        assert_eq!(verify(&stat(0o120_000, 0o777, 5, 6, 10), &e), Err("is a symbolic link".into()));
+        assert_eq!(verify(&stat(0o040_000, 0o700, 5, 6, 10), &e), Err("is not a regular file".into()));
+        assert_eq!(verify(&stat(S_IFREG, 0o644, 5, 6, 10), &e), Err("has mode 0644, not 0600".into()));
+        assert_eq!(verify(&stat(S_IFREG, 0o600, 0, 6, 10), &e), Err("is owned by 0:6, not 5:6".into()));
+        assert_eq!(verify(&stat(S_IFREG, 0o600, 5, 0, 10), &e), Err("is owned by 5:0, not 5:6".into()));
+        assert_eq!(verify(&stat(S_IFREG, 0o600, 5, 6, 9), &e), Err("holds 9 bytes, not 10".into()));
+        let anyone = Expected { owner: None, ..e };
+        assert_eq!(verify(&stat(S_IFREG, 0o600, 0, 0, 10), &anyone), Ok(()));
+    }
+
+    #[test]
+    fn only_the_unanswered_rename_may_have_landed() {
+        let host = "h".to_string();
+        let path = "/p".to_string();
+        assert!(DeliverError::OutcomeUnknown { host: host.clone(), path: path.clone(), detail: String::new() }.may_have_landed());
+        assert!(!DeliverError::Rename { host: host.clone(), path: path.clone(), detail: String::new() }.may_have_landed());
+        assert!(!DeliverError::Abandoned { host: host.clone(), path: path.clone() }.may_have_landed());
+        assert!(!DeliverError::SessionLost { host, path }.may_have_landed());
     }
 
     #[test]
     fn an_unreachable_host_fails_every_file_by_name_and_leaks_nothing() {
         let plan = HostPlan {
             expect_present: Vec::new(),
+            read_back: vec!["/tmp/bt_u0".into()],
             target: HostTarget {
                 name: "schedd-x".into(),
                 address: "127.0.0.1".into(),
@@ -663,12 +957,13 @@ mod tests {
             files: vec![RemoteFile {
                 id: "svc/file@schedd-x".into(),
                 path: "/tmp/bt_u{uid}".into(),
+                root: "/tmp".into(),
                 uid_of: Some("root".into()),
                 content: Secret::new("eyJTOKENsecret"),
                 mode: 0o600,
                 owner: None,
             }],
-            signal_credmon: vec!["/spool".into()],
+            signal_credmon: vec![Credmon { spool: "/spool".into(), user: "root".into() }],
         };
         let out = push_to_host(&plan, false);
         let err = out.connected.as_ref().unwrap_err();
@@ -676,6 +971,7 @@ mod tests {
         assert!(err.to_string().contains("schedd-x"));
         assert!(matches!(out.files[0].result, Err(DeliverError::NotAttempted { .. })));
         assert!(out.signalled[0].1.is_err());
+        assert!(matches!(out.read_back[0].1, Err(DeliverError::NotAttempted { .. })));
         assert!(!out.all_delivered());
         let shown = format!("{out:?} {plan:?} {err}");
         assert!(!shown.contains("eyJTOKENsecret") && !shown.contains("PASSPHRASEsecret"));

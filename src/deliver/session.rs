@@ -5,14 +5,17 @@
 //! Must never accept a host key that known_hosts does not hold for that host, never fall back to
 //! password or keyboard-interactive login, and never put file content on a command line.
 
+use std::cell::{Cell, RefCell};
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use ssh2::{CheckResult, KnownHostFileKind, MethodType, Session, Sftp};
+use ssh2::{ErrorCode, FileStat, MethodType, Session, Sftp};
 
+use super::knownhosts::{KnownHosts, Verdict};
+use super::posix_rename::{PosixRename, RenameResult};
 use super::{DeliverError, HostTarget};
 
 /// Remote command output is kept for error messages only; a runaway command must not fill memory.
@@ -23,6 +26,22 @@ pub(crate) struct Remote {
     session: Session,
     /// Always `Some` until drop, which closes it before saying goodbye to the server.
     sftp: Option<Sftp>,
+    /// The channel for `posix-rename@openssh.com`, started at the first rename; `Err` once the
+    /// server turned out not to offer it.
+    renamer: RefCell<Option<Result<PosixRename, ()>>>,
+    /// Set once a request went unanswered or the connection broke: nothing more is sent, and
+    /// what is left to clean up waits for the next connection.
+    dead: Cell<bool>,
+}
+
+/// How a rename over [`Remote::rename`] ended.
+pub(crate) enum Renamed {
+    Done,
+    /// The server lacks `posix-rename@openssh.com`: the caller falls back to `mv -f`.
+    Unsupported,
+    Refused(String),
+    /// Sent, no answer read: the session is now dead.
+    Unknown(String),
 }
 
 /// What an exec channel returned. stderr is kept apart because sshd itself writes there
@@ -57,18 +76,16 @@ impl Remote {
         let ms = target.timeout.as_millis().clamp(1, u32::MAX as u128) as u32;
         session.set_timeout(ms);
 
-        let mut known = session.known_hosts().map_err(ssh_err("known_hosts setup"))?;
-        known.read_file(&target.known_hosts, KnownHostFileKind::OpenSSH).map_err(|source| {
-            DeliverError::KnownHostsUnreadable {
-                host: host.clone(),
-                path: target.known_hosts.clone(),
-                source,
-            }
+        let text = std::fs::read_to_string(&target.known_hosts).map_err(|source| DeliverError::KnownHostsUnreadable {
+            host: host.clone(),
+            path: target.known_hosts.clone(),
+            source,
         })?;
+        let known = KnownHosts::parse(&text);
 
         // Offer only the key types known_hosts holds for this host: otherwise the server may pick
         // a type we hold no key for, and a perfectly good host would look like a mismatch.
-        let known_types = known_key_types(&known, &target.address, target.port);
+        let known_types = known.key_types(&target.address, target.port);
         let supported = session.supported_algs(MethodType::HostKey).unwrap_or_default();
         let prefs: Vec<&str> = known_types
             .iter()
@@ -88,28 +105,16 @@ impl Remote {
             port: target.port,
         })?;
         let fingerprint = fingerprint(key);
-        match known.check_port(&target.address, target.port, key) {
-            CheckResult::Match => {}
-            CheckResult::Mismatch => {
-                return Err(DeliverError::HostKeyMismatch {
-                    host,
-                    address: target.address.clone(),
-                    port: target.port,
-                    fingerprint,
-                    known_hosts: target.known_hosts.clone(),
-                });
+        let (address, port, known_hosts) = (target.address.clone(), target.port, target.known_hosts.clone());
+        match known.check(&target.address, target.port, key) {
+            Verdict::Match => {}
+            Verdict::Revoked => return Err(DeliverError::HostKeyRevoked { host, address, port, fingerprint, known_hosts }),
+            Verdict::Mismatch => return Err(DeliverError::HostKeyMismatch { host, address, port, fingerprint, known_hosts }),
+            Verdict::CertAuthorityOnly => {
+                return Err(DeliverError::HostKeyCertificateOnly { host, address, port, known_hosts });
             }
-            CheckResult::NotFound | CheckResult::Failure => {
-                return Err(DeliverError::HostKeyUnknown {
-                    host,
-                    address: target.address.clone(),
-                    port: target.port,
-                    fingerprint,
-                    known_hosts: target.known_hosts.clone(),
-                });
-            }
+            Verdict::NotFound => return Err(DeliverError::HostKeyUnknown { host, address, port, fingerprint, known_hosts }),
         }
-        drop(known);
 
         let passphrase = target.key_passphrase.as_ref().map(|p| p.expose());
         session
@@ -131,11 +136,86 @@ impl Remote {
         // Every plan needs SFTP; a host whose SFTP subsystem does not start fails as a whole.
         let sftp = session.sftp().map_err(ssh_err("SFTP subsystem start"))?;
         tracing::debug!(host = %target.name, %fingerprint, "connected, host key verified");
-        Ok(Remote { host, session, sftp: Some(sftp) })
+        Ok(Remote { host, session, sftp: Some(sftp), renamer: RefCell::new(None), dead: Cell::new(false) })
     }
 
-    pub fn sftp(&self) -> &Sftp {
-        self.sftp.as_ref().expect("open until drop")
+    /// The SFTP channel, or an error once the session is dead (no request is sent over it).
+    pub fn sftp(&self) -> Result<&Sftp, ssh2::Error> {
+        if self.dead.get() {
+            return Err(ssh2::Error::new(ErrorCode::Session(libssh2_sys::LIBSSH2_ERROR_SOCKET_DISCONNECT), "the connection was lost earlier in this session"));
+        }
+        Ok(self.sftp.as_ref().expect("open until drop"))
+    }
+
+    pub fn alive(&self) -> bool {
+        !self.dead.get()
+    }
+
+    /// Looks at a failed request: an error that is not an SFTP status from the server (timeout,
+    /// broken connection) means the session cannot be trusted with another request.
+    pub fn note(&self, e: &ssh2::Error) {
+        if is_fatal(e) {
+            self.dead.set(true);
+        }
+    }
+
+    /// Like [`note`](Self::note) for an error that came through `std::io` (writes), where
+    /// the code is lost: the session's own last error tells.
+    pub fn note_io(&self) {
+        if let Some(e) = ssh2::Error::last_session_error(&self.session)
+            && is_fatal(&e)
+        {
+            self.dead.set(true);
+        }
+    }
+
+    pub fn lstat(&self, path: &str) -> Result<FileStat, ssh2::Error> {
+        let r = self.sftp()?.lstat(rpath(path));
+        if let Err(e) = &r {
+            self.note(e);
+        }
+        r
+    }
+
+    /// Starts the channel renames go through, so that it is ready before the first temp file
+    /// is written. A failure here is found again (and reported) by [`rename`](Self::rename).
+    pub fn prepare_rename(&self) {
+        let mut slot = self.renamer.borrow_mut();
+        if slot.is_some() || self.dead.get() {
+            return;
+        }
+        match PosixRename::start(&self.session) {
+            Ok(r) => *slot = Some(Ok(r)),
+            Err(e) => {
+                self.note(&e);
+                if !self.dead.get() {
+                    tracing::warn!(host = %self.host, error = %e, "cannot start a second SFTP channel for posix-rename");
+                    *slot = Some(Err(()));
+                }
+            }
+        }
+    }
+
+    /// Atomically replaces `to` by `from` with `posix-rename@openssh.com`.
+    pub fn rename(&self, from: &str, to: &str) -> Renamed {
+        self.prepare_rename();
+        if self.dead.get() {
+            return Renamed::Refused("the connection was lost earlier in this session".into());
+        }
+        let mut slot = self.renamer.borrow_mut();
+        let Some(Ok(renamer)) = slot.as_ref() else { return Renamed::Unsupported };
+        match renamer.rename(from, to) {
+            RenameResult::Done => Renamed::Done,
+            RenameResult::Unsupported => {
+                *slot = Some(Err(()));
+                Renamed::Unsupported
+            }
+            RenameResult::Refused { status, message } => Renamed::Refused(format!("SFTP status {status}: {message}")),
+            RenameResult::Unknown { message } => {
+                self.dead.set(true);
+                Renamed::Unknown(message)
+            }
+        }
     }
 
     /// Runs `script` under `sh -c` (whatever the login shell is) on a fresh exec channel. A
@@ -147,16 +227,27 @@ impl Remote {
             purpose: purpose.to_string(),
             detail,
         };
-        let mut channel = self.session.channel_session().map_err(|e| fail(e.to_string()))?;
-        channel.exec(&format!("sh -c {}", sh_quote(script))).map_err(|e| fail(e.to_string()))?;
+        if self.dead.get() {
+            return Err(fail("the connection was lost earlier in this session".into()));
+        }
+        let fail = |e: ssh2::Error| {
+            self.note(&e);
+            fail(e.to_string())
+        };
+        let mut channel = self.session.channel_session().map_err(fail)?;
+        channel.exec(&format!("sh -c {}", sh_quote(script))).map_err(fail)?;
         // The commands run here print a few lines at most, far below the channel window, so
         // reading stdout to the end before stderr cannot stall the remote side.
         let mut stdout = Vec::new();
-        (&mut channel).take(MAX_EXEC_OUTPUT).read_to_end(&mut stdout).map_err(|e| fail(e.to_string()))?;
+        let io_fail = |e: std::io::Error| {
+            self.note_io();
+            DeliverError::Exec { host: self.host.clone(), purpose: purpose.to_string(), detail: e.to_string() }
+        };
+        (&mut channel).take(MAX_EXEC_OUTPUT).read_to_end(&mut stdout).map_err(io_fail)?;
         let mut stderr = Vec::new();
-        channel.stderr().take(MAX_EXEC_OUTPUT).read_to_end(&mut stderr).map_err(|e| fail(e.to_string()))?;
-        channel.wait_close().map_err(|e| fail(e.to_string()))?;
-        let status = channel.exit_status().map_err(|e| fail(e.to_string()))?;
+        channel.stderr().take(MAX_EXEC_OUTPUT).read_to_end(&mut stderr).map_err(io_fail)?;
+        channel.wait_close().map_err(fail)?;
+        let status = channel.exit_status().map_err(fail)?;
         Ok(ExecOutput {
             status,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -167,9 +258,34 @@ impl Remote {
 
 impl Drop for Remote {
     fn drop(&mut self) {
+        self.renamer.get_mut().take();
         self.sftp = None;
-        let _ = self.session.disconnect(None, "token-bastion done", None);
+        if !self.dead.get() {
+            let _ = self.session.disconnect(None, "token-bastion done", None);
+        }
     }
+}
+
+/// Errors after which the session is not to be used again: no answer within the timeout, or the
+/// connection or channel broke. An SFTP status (the server answered) is not one.
+fn is_fatal(e: &ssh2::Error) -> bool {
+    use libssh2_sys as raw;
+    /// `LIBSSH2_ERROR_SOCKET_NONE`, which libssh2-sys does not name.
+    const SOCKET_NONE: i32 = -1;
+    matches!(
+        e.code(),
+        ErrorCode::Session(
+            raw::LIBSSH2_ERROR_TIMEOUT
+                | raw::LIBSSH2_ERROR_SOCKET_SEND
+                | raw::LIBSSH2_ERROR_SOCKET_RECV
+                | raw::LIBSSH2_ERROR_SOCKET_DISCONNECT
+                | raw::LIBSSH2_ERROR_SOCKET_TIMEOUT
+                | raw::LIBSSH2_ERROR_CHANNEL_CLOSED
+                | raw::LIBSSH2_ERROR_CHANNEL_EOF_SENT
+                | raw::LIBSSH2_ERROR_BAD_SOCKET
+                | SOCKET_NONE
+        )
+    )
 }
 
 fn tcp_connect(target: &HostTarget) -> Result<TcpStream, DeliverError> {
@@ -185,7 +301,12 @@ fn tcp_connect(target: &HostTarget) -> Result<TcpStream, DeliverError> {
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "address resolved to nothing");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, target.timeout) {
-            Ok(tcp) => return Ok(tcp),
+            Ok(tcp) => {
+                // Each SFTP request is a small packet answered before the next is sent: without
+                // NODELAY, Nagle's algorithm and delayed ACKs add tens of ms to every round trip.
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
             Err(e) => last = e,
         }
     }
@@ -196,24 +317,6 @@ fn tcp_connect(target: &HostTarget) -> Result<TcpStream, DeliverError> {
         timeout: target.timeout,
         source: last,
     })
-}
-
-/// Key types (`ssh-ed25519`, `ecdsa-sha2-nistp256`, ...) of the known_hosts entries that belong
-/// to `address:port`. Entries are matched through libssh2 itself, so hashed host names work too.
-fn known_key_types(known: &ssh2::KnownHosts, address: &str, port: u16) -> Vec<String> {
-    let mut types = Vec::new();
-    for entry in known.hosts().unwrap_or_default() {
-        let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(entry.key()) else { continue };
-        if !matches!(known.check_port(address, port, &blob), CheckResult::Match) {
-            continue;
-        }
-        if let Some(t) = key_type_of_blob(&blob)
-            && !types.contains(&t)
-        {
-            types.push(t);
-        }
-    }
-    types
 }
 
 /// The algorithm name at the head of an SSH public-key blob (a u32 length, then the name).

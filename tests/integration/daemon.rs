@@ -196,7 +196,8 @@ fn sighup_applies_a_good_inventory_and_refuses_a_broken_one_mailing_once() {
     leaks.assert_clean();
 }
 
-/// A delivery made slow (chown takes 4 s on the schedd) is in flight when SIGTERM arrives.
+/// A delivery made slow (the account-id lookup, its one remote command, takes 4 s on the
+/// schedd) is in flight when SIGTERM arrives.
 fn sigterm_during_a_slow_delivery(grace: &str) -> (Option<i32>, String, String, String, String) {
     let leaks = Leaks::default();
     let mut stack = Stack::new(&leaks).with_hosts(1);
@@ -209,11 +210,11 @@ fn sigterm_during_a_slow_delivery(grace: &str) -> (Option<i32>, String, String, 
     let before = std::fs::read_to_string(&path).unwrap();
     register_top(&leaks, &path);
 
-    stack.host_mut("schedd1").slow_down("chown", 4);
+    stack.host_mut("schedd1").slow_down("id", 4);
     let new_jwt = stack.put_token("prod", &spec());
     let mut daemon = Daemon::start(&stack, &leaks, grace);
     assert!(wait_until(Duration::from_secs(30), || daemon.log().contains("child token minted") || daemon.log().contains("tokens valid")), "{}", daemon.log());
-    std::thread::sleep(Duration::from_millis(1500)); // inside the slow chown
+    std::thread::sleep(Duration::from_millis(1500)); // inside the slow id lookup
     daemon.signal("TERM");
     let code = daemon.wait_exit(Duration::from_secs(40));
     let after = std::fs::read_to_string(&path).unwrap();

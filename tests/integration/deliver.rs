@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use token_bastion::deliver::{
-    DeliverError, HostOutcome, HostPlan, Owner, RemoteDir, RemoteFile, TopFile, credd_layout, push_to_host,
+    Credmon, DeliverError, HostOutcome, HostPlan, Owner, RemoteDir, RemoteFile, TopFile, credd_layout, push_to_host,
 };
 use token_bastion::secret::Secret;
 
@@ -19,11 +19,11 @@ use crate::harness::sshd::Sshd;
 use crate::harness::{ChildGuard, Leaks, wait_until};
 
 /// An account the tests chown to (as root) and log in as (to be refused a chown).
-const TEST_USER: &str = "tb-deliver-test";
+pub(crate) const TEST_USER: &str = "tb-deliver-test";
 
 /// Creates [`TEST_USER`] once per machine: no home, a usable shell, and a password field of
 /// `*` (not `!`), because sshd without PAM refuses key logins to locked accounts.
-fn test_user() -> (u32, u32) {
+pub(crate) fn test_user() -> (u32, u32) {
     static CREATED: OnceLock<(u32, u32)> = OnceLock::new();
     *CREATED.get_or_init(|| {
         if id_of(&["-u", TEST_USER]).is_none() {
@@ -42,7 +42,7 @@ fn test_user() -> (u32, u32) {
     })
 }
 
-fn id_of(args: &[&str]) -> Option<u32> {
+pub(crate) fn id_of(args: &[&str]) -> Option<u32> {
     let out = Command::new("id").args(args).output().ok()?;
     if !out.status.success() {
         return None;
@@ -50,22 +50,24 @@ fn id_of(args: &[&str]) -> Option<u32> {
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
-fn test_owner() -> Owner {
+pub(crate) fn test_owner() -> Owner {
     test_user();
     Owner { user: TEST_USER.into(), group: TEST_USER.into() }
 }
 
 /// A token-looking secret, registered with the leak check.
-fn minted(leaks: &Leaks, prefix: &str) -> Secret {
+pub(crate) fn minted(leaks: &Leaks, prefix: &str) -> Secret {
     let s = format!("{prefix}.{:032x}", rand::random::<u128>());
     leaks.secret(&s);
     Secret::new(s)
 }
 
-fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, owner: Option<Owner>) -> RemoteFile {
+/// A file whose remote-write rule starts at its own directory.
+pub(crate) fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, owner: Option<Owner>) -> RemoteFile {
     RemoteFile {
         id: id.into(),
         path: path.to_str().unwrap().into(),
+        root: path.parent().unwrap().to_str().unwrap().into(),
         uid_of: None,
         content: content.clone(),
         mode,
@@ -73,13 +75,14 @@ fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, owner: Option<
     }
 }
 
-fn plan(sshd: &Sshd, user: &str, dirs: Vec<RemoteDir>, files: Vec<RemoteFile>, spools: Vec<&Path>) -> HostPlan {
+pub(crate) fn plan(sshd: &Sshd, user: &str, dirs: Vec<RemoteDir>, files: Vec<RemoteFile>, spools: Vec<&Path>) -> HostPlan {
     HostPlan {
         target: sshd.target("schedd-test", user),
         dirs,
         files,
         expect_present: Vec::new(),
-        signal_credmon: spools.iter().map(|p| p.to_str().unwrap().to_string()).collect(),
+        read_back: Vec::new(),
+        signal_credmon: spools.iter().map(|p| Credmon { spool: p.to_str().unwrap().to_string(), user: "root".into() }).collect(),
     }
 }
 
@@ -99,7 +102,7 @@ impl Write for LogBuf {
 
 /// Runs one push with its log captured at TRACE, and hands the log, the outcome's `Debug` and
 /// every error's `Display` to the leak check.
-fn push(leaks: &Leaks, plan: &HostPlan, dry_run: bool) -> HostOutcome {
+pub(crate) fn push(leaks: &Leaks, plan: &HostPlan, dry_run: bool) -> HostOutcome {
     let buf = LogBuf::default();
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -118,7 +121,7 @@ fn push(leaks: &Leaks, plan: &HostPlan, dry_run: bool) -> HostOutcome {
     outcome
 }
 
-fn errors(outcome: &HostOutcome) -> Vec<String> {
+pub(crate) fn errors(outcome: &HostOutcome) -> Vec<String> {
     let mut all = Vec::new();
     if let Err(e) = &outcome.connected {
         all.push(e.to_string());
@@ -136,16 +139,16 @@ fn errors(outcome: &HostOutcome) -> Vec<String> {
     all
 }
 
-fn assert_all_delivered(outcome: &HostOutcome) {
+pub(crate) fn assert_all_delivered(outcome: &HostOutcome) {
     assert!(outcome.all_delivered(), "not all delivered: {:?}", errors(outcome));
 }
 
-fn mode_of(p: &Path) -> u32 {
+pub(crate) fn mode_of(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
 /// Names of leftover temp files anywhere under `dir`.
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn temp_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -161,7 +164,7 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn top_file(leaks: &Leaks) -> TopFile {
+pub(crate) fn top_file(leaks: &Leaks) -> TopFile {
     TopFile {
         vault_token: minted(leaks, "hvs.CAES"),
         vault_url: "https://htvault.cern.ch:8200/v1/secret/oauth/sts/cms/default:wmagent".into(),
@@ -229,6 +232,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
     let good = RemoteFile {
         id: "crab/bearer@schedd-test".into(),
         path: template.clone(),
+        root: out_dir.to_str().unwrap().into(),
         uid_of: Some(TEST_USER.into()),
         content: Secret::new(format!("{}\n", token.expose())),
         mode: 0o600,
@@ -237,6 +241,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
     let unknown_account = RemoteFile {
         id: "ghost/bearer@schedd-test".into(),
         path: format!("{}/vt_u{{uid}}", out_dir.display()),
+        root: out_dir.to_str().unwrap().into(),
         uid_of: Some("tb-no-such-account".into()),
         content: token.clone(),
         mode: 0o600,
@@ -279,7 +284,7 @@ fn unknown_host_key_fails_the_host_and_writes_nothing() {
         plain_file("a", &old, &token, 0o600, None),
         plain_file("b", &sshd.spool.join("new.top"), &token, 0o600, None),
     ];
-    let dirs = vec![RemoteDir { path: sshd.spool.join("newdir").to_str().unwrap().into(), mode: 0o700, owner: None }];
+    let dirs = vec![RemoteDir { path: sshd.spool.join("newdir").to_str().unwrap().into(), mode: 0o700, owner: None, clear_mark: false }];
     let outcome = push(&leaks, &plan(&sshd, "root", dirs, files, vec![]), false);
 
     match &outcome.connected {
@@ -341,11 +346,12 @@ fn redelivery_replaces_atomically_while_a_reader_polls() {
     let leaks = Leaks::default();
     let sshd = Sshd::start(tmp.path(), &leaks);
     let top = sshd.spool.join("u").join("svc.top");
-    let dir = RemoteDir { path: sshd.spool.join("u").to_str().unwrap().into(), mode: 0o700, owner: None };
+    let dir = RemoteDir { path: sshd.spool.join("u").to_str().unwrap().into(), mode: 0o700, owner: None, clear_mark: false };
     // Long, distinct contents, so that a partial read cannot look like a whole one.
     let versions: Vec<Secret> =
         (0..2).map(|i| Secret::new(format!("{}{}", minted(&leaks, &format!("hvs.V{i}")).expose(), "x".repeat(200_000)))).collect();
-    let delivery = |v: &Secret| plan(&sshd, "root", vec![dir.clone()], vec![plain_file("a", &top, v, 0o600, None)], vec![]);
+    let in_spool = |v: &Secret| RemoteFile { root: sshd.spool.to_str().unwrap().into(), ..plain_file("a", &top, v, 0o600, None) };
+    let delivery = |v: &Secret| plan(&sshd, "root", vec![dir.clone()], vec![in_spool(v)], vec![]);
     assert_all_delivered(&push(&leaks, &delivery(&versions[0]), false));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -415,11 +421,12 @@ fn an_unprivileged_login_cannot_give_files_to_root() {
     let tmp = tempfile::tempdir().unwrap();
     let leaks = Leaks::default();
     let sshd = Sshd::start(tmp.path(), &leaks);
-    let (uid, gid) = test_user();
-    // A spool the unprivileged account may write into, holding a root-owned token.
-    let spool = sshd.spool.join("user-writable");
+    let (uid, _) = test_user();
+    // A root-owned sticky directory the unprivileged account may write into (the rule accepts
+    // it), holding a root-owned token.
+    let spool = sshd.spool.join("sticky");
     std::fs::create_dir(&spool).unwrap();
-    std::os::unix::fs::chown(&spool, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let top = spool.join("svc.top");
     std::fs::write(&top, b"old root token").unwrap();
     std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -449,7 +456,7 @@ fn an_unprivileged_login_cannot_give_files_to_root() {
 }
 
 /// A process whose command line is `name 600` (a renamed `sleep`), killed on drop.
-fn fake_process(dir: &Path, name: &str) -> ChildGuard {
+pub(crate) fn fake_process(dir: &Path, name: &str) -> ChildGuard {
     let mut cmd = Command::new("bash");
     cmd.arg("-c").arg(format!("exec -a {name} sleep 600"));
     let mut child = ChildGuard::spawn(name, cmd, &dir.join(format!("{name}.log")));
@@ -465,7 +472,7 @@ fn fake_process(dir: &Path, name: &str) -> ChildGuard {
 }
 
 /// Waits (bounded) for `child` to end; its terminating signal, if it ended.
-fn ended_by(child: &mut ChildGuard, within: Duration) -> Option<Option<i32>> {
+pub(crate) fn ended_by(child: &mut ChildGuard, within: Duration) -> Option<Option<i32>> {
     let mut status = None;
     wait_until(within, || {
         status = child.child.try_wait().unwrap();
@@ -545,6 +552,7 @@ fn dry_run_checks_everything_and_writes_nothing() {
     files.push(RemoteFile {
         id: "bearer".into(),
         path: format!("{spool}/bt_u{{uid}}"),
+        root: spool.into(),
         uid_of: Some(TEST_USER.into()),
         content: access.clone(),
         mode: 0o600,
@@ -563,13 +571,14 @@ fn dry_run_checks_everything_and_writes_nothing() {
     assert_eq!(ended_by(&mut credmon, Duration::from_millis(300)), None, "a dry run must not signal");
 
     // A directory that could not be created is reported, by name, in a dry run.
-    let orphan = RemoteDir { path: format!("{spool}/missing/parent"), mode: 0o700, owner: None };
-    let file = plain_file("x", &sshd.spool.join("missing/parent/svc.top"), &access, 0o600, None);
+    let orphan = RemoteDir { path: format!("{spool}/missing/parent"), mode: 0o700, owner: None, clear_mark: false };
+    let file = RemoteFile { root: spool.into(), ..plain_file("x", &sshd.spool.join("missing/parent/svc.top"), &access, 0o600, None) };
     let outcome = push(&leaks, &plan(&sshd, "root", vec![orphan], vec![file], vec![]), true);
     match &outcome.files[0].result {
-        Err(e @ DeliverError::Directory { path, .. }) => {
-            assert_eq!(path, &format!("{spool}/missing/parent"));
-            assert!(e.to_string().contains("does not exist"), "{e}");
+        Err(e @ DeliverError::UnsafeDirectory { dir, reason, .. }) => {
+            assert_eq!(dir, &format!("{spool}/missing"));
+            assert_eq!(reason, "does not exist");
+            assert!(e.to_string().contains("missing/parent/svc.top"), "{e}");
         }
         other => panic!("expected a directory error, got {other:?}"),
     }
@@ -654,6 +663,7 @@ fn a_host_that_never_speaks_ssh_fails_within_the_timeout() {
         dirs: vec![],
         files: vec![plain_file("a", &sshd.spool.join("x.top"), &token, 0o600, None)],
         expect_present: Vec::new(),
+        read_back: Vec::new(),
         signal_credmon: vec![],
     };
     let started = std::time::Instant::now();

@@ -11,6 +11,10 @@ mod check;
 mod crash;
 mod daemon;
 mod deliver;
+#[cfg(feature = "failpoints")]
+mod deliver_attacks;
+mod deliver_hostkeys;
+mod deliver_protocol;
 mod lifecycle;
 mod kerberos;
 mod ledger;

@@ -1,6 +1,11 @@
 //! Real OpenSSH sshd "schedds" on 127.0.0.1, one per call, each with its own temporary ed25519
 //! host key, client key pair, known_hosts line and spool directory, all under the test's temp
 //! dir. Killed on drop.
+//!
+//! The SFTP subsystem is OpenSSH's own `sftp-server` (the code `internal-sftp` runs in-process)
+//! at `-l DEBUG3`, started through a two-line wrapper that sends its log to a file: in-process,
+//! `internal-sftp` logs through syslog only, which a test cannot read. The log shows every
+//! request (open flags and mode, fsync, fsetstat owner, posix-rename) for tests to check.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +31,7 @@ pub struct Sshd {
     config: PathBuf,
     host_key: PathBuf,
     log: PathBuf,
+    sftp_log: PathBuf,
     child: Option<ChildGuard>,
 }
 
@@ -47,6 +53,19 @@ impl Sshd {
         std::fs::create_dir_all(&spool).unwrap();
         std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
 
+        let sftp_log = dir.join("sftp-server.log");
+        // Written by sftp-server as whichever account logged in.
+        std::fs::write(&sftp_log, "").unwrap();
+        std::fs::set_permissions(&sftp_log, std::fs::Permissions::from_mode(0o666)).unwrap();
+        leaks.path(&sftp_log);
+        let sftp_wrapper = dir.join("sftp-server-logged");
+        std::fs::write(
+            &sftp_wrapper,
+            format!("#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l DEBUG3 2>>{}\n", sftp_log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&sftp_wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -65,7 +84,8 @@ impl Sshd {
                  PrintMotd no\n\
                  LogLevel VERBOSE\n\
                  MaxStartups 100:30:200\n\
-                 Subsystem sftp internal-sftp\n",
+                 Subsystem sftp {sftp}\n",
+                sftp = sftp_wrapper.display(),
                 host_key = host_key.display(),
                 authorized = authorized.display(),
                 pid = dir.join("sshd.pid").display(),
@@ -84,6 +104,7 @@ impl Sshd {
             config,
             host_key,
             log,
+            sftp_log,
             child: None,
         };
         // Another process on this shared machine may take the port between probe and bind.
@@ -138,7 +159,12 @@ impl Sshd {
         self.child.is_some()
     }
 
-    /// Makes `command` (e.g. `chown`) take `secs` seconds longer on this host: a wrapper of that
+    /// The listening sshd's pid; every connection's processes descend from it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("sshd running").pid()
+    }
+
+    /// Makes `command` (e.g. `id`) take `secs` seconds longer on this host: a wrapper of that
     /// name, first on the PATH of every SSH session, sleeps and then runs the real one. Restarts
     /// sshd to apply it. For tests that need a delivery in flight for a while.
     pub fn slow_down(&mut self, command: &str, secs: u32) {
@@ -152,6 +178,16 @@ impl Sshd {
             config.push_str(&format!("SetEnv PATH={}:/usr/sbin:/usr/bin:/sbin:/bin\n", bin.display()));
             std::fs::write(&self.config, config).unwrap();
         }
+        self.restart();
+    }
+
+    /// Serves SFTP through a stand-in that hides `posix-rename@openssh.com` (see
+    /// `sftp_without_posix_rename.py`): a server without the extension. Restarts sshd.
+    pub fn hide_posix_rename(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/harness/sftp_without_posix_rename.py");
+        let wrapper = self.dir.join("sftp-server-logged");
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec /usr/bin/python3 {} {}\n", script.display(), self.sftp_log.display()))
+            .unwrap();
         self.restart();
     }
 
@@ -175,6 +211,11 @@ impl Sshd {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Everything sftp-server logged so far (every session, every account).
+    pub fn sftp_log(&self) -> String {
+        std::fs::read_to_string(&self.sftp_log).unwrap_or_default()
     }
 
     fn write_known_hosts(&self) {

@@ -1,0 +1,205 @@
+//! The remote-write rule applied to every directory a host plan writes into: each directory
+//! from a file's root down to its own is lstat'ed and judged ([`super::rule`]); missing managed
+//! directories are created with their final mode and given their owner with `chown -h` (one exec
+//! for all); each directory that passes has its canonical path taken before anything is written.
+//!
+//! Must never create a directory whose parent did not pass, nor set an owner or mode by name on
+//! anything it did not just create.
+
+use std::collections::HashMap;
+
+use super::credmon::is_no_such_file;
+use super::ids::{CONDOR_GROUP, Ids};
+use super::session::{Remote, rpath, sh_quote};
+use super::{DeliverError, HostPlan, RemoteDir, Work, batch, normalize_dir, rule, split_parent};
+
+/// The verdict of the remote-write rule on every directory the plan touches, with the managed
+/// directories it had to create, and each directory's canonical path (to see later that a temp
+/// file landed where it was meant to).
+pub(super) struct Dirs<'p> {
+    managed: HashMap<String, &'p RemoteDir>,
+    managed_owner: HashMap<String, Result<(u32, u32), String>>,
+    condor_gid: Option<u32>,
+    /// (path, judged as the root) → verdict.
+    verdicts: HashMap<(String, bool), Result<(), String>>,
+    /// Directories created in this push that still need their owner set.
+    created: Vec<String>,
+    canonical: HashMap<String, Result<String, String>>,
+}
+
+impl<'p> Dirs<'p> {
+    pub fn new(plan: &'p HostPlan, ids: &Ids) -> Self {
+        let mut managed = HashMap::new();
+        let mut managed_owner = HashMap::new();
+        for d in &plan.dirs {
+            let path = normalize_dir(&d.path).to_string();
+            if let Some(o) = &d.owner {
+                managed_owner.insert(path.clone(), ids.owner(o).map_err(|e| format!("cannot resolve its owner {o}: {e}")));
+            }
+            managed.insert(path, d);
+        }
+        Dirs {
+            managed,
+            managed_owner,
+            condor_gid: ids.group(CONDOR_GROUP).ok(),
+            verdicts: HashMap::new(),
+            created: Vec::new(),
+            canonical: HashMap::new(),
+        }
+    }
+
+    /// Applies the rule to every pending file's directories (creating missing managed ones unless
+    /// `dry_run`), then sets the owner of what it created (one exec), then fails each file whose
+    /// way is not clear, naming the directory.
+    pub fn judge_all(&mut self, remote: &Remote, work: &mut [Work], dry_run: bool) {
+        let chains: Vec<Option<Vec<String>>> = work
+            .iter()
+            .map(|w| if w.pending() { rule::chain(&w.root, split_parent(&w.path).0) } else { None })
+            .collect();
+        for chain in chains.iter().flatten() {
+            for (i, dir) in chain.iter().enumerate() {
+                let verdict = self.judge(remote, dir, i == 0, dry_run);
+                if verdict.is_err() {
+                    break;
+                }
+            }
+        }
+        self.own_created(remote);
+        for (w, chain) in work.iter_mut().zip(&chains) {
+            let Some(chain) = chain else { continue };
+            for (i, dir) in chain.iter().enumerate() {
+                if let Some(Err(reason)) = self.verdicts.get(&(dir.clone(), i == 0)) {
+                    w.failed = Some(DeliverError::UnsafeDirectory {
+                        host: remote.host.clone(),
+                        path: w.path.clone(),
+                        dir: dir.clone(),
+                        reason: reason.clone(),
+                    });
+                    break;
+                }
+            }
+            // Where the directory really is, taken now that it passed: a link swapped in later
+            // would send the temp file elsewhere, which `write_temp` then sees.
+            if w.pending() && !dry_run {
+                let parent = split_parent(&w.path).0.to_string();
+                self.canonical.entry(parent).or_insert_with_key(|p| realpath(remote, p));
+            }
+        }
+    }
+
+    fn place(&self, dir: &str, is_root: bool) -> rule::Place {
+        let managed_owner = match self.managed_owner.get(dir) {
+            Some(Ok((uid, _))) => Some(*uid),
+            _ => None,
+        };
+        rule::Place { is_root, condor_gid: self.condor_gid, managed_owner }
+    }
+
+    fn judge(&mut self, remote: &Remote, dir: &str, is_root: bool, dry_run: bool) -> Result<(), String> {
+        let key = (dir.to_string(), is_root);
+        if let Some(v) = self.verdicts.get(&key) {
+            return v.clone();
+        }
+        let verdict = match remote.lstat(dir) {
+            Ok(st) => rule::judge(&st, self.place(dir, is_root)),
+            Err(e) if is_no_such_file(&e) => match self.managed.get(dir) {
+                Some(_) if is_root => Err("does not exist".into()),
+                Some(_) if dry_run => Ok(()),
+                Some(d) => {
+                    let mode = d.mode;
+                    self.create(remote, dir, mode)
+                }
+                None => Err("does not exist".into()),
+            },
+            Err(e) => Err(format!("cannot lstat: {e}")),
+        };
+        if let Err(reason) = &verdict {
+            tracing::debug!(host = %remote.host, path = %dir, %reason, "directory refused");
+        }
+        self.verdicts.insert(key, verdict.clone());
+        verdict
+    }
+
+    /// mkdir with its final mode (never more open than asked, even for a moment). Its parent
+    /// was judged just before.
+    fn create(&mut self, remote: &Remote, dir: &str, mode: u32) -> Result<(), String> {
+        let sftp = remote.sftp().map_err(|e| e.to_string())?;
+        if let Err(e) = sftp.mkdir(rpath(dir), mode as i32) {
+            remote.note(&e);
+            return Err(format!("is missing and cannot be created: {e}"));
+        }
+        tracing::info!(host = %remote.host, path = %dir, mode = format!("{mode:o}"), "directory created");
+        self.created.push(dir.to_string());
+        Ok(())
+    }
+
+    /// Gives every directory created in this push its owner with `chown -h` (SFTP v3 cannot set
+    /// the owner of a directory without following a link), in one exec request, then judges it
+    /// again: a created directory that ends up other than expected is refused.
+    fn own_created(&mut self, remote: &Remote) {
+        let created = std::mem::take(&mut self.created);
+        let mut commands = Vec::new();
+        let mut members = Vec::new();
+        for dir in &created {
+            let wanted = match self.managed_owner.get(dir) {
+                None => continue,
+                Some(Err(e)) => {
+                    self.verdicts.insert((dir.clone(), false), Err(e.clone()));
+                    continue;
+                }
+                Some(Ok(pair)) => *pair,
+            };
+            let now = remote.lstat(dir).ok().and_then(|st| Some((st.uid?, st.gid?)));
+            if now != Some(wanted) {
+                commands.push(format!("chown -h {}:{} -- {}", wanted.0, wanted.1, sh_quote(dir)));
+                members.push(dir.clone());
+            }
+        }
+        let results = if commands.is_empty() { Vec::new() } else { batch::run(remote, "set owner of created directories", commands) };
+        for (dir, result) in members.iter().zip(results) {
+            if let Err(detail) = result {
+                // A directory with the wrong owner would lock the credd out; leave things as they were.
+                if let Ok(sftp) = remote.sftp() {
+                    let _ = sftp.rmdir(rpath(dir));
+                }
+                self.verdicts.insert((dir.clone(), false), Err(format!("was created but its owner cannot be set: {detail}")));
+            }
+        }
+        for dir in &created {
+            if matches!(self.verdicts.get(&(dir.clone(), false)), Some(Err(_))) {
+                continue;
+            }
+            let requested = self.managed.get(dir).map(|d| d.mode).unwrap_or(0);
+            let verdict = match remote.lstat(dir) {
+                Ok(st) => rule::judge(&st, self.place(dir, false)).and_then(|()| {
+                    let mode = st.perm.unwrap_or(0) & 0o777;
+                    if mode & !requested != 0 {
+                        Err(format!("was created with mode {mode:04o}, more open than {requested:04o}"))
+                    } else {
+                        Ok(())
+                    }
+                }),
+                Err(e) => Err(format!("cannot lstat after creating it: {e}")),
+            };
+            self.verdicts.insert((dir.clone(), false), verdict);
+        }
+    }
+
+    /// The server's canonical path of a directory that passed the rule, as taken by
+    /// [`judge_all`](Self::judge_all) before anything was written.
+    pub fn canonical(&self, dir: &str) -> Result<String, String> {
+        self.canonical.get(dir).cloned().unwrap_or_else(|| Err("its directory was not looked at".into()))
+    }
+}
+
+pub(super) fn realpath(remote: &Remote, path: &str) -> Result<String, String> {
+    let sftp = remote.sftp().map_err(|e| e.to_string())?;
+    match sftp.realpath(rpath(path)) {
+        Ok(p) => p.to_str().map(str::to_string).ok_or_else(|| "realpath is not UTF-8".to_string()),
+        Err(e) => {
+            remote.note(&e);
+            Err(format!("realpath failed: {e}"))
+        }
+    }
+}
+

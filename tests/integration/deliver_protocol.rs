@@ -1,0 +1,342 @@
+//! What the delivery says to a real OpenSSH sftp-server, read from its own log (`-l DEBUG3`),
+//! and how it behaves at scale and around HTCondor's spool: the `.mark` the credd sweeps by,
+//! stale temp files, the remote-write rule on real directories, read-back and revoke.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use token_bastion::deliver::{
+    DeliverError, HostPlan, Owner, Removal, RemoteFile, credd_layout, read_back, remove_from_host,
+};
+use token_bastion::secret::short_hash_bytes;
+
+use crate::deliver::{
+    assert_all_delivered, errors, minted, mode_of, plain_file, plan, push, temp_files, test_owner, test_user, top_file,
+};
+use crate::harness::Leaks;
+use crate::harness::sshd::Sshd;
+
+/// How many exec channels (remote commands) the sshd has started so far.
+fn exec_count(sshd: &Sshd) -> usize {
+    sshd.log_text().matches("Starting session: command").count()
+}
+
+/// The credd files of `accounts` one service each, owned by the test account. (One token pair
+/// for all: the leak check looks for every minted secret in every log.)
+fn credd_plan(sshd: &Sshd, leaks: &Leaks, accounts: &[String]) -> HostPlan {
+    let spool = sshd.spool.to_str().unwrap();
+    let (mut dirs, mut files) = (Vec::new(), Vec::new());
+    let (top, access) = (top_file(leaks), minted(leaks, "eyJ"));
+    for account in accounts {
+        let (dir, f) = credd_layout(spool, account, "cms_wmagent", &top, &access, &test_owner());
+        dirs.push(dir);
+        files.extend(f);
+    }
+    plan(sshd, "root", dirs, files, vec![])
+}
+
+/// Index of the first log line at or after `from` that contains every needle.
+fn line_with(lines: &[&str], from: usize, needles: &[&str]) -> Option<usize> {
+    (from..lines.len()).find(|&i| needles.iter().all(|n| lines[i].contains(n)))
+}
+
+#[test]
+fn the_sftp_log_shows_each_file_written_on_its_handle_and_renamed_atomically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let (uid, gid) = test_user();
+    let accounts: Vec<String> = (0..3).map(|i| format!("acct{i}")).collect();
+    let host_plan = credd_plan(&sshd, &leaks, &accounts);
+
+    let outcome = push(&leaks, &host_plan, false);
+    assert_all_delivered(&outcome);
+    let log = sshd.sftp_log();
+    let lines: Vec<&str> = log.lines().collect();
+    for f in &host_plan.files {
+        let (dir, name) = f.path.rsplit_once('/').unwrap();
+        let temp_prefix = format!("{dir}/.{name}.tb-");
+        let open = line_with(&lines, 0, &["open \"", &temp_prefix]).unwrap_or_else(|| panic!("no open of a temp for {name}:\n{log}"));
+        let temp = lines[open].split('"').nth(1).unwrap().to_string();
+        // Created exclusively, with the final mode in the open itself.
+        assert!(lines[open].contains("flags WRITE,CREATE,EXCL mode "), "{}", lines[open]);
+        assert!(lines[open].ends_with(&format!("{:o}", f.mode)), "{}", lines[open]);
+        let q = |p: &str| format!("\"{p}\"");
+        let steps: [&[&str]; 8] = [
+            &["realpath ", &q(&temp)],
+            &["write ", &q(&temp)],
+            &["fsync ", &q(&temp)],
+            &["fsetstat handle"],
+            &["set ", &q(&temp), &format!("owner {uid} group {gid}")],
+            &["lstat name ", &q(&temp)],
+            &["posix-rename old ", &q(&temp), &format!("new {}", q(&f.path))],
+            &["lstat name ", &q(&f.path)],
+        ];
+        let mut at = open;
+        for step in steps {
+            at = line_with(&lines, at + 1, step).unwrap_or_else(|| panic!("{step:?} not after line {at} for {name}:\n{log}"));
+        }
+        // Nothing is ever changed by name.
+        assert!(!lines.iter().any(|l| l.contains("setstat name") && (l.contains(&temp) || l.contains(&f.path))), "{log}");
+    }
+    // Two exec requests for six files: the id lookup and `chown -h` of the new account
+    // directories. Once they exist, one.
+    assert_eq!(exec_count(&sshd), 2, "{}", sshd.log_text());
+    let again = credd_plan(&sshd, &leaks, &accounts);
+    assert_all_delivered(&push(&leaks, &again, false));
+    assert_eq!(exec_count(&sshd), 3, "one exec per host and push, none per file");
+    leaks.assert_clean();
+}
+
+#[test]
+fn six_hundred_files_for_three_hundred_credd_destinations_land_in_one_push() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let (uid, gid) = test_user();
+    let accounts: Vec<String> = (0..300).map(|i| format!("user{i:03}")).collect();
+    let host_plan = credd_plan(&sshd, &leaks, &accounts);
+    assert_eq!(host_plan.files.len(), 600);
+
+    let outcome = push(&leaks, &host_plan, false);
+    assert_all_delivered(&outcome);
+    for f in &host_plan.files {
+        let p = Path::new(&f.path);
+        let meta = std::fs::symlink_metadata(p).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!((meta.uid(), meta.gid(), mode_of(p)), (uid, gid, f.mode), "{}", f.path);
+        assert_eq!(std::fs::read(p).unwrap(), f.content.expose().as_bytes());
+    }
+    // The id lookup and the owners of 300 new directories (split to stay under the packet limit).
+    assert!(exec_count(&sshd) <= 4, "{} exec requests", exec_count(&sshd));
+    assert!(temp_files(&sshd.spool).is_empty());
+    leaks.assert_clean();
+}
+
+#[test]
+fn the_credd_mark_is_removed_and_stale_temp_files_are_swept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let account_dir = sshd.spool.join("cmsprod");
+    std::fs::create_dir(&account_dir).unwrap();
+    std::fs::set_permissions(&account_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mark = sshd.spool.join("cmsprod.mark");
+    std::fs::write(&mark, "").unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "victim").unwrap();
+    // What a killed run leaves, and look-alikes that are not ours to remove.
+    let stale = account_dir.join(".cms_wmagent.top.tb-0123456789abcdef");
+    let stale_use = account_dir.join(".cms_wmagent.use.tb-fedcba9876543210");
+    std::fs::write(&stale, "old token").unwrap();
+    std::fs::write(&stale_use, "old token").unwrap();
+    let link = account_dir.join(".cms_wmagent.top.tb-aaaaaaaaaaaaaaaa");
+    symlink(&victim, &link).unwrap();
+    let keep = [account_dir.join(".other.top.tb-0123456789abcdef"), account_dir.join(".cms_wmagent.top.tb-0123456789ABCDEF")];
+    for k in &keep {
+        std::fs::write(k, "not ours").unwrap();
+    }
+
+    let host_plan = credd_plan(&sshd, &leaks, &["cmsprod".to_string()]);
+    assert_all_delivered(&push(&leaks, &host_plan, false));
+    assert!(!mark.exists(), "the credd's sweep mark must go when a credential is stored");
+    assert!(!stale.exists() && !stale_use.exists(), "stale temp files must be removed");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "a link is not a temp file");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+    for k in &keep {
+        assert!(k.exists(), "{} is not one of ours", k.display());
+    }
+
+    // A mark that is not a regular file is left alone, and the delivery still lands.
+    std::fs::create_dir(&mark).unwrap();
+    assert_all_delivered(&push(&leaks, &credd_plan(&sshd, &leaks, &["cmsprod".to_string()]), false));
+    assert!(mark.is_dir());
+    leaks.assert_clean();
+}
+
+/// The condor group the spool layout names, created on this machine when missing.
+fn condor_gid() -> u32 {
+    let gid = || {
+        let out = std::process::Command::new("getent").args(["group", "condor"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split(':').nth(2).and_then(|g| g.trim().parse().ok())
+    };
+    if let Some(g) = gid() {
+        return g;
+    }
+    let out = std::process::Command::new("groupadd").args(["-r", "condor"]).output().expect("run groupadd");
+    // 9: created meanwhile by another test.
+    assert!(out.status.success() || out.status.code() == Some(9), "{}", String::from_utf8_lossy(&out.stderr));
+    gid().expect("condor group")
+}
+
+#[test]
+fn the_remote_write_rule_on_real_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let (uid, gid) = test_user();
+    let token = minted(&leaks, "hvs.RULE");
+    let spool = sshd.spool.to_str().unwrap().to_string();
+    let file = |account: &str| RemoteFile { root: spool.clone(), ..plain_file("f", &sshd.spool.join(account).join("svc.top"), &token, 0o600, Some(test_owner())) };
+    let victims = tmp.path().join("victims");
+    std::fs::create_dir(&victims).unwrap();
+    std::fs::write(victims.join("svc.top"), "victim").unwrap();
+
+    // HTCondor's layout: spool 2770 root:condor, account directory owned by the credd's user.
+    std::fs::set_permissions(&sshd.spool, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    std::os::unix::fs::chown(&sshd.spool, Some(0), Some(condor_gid())).unwrap();
+    let layout = |account: &str, make: &dyn Fn(&Path)| {
+        let dir = sshd.spool.join(account);
+        make(&dir);
+        let (d, _) = credd_layout(&spool, account, "svc", &top_file(&leaks), &token, &test_owner());
+        push(&leaks, &plan(&sshd, "root", vec![d], vec![file(account)], vec![]), false)
+    };
+    let owned_by_credd_user = layout("good", &|d| {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    });
+    assert_all_delivered(&owned_by_credd_user);
+    let linked = layout("linked", &|d| symlink(&victims, d).unwrap());
+    let group_writable = layout("groupw", &|d| {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o770)).unwrap();
+    });
+    let someone_elses = layout("other", &|d| {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    });
+    for (outcome, account, why) in [
+        (&linked, "linked", "is a symbolic link"),
+        (&group_writable, "groupw", "is writable by others than"),
+        (&someone_elses, "other", "is owned by uid 65534"),
+    ] {
+        match &outcome.files[0].result {
+            Err(e @ DeliverError::UnsafeDirectory { dir, reason, .. }) => {
+                assert_eq!(dir, &format!("{spool}/{account}"));
+                assert!(reason.contains(why), "{reason}");
+                assert!(e.to_string().contains("remote-write rule"), "{e}");
+            }
+            other => panic!("{account}: expected the rule to refuse, got {other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read_to_string(victims.join("svc.top")).unwrap(), "victim");
+    assert_eq!(std::fs::read_dir(&victims).unwrap().count(), 1, "nothing is written through a link");
+
+    // A spool writable by a group that is not condor is refused as a whole.
+    std::os::unix::fs::chown(&sshd.spool, Some(0), Some(gid)).unwrap();
+    let outcome = push(&leaks, &plan(&sshd, "root", vec![], vec![file("good")], vec![]), false);
+    assert!(matches!(&outcome.files[0].result, Err(DeliverError::UnsafeDirectory { dir, .. }) if dir == &spool), "{:?}", errors(&outcome));
+    leaks.assert_clean();
+}
+
+#[test]
+fn read_back_hashes_what_is_there_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let held = sshd.spool.join("held.top");
+    let old = minted(&leaks, "hvs.OLD");
+    std::fs::write(&held, old.expose()).unwrap();
+    let big = sshd.spool.join("big");
+    std::fs::write(&big, vec![b'x'; 64 * 1024 + 1]).unwrap();
+    let link = sshd.spool.join("link.top");
+    symlink(&held, &link).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let asked = vec![path(&held), path(&sshd.spool.join("none.top")), path(&big), path(&link), path(&sshd.spool)];
+
+    let new = minted(&leaks, "hvs.NEW");
+    let mut host_plan = plan(&sshd, "root", vec![], vec![plain_file("f", &held, &new, 0o600, None)], vec![]);
+    host_plan.read_back = asked.clone();
+    let outcome = push(&leaks, &host_plan, false);
+    assert_all_delivered(&outcome);
+    assert_eq!(std::fs::read_to_string(&held).unwrap(), new.expose());
+    let got: Vec<(String, Result<Option<String>, String>)> =
+        outcome.read_back.iter().map(|(p, r)| (p.clone(), r.as_ref().map_err(|e| e.to_string()).cloned())).collect();
+    assert_eq!(got[0], (asked[0].clone(), Ok(Some(old.short_hash()))), "the digest from before the write");
+    assert_eq!(got[1], (asked[1].clone(), Ok(None)));
+    for (i, why) in [(2, "larger than"), (3, "not a regular file"), (4, "not a regular file")] {
+        let err = got[i].1.as_ref().unwrap_err();
+        assert!(err.contains(why) && err.contains(&asked[i]) && err.contains("schedd-test"), "{err}");
+    }
+
+    let standalone = read_back(&sshd.target("schedd-test", "root"), &asked[..2]).unwrap();
+    assert_eq!(standalone[0].1.as_ref().unwrap(), &Some(new.short_hash()));
+    assert_eq!(standalone[0].1.as_ref().unwrap(), &Some(short_hash_bytes(new.expose().as_bytes())));
+    leaks.assert_clean();
+}
+
+#[test]
+fn revoke_removes_only_regular_files_in_directories_that_pass_the_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let (uid, gid) = test_user();
+    let spool = sshd.spool.to_str().unwrap().to_string();
+    let victims = tmp.path().join("victims");
+    std::fs::create_dir(&victims).unwrap();
+    std::fs::write(victims.join("svc.top"), "victim").unwrap();
+    std::fs::write(victims.join("x.top"), "victim").unwrap();
+    let account = sshd.spool.join("acct");
+    std::fs::create_dir(&account).unwrap();
+    std::os::unix::fs::chown(&account, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&account, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(account.join("svc.top"), "token").unwrap();
+    std::fs::write(account.join(".svc.top.tb-0123456789abcdef"), "stale").unwrap();
+    symlink(victims.join("x.top"), account.join("x.top")).unwrap();
+    symlink(&victims, sshd.spool.join("linked")).unwrap();
+
+    let removal = |p: &str, owner: Option<Owner>| Removal { path: format!("{spool}/{p}"), root: spool.clone(), dir_owner: owner };
+    let removals = vec![
+        removal("acct/svc.top", Some(test_owner())),
+        removal("acct/x.top", Some(test_owner())),
+        removal("linked/svc.top", None),
+        removal("acct/gone.top", Some(test_owner())),
+        // The account directory belongs to the test user: without saying so, it is refused.
+        removal("acct/svc.use", None),
+    ];
+    let out = remove_from_host(&sshd.target("schedd-test", "root"), &removals).unwrap();
+    let results: Vec<Result<(), String>> = out.iter().map(|(_, r)| r.as_ref().map(|_| ()).map_err(|e| e.to_string())).collect();
+    assert_eq!(results[0], Ok(()));
+    assert!(!account.join("svc.top").exists());
+    assert!(!account.join(".svc.top.tb-0123456789abcdef").exists(), "stale temp files go too");
+    assert!(results[1].as_ref().unwrap_err().contains("not a regular file"), "{:?}", results[1]);
+    assert!(results[2].as_ref().unwrap_err().contains("is a symbolic link"), "{:?}", results[2]);
+    assert_eq!(results[3], Ok(()), "already gone counts as removed");
+    assert!(results[4].as_ref().unwrap_err().contains("is owned by uid"), "{:?}", results[4]);
+    assert_eq!(std::fs::read_to_string(victims.join("svc.top")).unwrap(), "victim");
+    assert_eq!(std::fs::read_to_string(victims.join("x.top")).unwrap(), "victim");
+    assert!(std::fs::symlink_metadata(account.join("x.top")).is_ok());
+    leaks.assert_clean();
+}
+
+#[test]
+fn a_server_without_posix_rename_gets_batched_mv_under_the_packet_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let mut sshd = Sshd::start(tmp.path(), &leaks);
+    sshd.hide_posix_rename();
+    let (uid, gid) = test_user();
+    let dir = sshd.spool.join("d".repeat(100));
+    std::fs::create_dir(&dir).unwrap();
+    let token = minted(&leaks, "hvs.NOPOSIXRENAME");
+    // Long names: 200 `mv` commands are far beyond one exec request's limit.
+    let files: Vec<RemoteFile> = (0..200)
+        .map(|i| RemoteFile { root: sshd.spool.to_str().unwrap().into(), ..plain_file("f", &dir.join(format!("{i:03}{}.top", "x".repeat(100))), &token, 0o600, Some(test_owner())) })
+        .collect();
+    std::fs::write(&files[0].path, "old").unwrap();
+    let execs_before = exec_count(&sshd);
+    let outcome = push(&leaks, &plan(&sshd, "root", vec![], files.clone(), vec![]), false);
+    assert_all_delivered(&outcome);
+    for f in &files {
+        let meta = std::fs::symlink_metadata(&f.path).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (uid, gid, 0o600));
+        assert_eq!(std::fs::read_to_string(&f.path).unwrap(), token.expose());
+    }
+    let log = sshd.sftp_log();
+    assert!(!log.contains("posix-rename old"), "the extension was hidden, so never used");
+    let execs = exec_count(&sshd) - execs_before;
+    assert!(execs >= 3, "the id lookup and the mv batches, split: {execs}");
+    assert!(temp_files(&sshd.spool).is_empty());
+    leaks.assert_clean();
+}
