@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::error_chain;
 use crate::broker::Broker;
+use crate::deliver::ReadBack;
 use crate::inventory::Inventory;
 use crate::keep::{self, KeepError, LegacyRole, TokenKeeper};
 use crate::secret::Secret;
@@ -191,68 +192,110 @@ pub(crate) enum Landing {
     Unknown,
 }
 
-/// The rows of one destination file once this run's push ended.
-///
-/// `before`: the file's rows as they were before this run's intent (an `intended` row of an
-/// earlier run counts as `unknown`: that run never recorded its outcome). `read_back`: what the
-/// file held before this push wrote anything, when it was read (`Some(None)`: no such file).
-/// `resolved`: the remote path the push wrote to, when known; rows recorded for another path are
-/// left alone.
-pub(crate) fn settle_file(before: &[Holding], read_back: Option<Option<&str>>, intent: &Intent, resolved: Option<&str>, landing: Landing) -> Settled {
-    let same_path = |h: &Holding| match (h.path.as_deref(), resolved) {
-        (Some(p), Some(r)) => p == r,
-        _ => true,
-    };
-    let mut rows: BTreeMap<String, (String, HoldState, bool)> = before
+/// What a read-back found at a destination file before anything was written there: the path
+/// read, and the short hash of its bytes (`None`: no such file).
+pub(crate) type Found<'a> = (&'a str, Option<&'a str>);
+
+/// One file's rows by content: (token, state, recorded path).
+type Rows = BTreeMap<String, (String, HoldState, Option<String>)>;
+
+/// A file's rows as they were (an `intended` row of an earlier run counts as `unknown`: that run
+/// never recorded its outcome).
+fn rows_of(before: &[Holding]) -> Rows {
+    before
         .iter()
         .map(|h| {
             let state = if h.state == HoldState::Intended { HoldState::Unknown } else { h.state };
-            (h.content.clone(), (h.token.clone(), state, same_path(h)))
+            (h.content.clone(), (h.token.clone(), state, h.path.clone()))
         })
-        .collect();
-    if let Some(found) = read_back {
-        for (content, (_, state, here)) in rows.iter_mut() {
-            if !*here {
-                continue;
-            }
-            *state = match found {
-                None => HoldState::Replaced,
-                // Bytes an older version wrote are not known: only a later delivery settles them.
-                Some(_) if content.is_empty() => *state,
-                Some(d) if d == content => HoldState::Holds,
-                Some(_) => HoldState::Replaced,
-            };
+        .collect()
+}
+
+/// Settles the rows recorded for the path read: the content found there holds, everything else
+/// is gone. Rows recorded for another path are left alone.
+fn apply_read_back(rows: &mut Rows, (at, found): Found<'_>) {
+    for (content, (_, state, path)) in rows.iter_mut() {
+        if path.as_deref().is_some_and(|p| p != at) {
+            continue;
         }
+        *state = match found {
+            None => HoldState::Replaced,
+            // Bytes an older version wrote are not known: only a later delivery settles them.
+            Some(_) if content.is_empty() => *state,
+            Some(d) if d == content => HoldState::Holds,
+            Some(_) => HoldState::Replaced,
+        };
     }
+}
+
+/// What the read-back of `path` found, if it was read.
+pub(crate) fn found_at<'r>(read_back: &'r ReadBack, path: &'r str) -> Option<Found<'r>> {
+    read_back.iter().find(|(p, _)| p == path).and_then(|(_, r)| r.as_ref().ok()).map(|digest| (path, digest.as_deref()))
+}
+
+/// The path to read back before writing a file whose earlier outcome is not known, if any (a
+/// path still holding `{uid}` was never resolved, so nothing can be read there).
+pub(crate) fn needs_read_back(before: &[Holding]) -> Option<&str> {
+    before
+        .iter()
+        .filter(|h| matches!(h.state, HoldState::Unknown | HoldState::Intended))
+        .find_map(|h| h.path.as_deref().filter(|p| !p.contains("{uid}")))
+}
+
+/// The rows of one destination file once this run's push ended.
+///
+/// `before`: the file's rows as they were before this run's intent. `read_back`: what the file
+/// held before this push wrote anything, when it was read. `resolved`: the remote path the push
+/// wrote to, when known; rows recorded for another path are left alone.
+pub(crate) fn settle_file(before: &[Holding], read_back: Option<Found<'_>>, intent: &Intent, resolved: Option<&str>, landing: Landing) -> Settled {
+    let mut rows = rows_of(before);
+    if let Some(found) = read_back {
+        apply_read_back(&mut rows, found);
+    }
+    let here = |path: &Option<String>| match (path.as_deref(), resolved) {
+        (Some(p), Some(r)) => p == r,
+        _ => true,
+    };
     let prior = rows.get(&intent.content).map(|r| r.1);
-    match landing {
+    let new_state = match landing {
         Landing::Delivered => {
-            for (_, state, here) in rows.values_mut() {
-                if *here {
+            for (_, state, path) in rows.values_mut() {
+                if here(path) {
                     *state = HoldState::Replaced;
                 }
             }
-            rows.insert(intent.content.clone(), (intent.token.clone(), HoldState::Holds, true));
+            HoldState::Holds
         }
-        Landing::Failed => {
-            rows.insert(intent.content.clone(), (intent.token.clone(), prior.unwrap_or(HoldState::Replaced), true));
-        }
+        Landing::Failed => prior.unwrap_or(HoldState::Replaced),
         Landing::Unknown => {
-            for (_, state, here) in rows.values_mut() {
-                if *here && *state == HoldState::Holds {
+            for (_, state, path) in rows.values_mut() {
+                if here(path) && *state == HoldState::Holds {
                     *state = HoldState::Unknown;
                 }
             }
-            let new = if prior == Some(HoldState::Holds) { HoldState::Holds } else { HoldState::Unknown };
-            rows.insert(intent.content.clone(), (intent.token.clone(), new, true));
+            if prior == Some(HoldState::Holds) { HoldState::Holds } else { HoldState::Unknown }
         }
-    }
+    };
+    rows.insert(intent.content.clone(), (intent.token.clone(), new_state, resolved.map(str::to_string)));
+    settled(&intent.service, &intent.destination, &intent.host, &intent.template, resolved, rows)
+}
+
+/// The rows of one destination file after a connection that only read it (`before` is never
+/// empty: it is what made the file worth reading).
+pub(crate) fn settle_read_back(before: &[Holding], found: Found<'_>) -> Option<Settled> {
+    let first = before.first()?;
+    let mut rows = rows_of(before);
+    apply_read_back(&mut rows, found);
+    Some(settled(&first.service, &first.destination, &first.host, &first.template, Some(found.0), rows))
+}
+
+fn settled(service: &str, destination: &str, host: &str, template: &str, path: Option<&str>, rows: Rows) -> Settled {
     Settled {
-        service: intent.service.clone(),
-        destination: intent.destination.clone(),
-        host: intent.host.clone(),
-        template: intent.template.clone(),
-        path: resolved.map(str::to_string),
+        service: service.to_string(),
+        destination: destination.to_string(),
+        host: host.to_string(),
+        template: template.to_string(),
+        path: path.map(str::to_string),
         rows: rows.into_iter().map(|(content, (token, state, _))| (content, token, state)).collect(),
     }
 }
@@ -354,6 +397,54 @@ fn top_path(inv: &Inventory, st: &DestinationStatus) -> Option<String> {
     Some(format!("{}/{}/{}.top", spool.trim_end_matches('/'), spec.account, spec.oauth_service))
 }
 
+/// Reads back, over connections that only read, every file whose outcome is not known on a
+/// host this cycle did not push to (`pushed`), and settles it from what is there. A host that
+/// cannot be reached is left for a later cycle.
+pub(crate) async fn read_back_elsewhere(ledger: &Ledger, inv: &Inventory, run: RunId, pushed: &BTreeSet<String>) {
+    let holdings = match ledger.db_async(|s| s.holdings()).await {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %error_chain(&e), "cannot read the token ledger; files whose outcome is not known are read back later");
+            return;
+        }
+    };
+    let mut files: BTreeMap<(String, String, String), Vec<Holding>> = BTreeMap::new();
+    for h in holdings {
+        files.entry((h.service.clone(), h.destination.clone(), h.template.clone())).or_default().push(h);
+    }
+    let mut by_host: BTreeMap<String, Vec<(Vec<Holding>, String)>> = BTreeMap::new();
+    for rows in files.into_values() {
+        let Some(path) = needs_read_back(&rows).map(str::to_string) else { continue };
+        let host = rows[0].host.clone();
+        if !pushed.contains(&host) && inv.hosts.contains_key(&host) {
+            by_host.entry(host).or_default().push((rows, path));
+        }
+    }
+    for (host, files) in by_host {
+        let Ok(target) = super::plan::host_target(&inv.hosts[&host]) else { continue };
+        let paths: Vec<String> = files.iter().map(|(_, p)| p.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let read = match tokio::task::spawn_blocking(move || crate::deliver::read_back(&target, &paths)).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                info!(host = %host, error = %error_chain(&e), "cannot read back files whose outcome is not known; left for a later cycle");
+                continue;
+            }
+            Err(e) => {
+                warn!(host = %host, error = %e, "read-back thread ended abnormally");
+                continue;
+            }
+        };
+        let settled: Vec<Settled> = files.iter().filter_map(|(rows, p)| found_at(&read, p).and_then(|found| settle_read_back(rows, found))).collect();
+        let count = settled.len();
+        let me = ledger.clone();
+        match tokio::task::spawn_blocking(move || me.write(|s| s.record_settled(Some(run), &settled))).await {
+            Ok(Ok(())) => info!(host = %host, files = count, "files whose outcome was not known, settled by reading them back"),
+            Ok(Err(e)) => warn!(host = %host, error = %error_chain(&e), "cannot record what was read back; read again later"),
+            Err(e) => warn!(host = %host, error = %e, "state database task ended abnormally"),
+        }
+    }
+}
+
 /// After a cycle: tokens past their expiry (and children of dead parents) are recorded dead;
 /// token files the ledger does not know (a crash between storing the bytes and recording the
 /// row: nothing used them) are revoked; every token [`revocable`] names is revoked; what no
@@ -432,10 +523,11 @@ mod tests {
         }
     }
 
-    /// `before` as (content, state), the push, and the expected (content, state) afterwards.
+    /// `before` as (content, state), what a read-back found, the push, and the expected
+    /// (content, state) afterwards.
     fn check(before: &[(&str, HoldState)], read_back: Option<Option<&str>>, landing: Landing, expected: &[(&str, HoldState)]) {
         let before: Vec<Holding> = before.iter().map(|(c, s)| holding(c, &format!("t-{c}"), *s, Some("/tmp/vt_u0"))).collect();
-        let got = settle_file(&before, read_back, &intent("new", "t-new"), Some("/tmp/vt_u0"), landing);
+        let got = settle_file(&before, read_back.map(|f| ("/tmp/vt_u0", f)), &intent("new", "t-new"), Some("/tmp/vt_u0"), landing);
         let got: Vec<(String, HoldState)> = got.rows.into_iter().map(|(c, t, s)| {
             assert_eq!(t, format!("t-{c}"));
             (c, s)
@@ -485,9 +577,22 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_that_only_reads_settles_too() {
+        let before = vec![holding("old", "t-old", Unknown, Some("/tmp/vt_u0")), holding("new", "t-new", Intended, Some("/tmp/vt_u0"))];
+        assert_eq!(needs_read_back(&before), Some("/tmp/vt_u0"));
+        let got = settle_read_back(&before, ("/tmp/vt_u0", Some("new"))).unwrap();
+        let states: Vec<(String, HoldState)> = got.rows.into_iter().map(|(c, _, s)| (c, s)).collect();
+        assert_eq!(states, [("new".into(), Holds), ("old".into(), Replaced)]);
+        // Settled files, and files whose path was never resolved, are not read.
+        assert_eq!(needs_read_back(&[holding("old", "t-old", Holds, Some("/tmp/vt_u0"))]), None);
+        assert_eq!(needs_read_back(&[holding("old", "t-old", Unknown, Some("/tmp/vt_u{uid}"))]), None);
+        assert_eq!(needs_read_back(&[holding("old", "t-old", Unknown, None)]), None);
+    }
+
+    #[test]
     fn rows_of_another_resolved_path_are_left_alone() {
         let before = vec![holding("old", "t-old", Holds, Some("/tmp/vt_u1")), holding("mid", "t-mid", Unknown, None)];
-        let got = settle_file(&before, Some(None), &intent("new", "t-new"), Some("/tmp/vt_u2"), Landing::Delivered);
+        let got = settle_file(&before, Some(("/tmp/vt_u2", None)), &intent("new", "t-new"), Some("/tmp/vt_u2"), Landing::Delivered);
         let states: Vec<(String, HoldState)> = got.rows.into_iter().map(|(c, _, s)| (c, s)).collect();
         assert_eq!(states, [("mid".into(), Replaced), ("new".into(), Holds), ("old".into(), Holds)]);
         assert_eq!(got.path.as_deref(), Some("/tmp/vt_u2"));

@@ -16,7 +16,7 @@ pub use ledger::{holders_of, LedgerError};
 pub use lifecycle::{kept_alive_by, revoke, settle_host, KeptAlive, RevokeReport};
 pub use mail::{expiring, smtp_config};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -379,7 +379,7 @@ pub fn run_once(
             return Err(e);
         }
     };
-    let (services_done, unrecorded) = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
+    let (services_done, pushed, unrecorded) = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
     let mut report =
         RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default(), state_errors: Vec::new() };
 
@@ -426,7 +426,10 @@ pub fn run_once(
     }
 
     if !opts.dry_run {
-        // Tokens nothing may hold any more are revoked; those that failed are retried next time.
+        // Files left "may hold" on hosts this cycle did not push to are read back; then tokens
+        // nothing may hold any more are revoked (those that fail are retried next time).
+        let skip: BTreeSet<String> = pushed.into_iter().chain(opts.skip_hosts.iter().cloned()).collect();
+        runtime.block_on(ledger::read_back_elsewhere(&ledger, inv, run_id, &skip).instrument(run_span.clone()));
         report.state_errors.extend(runtime.block_on(ledger::reconcile(&ledger, &ctx.broker, inv, now_unix()).instrument(run_span.clone())));
         let (statuses, tokens) = match ledger.db(|s| Ok((s.statuses()?, s.tokens()?))) {
             Ok(x) => x,
@@ -456,7 +459,7 @@ pub fn run_once(
 /// the ledger as its reply arrives), mint the child tokens that Vault-token files receive, and
 /// deliver to every host (hosts in parallel, each with its intent and outcome recorded).
 /// Returns the reports and the outcomes the ledger could not take yet.
-async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport>, Vec<plan::Unrecorded>) {
+async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport>, BTreeSet<String>, Vec<plan::Unrecorded>) {
     let gate = Arc::new(Semaphore::new(BROKER_FAN_OUT));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, spec) in services.iter().enumerate() {
@@ -507,7 +510,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
 
     let children = lifecycle::mint_children(ctx, services, &reports).await;
     let delivering = std::time::Instant::now();
-    let plan::Delivery { mut results, mut warnings, unrecorded } = plan::deliver_all(ctx, services, &reports, &children).await;
+    let plan::Delivery { mut results, mut warnings, hosts, unrecorded } = plan::deliver_all(ctx, services, &reports, &children).await;
     let took = delivering.elapsed();
     for r in reports.iter_mut().filter(|r| r.tokens.is_ok()) {
         r.timings.push((Stage::Deliver, took));
@@ -530,7 +533,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
             })
             .collect();
     }
-    (reports, unrecorded)
+    (reports, hosts, unrecorded)
 }
 
 fn fail(stage: Stage, e: impl std::fmt::Display) -> StageFailure {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::{info, warn, Instrument};
 
-use super::ledger::{settle_file, Landing, Ledger};
+use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
 use super::lifecycle::Children;
 use super::{access_request, error_chain, Ctx, DestinationKind, FileContent, ServiceReport};
 use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, RemoteFile, TopFile};
@@ -216,6 +216,8 @@ pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
 pub(super) struct Delivery {
     pub results: Results,
     pub warnings: Warnings,
+    /// Hosts a push was attempted on (their files were read back then, if they answered).
+    pub hosts: std::collections::BTreeSet<String>,
     /// Outcomes the ledger could not take when they were known: retried before the cycle ends
     /// (until they are written, their files count as "may hold" what was intended).
     pub unrecorded: Vec<Unrecorded>,
@@ -235,22 +237,18 @@ enum HostRun {
     Pushed { outcome: Box<HostOutcome>, unrecorded: Option<(StateError, Vec<Settled>)> },
 }
 
-/// Whether a file that failed may nonetheless hold the new content: its rename was sent but
-/// no result came back (the remote shell's report of the batch was lost with the connection).
-fn may_have_landed(e: &DeliverError) -> bool {
-    matches!(e, DeliverError::Rename { .. })
-}
-
+/// How a file's push ended for the ledger: a rename sent and not answered may have landed.
 fn landing_of(connected: &Result<(), DeliverError>, result: &Result<(), DeliverError>) -> Landing {
     match (connected, result) {
         (Ok(()), Ok(())) => Landing::Delivered,
-        (Ok(()), Err(e)) if may_have_landed(e) => Landing::Unknown,
+        (Ok(()), Err(e)) if e.may_have_landed() => Landing::Unknown,
         _ => Landing::Failed,
     }
 }
 
-/// One host's turn, on its own blocking thread: the intent, the push, the outcome.
-fn push_recorded(ledger: &Ledger, run: RunId, plan: &HostPlan, tracked: &[Tracked], dry_run: bool, abandon: &AtomicBool) -> HostRun {
+/// One host's turn, on its own blocking thread: the intent, the push (which first reads back
+/// every file whose earlier outcome is not known), the outcome.
+fn push_recorded(ledger: &Ledger, run: RunId, mut plan: HostPlan, tracked: &[Tracked], dry_run: bool, abandon: &AtomicBool) -> HostRun {
     let intents: Vec<Intent> = tracked.iter().map(|t| t.intent.clone()).collect();
     let before = if intents.is_empty() {
         Vec::new()
@@ -261,16 +259,24 @@ fn push_recorded(ledger: &Ledger, run: RunId, plan: &HostPlan, tracked: &[Tracke
         }
     };
     crate::failpoint!("cycle::after_intent");
-    let outcome = deliver::push_to_host_unless(plan, dry_run, abandon);
+    let unsettled: Vec<Option<String>> = before.iter().map(|rows| needs_read_back(rows).map(str::to_string)).collect();
+    for path in unsettled.iter().flatten() {
+        if !plan.read_back.contains(path) {
+            plan.read_back.push(path.clone());
+        }
+    }
+    let outcome = deliver::push_to_host_unless(&plan, dry_run, abandon);
     let settled: Vec<Settled> = tracked
         .iter()
         .zip(&before)
-        .map(|(t, before)| {
+        .zip(&unsettled)
+        .map(|((t, before), unsettled)| {
             let (landing, resolved) = match outcome.files.iter().find(|f| f.id == t.file_id) {
                 Some(f) => (landing_of(&outcome.connected, &f.result), Some(f.path.as_str()).filter(|p| !p.contains("{uid}"))),
                 None => (Landing::Unknown, None),
             };
-            settle_file(before, None, &t.intent, resolved, landing)
+            let found = unsettled.as_deref().and_then(|p| found_at(&outcome.read_back, p));
+            settle_file(before, found, &t.intent, resolved, landing)
         })
         .collect();
     let unrecorded =
@@ -289,6 +295,7 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
     let gate = Arc::new(Semaphore::new(HOST_FAN_OUT));
     let mut tasks = tokio::task::JoinSet::new();
     let mut files_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let attempted = hosts.keys().cloned().collect();
     for (name, plan) in hosts {
         let gate = gate.clone();
         let abandon = abandon.clone();
@@ -299,7 +306,7 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         tasks.spawn(
             async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
-                let outcome = tokio::task::spawn_blocking(move || push_recorded(&ledger, run, &plan, &mine, dry_run, &abandon)).await;
+                let outcome = tokio::task::spawn_blocking(move || push_recorded(&ledger, run, plan, &mine, dry_run, &abandon)).await;
                 (name, outcome)
             }
             .instrument(span),
@@ -388,7 +395,7 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         info!(service = %key.0, host = %host, destination = %key.1, dry_run, "{}", if dry_run { "deliverable" } else { "delivered" });
         results.insert(key, Ok(held));
     }
-    Delivery { results, warnings, unrecorded }
+    Delivery { results, warnings, hosts: attempted, unrecorded }
 }
 
 #[cfg(test)]

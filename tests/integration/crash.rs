@@ -1,17 +1,20 @@
 //! Crashes and failures at the moments that decide what a destination holds, injected with
 //! failpoints (cargo feature `failpoints`, set through `FAILPOINTS` in the product's process)
 //! into the real binary against real OpenBao and sshd: after the broker's reply, after a
-//! host's intent record, before the outcome is written. Each time: the crash, then a cycle with
+//! host's intent record, after a rename before its answer is read, before the outcome is
+//! written. Each time: the crash, then a cycle with
 //! the host that was being written blocked, then a normal cycle; after every step each
 //! destination holds a token OpenBao accepts and no live token is missing from the ledger, and
 //! after the last nothing that no destination may hold is left live.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use crate::harness::stack::{shown, Stack};
+use crate::harness::openbao::JwtSpec;
+use crate::harness::stack::{shown, ServiceDef, Stack};
 use crate::harness::tokens::{self, alive};
 use crate::harness::Leaks;
 
@@ -92,6 +95,96 @@ fn killed_after_a_hosts_intent_record() {
 #[test]
 fn killed_before_a_hosts_outcome_is_written() {
     crash_block_recover("cycle::before_db_write=panic(kill)");
+}
+
+#[test]
+fn killed_after_a_rename_before_its_answer_is_read() {
+    crash_block_recover("deliver::after_rename_before_reply=panic(kill)");
+}
+
+/// One schedd with one Vault-token file for `prod` (whose login is reused, so each cycle only
+/// mints a child), and, with `other`, a second schedd with a credd destination for service
+/// `other`.
+fn one_file(leaks: &Leaks, other: bool) -> (Stack<'_>, PathBuf) {
+    let mut stack = Stack::new(leaks).with_hosts(if other { 2 } else { 1 });
+    for name in if other { vec![SERVICE, "other"] } else { vec![SERVICE] } {
+        let mut def = ServiceDef::new(name, &["compute.create"]);
+        def.extra = "    renew_before: 10m\n".into();
+        stack.add_service(def);
+        stack.put_token(name, &JwtSpec { scope: Some("compute.create".into()), ..JwtSpec::default() });
+    }
+    let file = stack.host("schedd1").dir.join("vt_prod");
+    stack.destinations.insert(
+        SERVICE.into(),
+        format!("    destinations:\n      - file:\n          hosts: [schedd1]\n          path: {}\n          owner: root\n          ttl: 30m\n", file.display()),
+    );
+    stack.destinations.insert("other".into(), "    destinations:\n      - credd:\n          hosts: [schedd2]\n".into());
+    stack.write_inventory();
+    (stack, file)
+}
+
+fn token_in(file: &Path) -> String {
+    std::fs::read_to_string(file).unwrap().trim().to_string()
+}
+
+/// A first cycle, then one in which the answer to the child's rename is lost: returns the child
+/// before and the one that landed, both still live.
+fn lose_a_rename_answer(stack: &mut Stack, file: &Path) -> (String, String) {
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let first = token_in(file);
+    let out = run_with(stack, "answer lost", "deliver::after_rename_before_reply=1*return");
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let landed = token_in(file);
+    stack.leaks.secret(&landed);
+    assert_ne!(landed, first, "the rename happened");
+    assert!(alive(stack, &landed), "a child that may have landed is not revoked");
+    assert!(alive(stack, &first), "nor the one it may not have replaced");
+    (first, landed)
+}
+
+/// The answer to a child's rename is lost: the child did land, so it stays live though the
+/// destination counts as failed; the next connection to the host reads the file back before
+/// writing anything and settles it, even when that delivery fails.
+#[test]
+fn a_child_whose_rename_answer_was_lost_lives_until_the_file_is_read_back() {
+    let leaks = Leaks::default();
+    let (mut stack, file) = one_file(&leaks, false);
+    let (first, landed) = lose_a_rename_answer(&mut stack, &file);
+
+    // The next delivery fails (the file's directory breaks the remote-write rule), but the file
+    // was read back first: what it holds is known now.
+    let dir = file.parent().unwrap().to_path_buf();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = stack.run("read back, delivery refused", &["run"]);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    assert_eq!(token_in(&file), landed);
+    assert!(alive(&stack, &landed), "read back: the file holds it");
+    assert!(!alive(&stack, &first), "read back: the file no longer holds it");
+
+    assert_eq!(stack.run("normal", &["run"]).status.code(), Some(0));
+    check(&stack, std::slice::from_ref(&file), "after a normal cycle", true);
+    assert!(!alive(&stack, &landed), "replaced, then revoked");
+    leaks.assert_clean();
+}
+
+/// A file left "may hold" on a host the next cycle does not push to is read back over a
+/// connection that only reads.
+#[test]
+fn a_host_not_pushed_to_is_read_back_on_its_own() {
+    let leaks = Leaks::default();
+    let (mut stack, file) = one_file(&leaks, true);
+    let (first, landed) = lose_a_rename_answer(&mut stack, &file);
+
+    let out = stack.run("the other service only", &["run", "--service", "other"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert!(alive(&stack, &landed), "read back: the file holds it");
+    assert!(!alive(&stack, &first), "read back: the file no longer holds it");
+    let ledger = tokens::ledger(&stack);
+    let states: Vec<&str> = ledger["holdings"].as_array().unwrap().iter().filter(|h| h["service"] == SERVICE).map(|h| h["state"].as_str().unwrap()).collect();
+    assert!(states.iter().all(|s| *s == "holds" || *s == "replaced"), "{states:?}");
+    leaks.assert_clean();
 }
 
 /// A crash leaves a host "may hold" the new login token; that host then stays unreachable
