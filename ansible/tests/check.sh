@@ -41,10 +41,10 @@ if "$bin/ansible-playbook" -i localhost, -c local ansible/tests/render.yml \
     -e out_dir="$tmp/out" -e services_example="$PWD/services.yaml" \
     -e token_bastion_binary_path="$tmp/bin/token-bastion" \
     -e '{"token_bastion_environment": {"KRB5_CONFIG": "/etc/krb5.conf"}}' >"$tmp/render.log" 2>&1; then
-    pass "templates render; services.yaml from a variable reads back as the same inventory"
+    pass "templates render; services.yaml from a variable reads back as the same inventory; CA paths end in one slash"
 else
     cat "$tmp/render.log"
-    fail "templates render; services.yaml from a variable reads back as the same inventory"
+    fail "templates render; services.yaml from a variable reads back as the same inventory; CA paths end in one slash"
 fi
 
 # 4. The rendered unit, as systemd reads it.
