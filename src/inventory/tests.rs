@@ -1,4 +1,6 @@
 use super::*;
+use super::validate::DEFAULT_MIN_ACCESS;
+use std::time::Duration;
 use crate::broker::AuthMethod;
 
 const BASE: &str = r#"broker:
