@@ -324,3 +324,44 @@ fn schedules_are_parsed_with_their_position() {
     let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:05:00Z").unwrap().with_timezone(&chrono::Utc);
     assert_eq!(inv.services["prod"].schedule.next_after(t).unwrap().to_rfc3339(), "2026-01-01T10:20:00+00:00");
 }
+
+
+#[test]
+fn an_oversized_inventory_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("services.yaml");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(MAX_INVENTORY_BYTES + 1).unwrap();
+    let e = load(&path).unwrap_err();
+    assert!(matches!(e, InventoryError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("larger than the 4 MiB an inventory may hold"), "{e}");
+}
+
+#[test]
+fn a_non_utf8_byte_is_placed_by_line_and_column() {
+    let mut bytes = BASE.as_bytes().to_vec();
+    let at = BASE.find("account: cmst1").unwrap() + "account: cm".len();
+    bytes[at] = 0xff;
+    let diags = match parse_bytes(Path::new("inv.yaml"), &bytes) {
+        Err(InventoryError::Invalid(d)) => d,
+        other => panic!("{:?}", other.map(|_| ())),
+    };
+    assert_eq!(diags[0].to_string(), "inv.yaml:28:16: services.prod.account: byte 0xff is not UTF-8 (the file must be UTF-8 text)");
+}
+
+#[test]
+fn yaml_budgets_are_named_where_repetition_starts() {
+    let aliases = vec!["*a"; ALIAS_BUDGET + 1].join(", ");
+    let text = BASE.replacen("    role: production\n", &format!("    role: production\n    audience: &a https://aud.example\n    allowed: [{aliases}]\n"), 1);
+    let diags = parse_str(&text).unwrap_err();
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(diags[0].message.contains("alias budget of 1000 aliases"), "{}", diags[0]);
+    assert_eq!((diags[0].line, diags[0].field.as_str()), (31, "services.prod.allowed"), "{}", diags[0]);
+
+    // Few aliases of a large value: the text budget, counting what the aliases repeat.
+    let big = "x".repeat(64 * 1024);
+    let text = BASE.replacen("    role: production\n", &format!("    role: production\n    audience: &a {big}\n    allowed: [{}]\n", vec!["*a"; 100].join(", ")), 1);
+    let diags = parse_str(&text).unwrap_err();
+    assert!(diags[0].message.contains("text budget of 4 MiB"), "{}", diags[0]);
+    assert!(diags[0].to_string().len() < 300, "{}", diags[0]);
+}
