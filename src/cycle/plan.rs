@@ -82,7 +82,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     let request = access_request(spec);
                     let top = TopFile {
                         vault_token: tokens.vault_token.clone(),
-                        vault_url: format!("{}{}", inv.broker.vault_url, crate::broker::access_path(&inv.broker.issuer, &request)),
+                        vault_url: inv.top_vault_url(spec),
                         scopes: (!request.scopes.is_empty()).then(|| request.scopes.join(",")),
                         audience: spec.audience.clone(),
                     };

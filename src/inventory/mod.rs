@@ -16,10 +16,13 @@ use std::path::{Path, PathBuf};
 mod files;
 mod model;
 mod raw;
+mod rules;
+mod services;
 mod validate;
 
 pub use files::check_local_files;
 pub use model::*;
+pub use rules::DEFAULT_FILE_ROOTS;
 
 /// One problem found in the inventory, with the place it was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,7 +172,11 @@ fn syntax_diagnostic(path: &Path, text: &str, e: &serde_saphyr::Error) -> Diagno
         // A budget is counted over the whole stream: blame the first alias, where repetition starts.
         _ => first_alias(text).unwrap_or((1, 1)),
     };
-    Diagnostic { file: path.into(), line, col, field: yaml_path_at(text, line), message }
+    let field = match cause {
+        E::Budget { breach: B::Documents { .. }, .. } => "(document)".into(),
+        _ => yaml_path_at(text, line),
+    };
+    Diagnostic { file: path.into(), line, col, field, message }
 }
 
 /// Line and column of the first alias (`*name`) outside a comment or quotes, roughly: enough to

@@ -7,10 +7,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::broker::{AuthMethod, BrokerConfig};
+use crate::broker::{AccessRequest, AuthMethod, BrokerConfig};
 use crate::http::CaSource;
 use crate::scopes::Scope;
-
 
 /// The whole validated inventory. Maps are keyed by the inventory's own names.
 #[derive(Clone, Debug)]
@@ -22,8 +21,16 @@ pub struct Inventory {
     pub services: BTreeMap<String, ServiceSpec>,
     pub notify: NotifySpec,
     /// Every local file the inventory names, with where it is named: checked by
-    /// [`check_local_files`].
+    /// [`super::check_local_files`].
     pub local_files: Vec<LocalFile>,
+}
+
+impl Inventory {
+    /// The `vault_url` written into `spec`'s credd `.top` files: the broker's `vault_url` origin
+    /// and the creds or sts path the credmon reads the service's access tokens from.
+    pub fn top_vault_url(&self, spec: &ServiceSpec) -> String {
+        format!("{}{}", self.broker.vault_url, crate::broker::access_path(&self.broker.issuer, &spec.access_request(0)))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +97,19 @@ pub struct HostSpec {
     /// Send SIGHUP to the credmon after a delivery so it rescans at once.
     pub signal_credmon: bool,
     pub timeout: Duration,
+    /// Absolute directories (no trailing `/`) under which this host's token files lie; every
+    /// `file` destination on the host is under one of them.
+    pub file_roots: Vec<String>,
+}
+
+/// The root of `host.file_roots` that `path` lies under: the longest one that is a prefix of
+/// `path` ending on a component boundary (`/data` holds `/data/x`, not `/database`).
+pub fn file_root_for<'h>(host: &'h HostSpec, path: &str) -> Option<&'h str> {
+    host.file_roots
+        .iter()
+        .filter(|root| super::rules::is_under(path, root))
+        .max_by_key(|root| root.len())
+        .map(String::as_str)
 }
 
 /// What a token file holds.
@@ -164,6 +184,17 @@ impl ServiceSpec {
     pub fn requested_scopes(&self) -> Vec<String> {
         if self.request_scopes { self.required.iter().map(|s| s.to_string()).collect() } else { Vec::new() }
     }
+
+    /// The broker request for this service's access token, asking for `minimum_seconds` left.
+    pub fn access_request(&self, minimum_seconds: u64) -> AccessRequest {
+        AccessRequest {
+            credkey: self.credkey.clone(),
+            role: self.role.clone(),
+            scopes: self.requested_scopes(),
+            audiences: self.audience.iter().cloned().collect(),
+            minimum_seconds,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,11 +226,19 @@ pub struct NotifySpec {
     pub remind_every: Duration,
 }
 
-/// Whether a local file holds a secret (and so must not be readable by group or others).
+/// What a local file the inventory names holds, and so how it is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
+    /// A key, keytab, secret_id, token or password: a regular file group and others cannot read.
     Secret,
+    /// A regular file (known_hosts, role_id).
     Public,
+    /// A PEM file holding at least one certificate (a CA file, a client certificate).
+    Certificates,
+    /// A directory of PEM CA certificates, at least one (`/etc/grid-security/certificates`).
+    CertificateDir,
+    /// A directory (mail templates).
+    Directory,
 }
 
 #[derive(Clone, Debug)]

@@ -44,14 +44,37 @@ pub(super) struct RawBroker {
     pub(super) vault_url: Spanned<String>,
     #[schemars(with = "Option<DurationValue>")]
     pub(super) timeout: Option<Spanned<DurationValue>>,
-    #[schemars(with = "RawAuth")]
+    #[schemars(with = "AuthSchema")]
     pub(super) auth: Spanned<RawAuth>,
 }
 
-#[derive(Clone, Deserialize, schemars::JsonSchema)]
+/// A login block (`broker.auth`, `services.<name>.auth`): every key any method takes, each with
+/// its place, so that a key that does not belong to the method is reported on its own line.
+/// Which keys a method takes and needs is the validator's business; the schema editors see is
+/// [`AuthSchema`], one object per method.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub(super) method: Spanned<String>,
+    pub(super) mount: Option<Spanned<String>>,
+    pub(super) role_id_file: Option<Spanned<String>>,
+    pub(super) secret_id_file: Option<Spanned<String>>,
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) principal: Option<Spanned<String>>,
+    pub(super) keytab: Option<Spanned<String>>,
+    pub(super) ccache: Option<Spanned<String>>,
+    pub(super) spn_host: Option<Spanned<String>>,
+    pub(super) cert_file: Option<Spanned<String>>,
+    pub(super) key_file: Option<Spanned<String>>,
+    pub(super) name: Option<Spanned<String>>,
+}
+
+/// The shape of a login block as the JSON Schema describes it; never deserialized.
+#[derive(schemars::JsonSchema)]
 #[schemars(rename = "Auth")]
 #[serde(deny_unknown_fields, tag = "method", rename_all = "snake_case")]
-pub(super) enum RawAuth {
+#[allow(dead_code)]
+pub(super) enum AuthSchema {
     Approle {
         #[serde(default)]
         mount: Option<String>,
@@ -98,7 +121,8 @@ pub(super) struct RawIssuer {
 pub(super) struct RawHost {
     #[schemars(with = "String")]
     pub(super) address: Spanned<String>,
-    pub(super) port: Option<u16>,
+    #[schemars(with = "Option<u16>")]
+    pub(super) port: Option<Spanned<u16>>,
     #[schemars(with = "String")]
     pub(super) user: Spanned<String>,
     #[schemars(with = "String")]
@@ -114,6 +138,10 @@ pub(super) struct RawHost {
     pub(super) signal_credmon: Option<bool>,
     #[schemars(with = "Option<DurationValue>")]
     pub(super) timeout: Option<Spanned<DurationValue>>,
+    /// Directories under which `file` destinations on this host may lie (default: see
+    /// `DEFAULT_FILE_ROOTS`).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub(super) file_roots: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Default, Deserialize, schemars::JsonSchema)]
@@ -167,7 +195,7 @@ pub(super) struct RawService {
     pub(super) expiry_warning: Option<Spanned<DurationValue>>,
     #[schemars(with = "Option<Vec<String>>")]
     pub(super) owners: Option<Vec<Spanned<String>>>,
-    #[schemars(with = "Option<RawAuth>")]
+    #[schemars(with = "Option<AuthSchema>")]
     pub(super) auth: Option<Spanned<RawAuth>>,
     #[schemars(with = "Option<String>")]
     pub(super) schedule: Option<Spanned<String>>,
@@ -222,12 +250,14 @@ pub(super) struct RawNotify {
 pub(super) struct RawSmtp {
     #[schemars(with = "String")]
     pub(super) host: Spanned<String>,
-    pub(super) port: Option<u16>,
+    #[schemars(with = "Option<u16>")]
+    pub(super) port: Option<Spanned<u16>>,
     #[schemars(with = "Option<String>")]
     pub(super) tls: Option<Spanned<String>>,
     #[schemars(with = "String")]
     pub(super) from: Spanned<String>,
-    pub(super) username: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub(super) username: Option<Spanned<String>>,
     #[schemars(with = "Option<String>")]
     pub(super) password_file: Option<Spanned<String>>,
     #[schemars(with = "Option<DurationValue>")]

@@ -155,7 +155,7 @@ fn durations_modes_owners_and_templates() {
     check("          mode: \"0600\"\n", "          mode: \"rw\"\n", "36:17", "not an octal");
     check("          mode: \"0600\"\n", "          mode: \"0600\"\n          owner: \"bad user\"\n", "37:18", "not an owner");
     check("          mode: \"0600\"\n", "          mode: \"0600\"\n          path: /tmp/{user}\n", "37:17", "unknown placeholder `{user}`");
-    check("    role_id_file: /etc/tb/{service}.role_id\n", "    role_id_file: /etc/tb/{uid}.role_id\n", "7:5: broker.auth.role_id_file", "unknown placeholder `{uid}`");
+    check("    role_id_file: /etc/tb/{service}.role_id\n", "    role_id_file: /etc/tb/{uid}.role_id\n", "8:19: broker.auth.role_id_file", "unknown placeholder `{uid}`");
     let inv = parse_str(&BASE.replacen("mode: \"0600\"", "mode: 400", 1)).unwrap();
     assert!(matches!(inv.services["prod"].destinations[1].kind, DestinationKind::File { mode: 0o400, .. }));
 }
@@ -252,15 +252,15 @@ fn kerberos_login_defaults_to_the_htvault_mount_and_a_ccache_per_service() {
 #[test]
 fn kerberos_login_fields_are_validated() {
     let with = |extra: &str| format!("{KERBEROS_AUTH}{extra}");
-    check(APPROLE_AUTH, "    method: kerberos\n    keytab: /etc/tb/k\n", "6:3: broker.auth", "missing field `principal`");
-    check(APPROLE_AUTH, "    method: kerberos\n    principal: cmst1\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "with a realm");
-    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{account}@\"\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "with a realm");
-    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{user}@CERN.CH\"\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "unknown placeholder `{user}`");
-    check(APPROLE_AUTH, "    method: kerberos\n    principal: a@CERN.CH\n    keytab: tb.keytab\n", "7:5: broker.auth.keytab", "absolute path");
-    check(APPROLE_AUTH, &with("    ccache: cc/{service}\n"), "7:5: broker.auth.ccache", "absolute path");
-    check(APPROLE_AUTH, &with("    spn_host: host/vault\n"), "7:5: broker.auth.spn_host", "not a host name");
-    check(APPROLE_AUTH, &with("    mount: ../sys\n"), "7:5: broker.auth.mount", "not an auth mount path");
-    check(APPROLE_AUTH, &with("    role_id_file: /x\n"), "6:3: broker.auth", "unknown field `role_id_file`");
+    check(APPROLE_AUTH, "    method: kerberos\n    keytab: /etc/tb/k\n", "7:13: broker.auth", "missing field `principal`");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: cmst1\n    keytab: /etc/tb/k\n", "8:16: broker.auth.principal", "with a realm");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{account}@\"\n    keytab: /etc/tb/k\n", "8:16: broker.auth.principal", "with a realm");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{user}@CERN.CH\"\n    keytab: /etc/tb/k\n", "8:16: broker.auth.principal", "unknown placeholder `{user}`");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: a@CERN.CH\n    keytab: tb.keytab\n", "9:13: broker.auth.keytab", "absolute path");
+    check(APPROLE_AUTH, &with("    ccache: cc/{service}\n"), "10:13: broker.auth.ccache", "absolute path");
+    check(APPROLE_AUTH, &with("    spn_host: host/vault\n"), "10:15: broker.auth.spn_host", "not a host name");
+    check(APPROLE_AUTH, &with("    mount: ../sys\n"), "10:12: broker.auth.mount", "not an auth mount path");
+    check(APPROLE_AUTH, &with("    role_id_file: /x\n"), "10:19: broker.auth.role_id_file", "unknown field `role_id_file` for method kerberos");
 }
 
 #[test]
@@ -271,13 +271,13 @@ fn cert_login_resolves_with_the_default_mount() {
         AuthMethod::Cert { cert_file: "/etc/tb/prod.crt".into(), key_file: "/etc/tb/prod.key".into(), mount: "cert".into(), name: None }
     );
     let kinds: Vec<(&str, FileKind)> = inv.local_files.iter().filter(|f| f.field.starts_with("broker.auth")).map(|f| (f.field.as_str(), f.kind)).collect();
-    assert_eq!(kinds, [("broker.auth.cert_file", FileKind::Public), ("broker.auth.key_file", FileKind::Secret)]);
+    assert_eq!(kinds, [("broker.auth.cert_file", FileKind::Certificates), ("broker.auth.key_file", FileKind::Secret)]);
 
     let named = format!("{CERT_AUTH}    mount: tls/cms\n    name: \"{{service}}\"\n");
     let inv = parse_str(&BASE.replacen(APPROLE_AUTH, &named, 1)).unwrap();
     assert!(matches!(&inv.services["prod"].login, AuthMethod::Cert { mount, name: Some(n), .. } if mount == "tls/cms" && n == "prod"));
-    check(APPROLE_AUTH, "    method: cert\n    cert_file: /etc/tb/c\n", "6:3: broker.auth", "missing field `key_file`");
-    check(APPROLE_AUTH, &format!("{CERT_AUTH}    mount: \"\"\n"), "7:5: broker.auth.mount", "not an auth mount path");
+    check(APPROLE_AUTH, "    method: cert\n    cert_file: /etc/tb/c\n", "7:13: broker.auth", "missing field `key_file`");
+    check(APPROLE_AUTH, &format!("{CERT_AUTH}    mount: \"\"\n"), "10:12: broker.auth.mount", "not an auth mount path");
 }
 
 #[test]
@@ -285,7 +285,7 @@ fn a_service_overrides_the_login_with_its_own_kerberos_principal() {
     let service_auth = "    auth:\n      method: kerberos\n      principal: cmsprod@CERN.CH\n      keytab: /etc/tb/cmsprod.keytab\n";
     let inv = parse_str(&BASE.replacen("    role: production\n", &format!("    role: production\n{service_auth}"), 1)).unwrap();
     assert!(matches!(&inv.services["prod"].login, AuthMethod::Kerberos { principal, mount, .. } if principal == "cmsprod@CERN.CH" && mount == "kerberos-cms_production"));
-    check("    role: production\n", "    role: production\n    auth:\n      method: kerberos\n      principal: x\n      keytab: /k\n", "31:7: services.prod.auth.principal", "with a realm");
+    check("    role: production\n", "    role: production\n    auth:\n      method: kerberos\n      principal: x\n      keytab: /k\n", "32:18: services.prod.auth.principal", "with a realm");
 }
 
 #[test]
