@@ -22,7 +22,7 @@ mod validate;
 
 pub use files::check_local_files;
 pub use model::*;
-pub use rules::DEFAULT_FILE_ROOTS;
+pub use rules::{DEFAULT_FILE_ROOTS, SCHEDULE_FLOOR, SCHEDULE_FLOOR_ENV};
 
 /// One problem found in the inventory, with the place it was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,7 +75,8 @@ pub fn json_schema() -> serde_json::Value {
     raw::json_schema()
 }
 
-/// Reads and validates the inventory at `path`, reading at most [`MAX_INVENTORY_BYTES`].
+/// Reads and validates the inventory at `path`, reading at most [`MAX_INVENTORY_BYTES`]. The
+/// schedule floor is [`SCHEDULE_FLOOR`] unless the environment lowers it ([`SCHEDULE_FLOOR_ENV`]).
 pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
     use std::io::Read as _;
     let read_error = |source| InventoryError::Read { path: path.into(), source };
@@ -85,13 +86,14 @@ pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
     if bytes.len() as u64 > MAX_INVENTORY_BYTES {
         return Err(InventoryError::TooLarge { path: path.into() });
     }
-    parse_bytes(path, &bytes)
+    parse_bytes(path, &bytes, rules::schedule_floor_from_env())
 }
 
-/// Validates inventory bytes, which must be UTF-8; `path` only names the file in diagnostics.
-pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Inventory, InventoryError> {
+/// Validates inventory bytes, which must be UTF-8, with schedules at least `schedule_floor`
+/// apart; `path` only names the file in diagnostics.
+pub fn parse_bytes(path: &Path, bytes: &[u8], schedule_floor: std::time::Duration) -> Result<Inventory, InventoryError> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => parse(path, text),
+        Ok(text) => parse_with(path, text, schedule_floor),
         Err(e) => {
             // Everything before the first bad byte is text; name its place like any other error.
             let good = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
@@ -104,9 +106,13 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Inventory, InventoryErro
 
 /// Validates inventory text; `path` is only used to name the file in diagnostics.
 pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+    parse_with(path, text, SCHEDULE_FLOOR)
+}
+
+fn parse_with(path: &Path, text: &str, schedule_floor: std::time::Duration) -> Result<Inventory, InventoryError> {
     let raw: raw::RawInventory = serde_saphyr::from_str_with_options(text, yaml_options())
         .map_err(|e| InventoryError::Invalid(vec![syntax_diagnostic(path, text, &e)]))?;
-    validate::validate(path, raw).map_err(InventoryError::Invalid)
+    validate::validate(path, raw, schedule_floor).map_err(InventoryError::Invalid)
 }
 
 /// The parser's limits: see [`NODE_BUDGET`], [`ALIAS_BUDGET`], [`DEPTH_BUDGET`].

@@ -107,15 +107,30 @@ pub(super) const VAULT_LIFETIME: Bounds = Bounds {
     below: "a token about to expire would pass as fresh",
     above: "longer than the 28-day lease cap of HTVault: no token could pass",
 };
-/// `notify.remind_every`.
+/// `notify.remind_every` (0: on every cycle).
 pub(super) const REMIND_EVERY: Bounds = Bounds {
-    min: MINUTE,
+    min: Duration::ZERO,
     max: Duration::from_secs(30 * 86400),
-    below: "on-call would be mailed on every cycle",
+    below: "",
     above: "a lasting failure would go unmentioned for more than a month",
 };
-/// The shortest time between two scheduled runs of a service.
-pub(super) const SCHEDULE_FLOOR: Duration = MINUTE;
+/// The shortest time between two scheduled runs of a service, unless [`SCHEDULE_FLOOR_ENV`]
+/// says otherwise.
+pub const SCHEDULE_FLOOR: Duration = MINUTE;
+
+/// An environment variable that lowers [`SCHEDULE_FLOOR`] (a duration such as `1s`, at least one
+/// second): for test stacks whose daemon must run cycles seconds apart.
+pub const SCHEDULE_FLOOR_ENV: &str = "TOKEN_BASTION_SCHEDULE_FLOOR";
+
+/// The schedule floor in force: [`SCHEDULE_FLOOR`], or the value of [`SCHEDULE_FLOOR_ENV`] when
+/// it is a duration of at least one second.
+pub(super) fn schedule_floor_from_env() -> Duration {
+    std::env::var(SCHEDULE_FLOOR_ENV)
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .filter(|d| *d >= Duration::from_secs(1))
+        .unwrap_or(SCHEDULE_FLOOR)
+}
 
 fn human(d: Duration) -> String {
     match d.as_secs() {

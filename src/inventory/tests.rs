@@ -342,7 +342,7 @@ fn a_non_utf8_byte_is_placed_by_line_and_column() {
     let mut bytes = BASE.as_bytes().to_vec();
     let at = BASE.find("account: cmst1").unwrap() + "account: cm".len();
     bytes[at] = 0xff;
-    let diags = match parse_bytes(Path::new("inv.yaml"), &bytes) {
+    let diags = match parse_bytes(Path::new("inv.yaml"), &bytes, SCHEDULE_FLOOR) {
         Err(InventoryError::Invalid(d)) => d,
         other => panic!("{:?}", other.map(|_| ())),
     };
@@ -364,4 +364,14 @@ fn yaml_budgets_are_named_where_repetition_starts() {
     let diags = parse_str(&text).unwrap_err();
     assert!(diags[0].message.contains("text budget of 4 MiB"), "{}", diags[0]);
     assert!(diags[0].to_string().len() < 300, "{}", diags[0]);
+}
+
+#[test]
+fn schedules_keep_runs_a_minute_apart_unless_the_floor_is_lowered() {
+    let text = BASE.replacen("    role: production\n", "    role: production\n    schedule: \"*/2 * * * * *\"\n", 1);
+    let diags = parse_str(&text).unwrap_err();
+    assert!(diags[0].to_string().starts_with("inv.yaml:30:15: services.prod.schedule: `*/2 * * * * *` runs the service 2s apart; runs must be at least 1m apart"), "{}", diags[0]);
+    assert!(parse_bytes(Path::new("inv.yaml"), text.as_bytes(), Duration::from_secs(1)).is_ok());
+    let every_minute = BASE.replacen("    role: production\n", "    role: production\n    schedule: \"* * * * *\"\n", 1);
+    assert!(parse_str(&every_minute).is_ok());
 }

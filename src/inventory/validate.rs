@@ -46,9 +46,10 @@ pub(super) fn loc<T>(s: &Spanned<T>) -> At {
     (s.referenced.line(), s.referenced.column())
 }
 
-/// Validates the parsed file at `path`: the inventory, or every problem found.
-pub(super) fn validate(path: &Path, raw: RawInventory) -> Result<Inventory, Vec<Diagnostic>> {
-    let mut v = Validator { file: path.to_path_buf(), diags: Vec::new(), local_files: Vec::new(), file_paths: BTreeMap::new() };
+/// Validates the parsed file at `path`: the inventory, or every problem found. Schedules must
+/// keep runs `schedule_floor` apart.
+pub(super) fn validate(path: &Path, raw: RawInventory, schedule_floor: Duration) -> Result<Inventory, Vec<Diagnostic>> {
+    let mut v = Validator { file: path.to_path_buf(), diags: Vec::new(), local_files: Vec::new(), file_paths: BTreeMap::new(), schedule_floor };
     let inv = v.inventory(&raw);
     // A template in `broker.auth` is resolved once per service; its problems are reported once.
     v.diags.sort_by(|a, b| (a.line, a.col, &a.field, &a.message).cmp(&(b.line, b.col, &b.field, &b.message)));
@@ -89,6 +90,8 @@ pub(super) struct Validator {
     pub(super) local_files: Vec<LocalFile>,
     /// Every token file path so far, by host: `{uid}` qualified by the account it stands for.
     pub(super) file_paths: BTreeMap<(String, String), String>,
+    /// The shortest time allowed between two runs of a service.
+    pub(super) schedule_floor: Duration,
 }
 
 impl Validator {
@@ -223,8 +226,9 @@ impl Validator {
     pub(super) fn schedule(&mut self, expr: &Spanned<String>, field: &str) -> Option<Schedule> {
         match Schedule::parse(&expr.value) {
             Ok(s) => match rules::shortest_gap(&s) {
-                Some(gap) if gap < rules::SCHEDULE_FLOOR => {
-                    self.err(expr, field, format!("`{}` runs the service {}s apart; runs must be at least a minute apart", shown(&expr.value), gap.as_secs()));
+                Some(gap) if gap < self.schedule_floor => {
+                    let floor = humantime::format_duration(self.schedule_floor);
+                    self.err(expr, field, format!("`{}` runs the service {}s apart; runs must be at least {floor} apart", shown(&expr.value), gap.as_secs()));
                     None
                 }
                 _ => Some(s),

@@ -16,6 +16,9 @@ use super::{run_product, Leaks};
 /// The Vault issuer name (path segment) every stack uses.
 pub const VAULT_ISSUER: &str = "cms";
 
+/// The schedule floor every stack's product runs with: daemon tests schedule cycles seconds apart.
+pub const TEST_SCHEDULE_FLOOR: &str = "1s";
+
 /// One service as the test wants it in `services.yaml`.
 #[derive(Clone, Debug)]
 pub struct ServiceDef {
@@ -81,7 +84,8 @@ impl<'l> Stack<'l> {
         let broker_url = bao.addr().to_string();
         Stack {
             broker_url,
-            env: Vec::new(),
+            // Test services may run seconds apart.
+            env: vec![(token_bastion::inventory::SCHEDULE_FLOOR_ENV.into(), TEST_SCHEDULE_FLOOR.into())],
             _dir: dir,
             config: root.join("services.yaml"),
             root,
@@ -210,7 +214,8 @@ impl<'l> Stack<'l> {
         }
         std::fs::write(&self.config, y).unwrap();
         // What `check` accepts must give the credmon a vault_url it accepts.
-        if let Ok(inv) = token_bastion::inventory::load(&self.config) {
+        let floor = humantime::parse_duration(TEST_SCHEDULE_FLOOR).unwrap();
+        if let Ok(inv) = token_bastion::inventory::parse_bytes(&self.config, &std::fs::read(&self.config).unwrap(), floor) {
             for spec in inv.services.values() {
                 let url = inv.top_vault_url(spec);
                 assert!(credmon_accepts(&url), "the credmon would refuse {url} ({})", spec.name);
