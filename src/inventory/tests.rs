@@ -375,3 +375,24 @@ fn schedules_keep_runs_a_minute_apart_unless_the_floor_is_lowered() {
     let every_minute = BASE.replacen("    role: production\n", "    role: production\n    schedule: \"* * * * *\"\n", 1);
     assert!(parse_str(&every_minute).is_ok());
 }
+
+#[test]
+fn file_roots_default_and_the_longest_root_holds_a_path() {
+    let inv = parse_str(BASE).unwrap();
+    let s1 = &inv.hosts["s1"];
+    assert_eq!(s1.file_roots, DEFAULT_FILE_ROOTS);
+    assert_eq!(file_root_for(s1, "/tmp/vt_u{uid}-cms_production"), Some("/tmp"));
+    assert_eq!(file_root_for(s1, "/run/user/{uid}/bt"), Some("/run/user"));
+    assert_eq!(file_root_for(s1, "/database/x"), None);
+    assert_eq!(file_root_for(s1, "/opt/x"), None);
+
+    let text = BASE.replacen("    spool: /var/lib/condor/oauth_credentials\n", "    spool: /var/lib/condor/oauth_credentials\n    file_roots: [/data, /data/tier0/, /srv/tokens]\n", 1);
+    let inv = parse_str(&text.replacen("          mode: \"0600\"\n", "          mode: \"0600\"\n          path: /data/tier0/bt\n", 1)).unwrap();
+    let s1 = &inv.hosts["s1"];
+    assert_eq!(s1.file_roots, ["/data", "/data/tier0", "/srv/tokens"]);
+    assert_eq!(file_root_for(s1, "/data/tier0/bt"), Some("/data/tier0"));
+    assert_eq!(file_root_for(s1, "/data/tier0x/bt"), Some("/data"));
+    assert_eq!(file_root_for(s1, "/srv/tokens"), Some("/srv/tokens"));
+    // s2 keeps the default roots, where /data/tier0/bt lies too.
+    assert_eq!(file_root_for(&inv.hosts["s2"], "/data/tier0/bt"), Some("/data"));
+}
