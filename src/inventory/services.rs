@@ -47,11 +47,6 @@ fn auth_keys(a: &RawAuth) -> [(&'static str, &Option<Spanned<String>>); 11] {
     ]
 }
 
-/// A required key of a login block whose shape was checked ([`Validator::auth_shape`]).
-fn required(v: &Option<Spanned<String>>) -> &Spanned<String> {
-    v.as_ref().expect("auth_shape checked that the method's required keys are present")
-}
-
 impl Validator {
     pub(super) fn services(&mut self, ctx: &Context<'_>) -> BTreeMap<String, ServiceSpec> {
         let mut services = BTreeMap::new();
@@ -198,10 +193,11 @@ impl Validator {
         let login = match &r.auth {
             Some(a) => {
                 let afield = format!("{field}.auth");
-                self.auth_shape(a, &afield).then(|| self.login(a, &afield, &vars, kerberos_mount))
+                if self.auth_shape(a, &afield) { self.login(a, &afield, &vars, kerberos_mount) } else { None }
             }
             // The default login's shape was checked with the broker section.
-            None => self.auth_fits(&ctx.raw.broker.value.auth).then(|| self.login(&ctx.raw.broker.value.auth, "broker.auth", &vars, kerberos_mount)),
+            None if self.auth_fits(&ctx.raw.broker.value.auth) => self.login(&ctx.raw.broker.value.auth, "broker.auth", &vars, kerberos_mount),
+            None => None,
         };
 
         let destinations = self.destinations(name, &field, r, ctx, &vars);
@@ -283,10 +279,11 @@ impl Validator {
         })
     }
 
-    /// A service's login with its templates filled in (the block fits its method). Each value
-    /// is checked where it is written. `kerberos_mount` is the mount used when a Kerberos block
-    /// names none (`kerberos-<broker.issuer>_<role>`).
-    fn login(&mut self, auth: &Spanned<RawAuth>, field: &str, vars: &Vars, kerberos_mount: String) -> AuthMethod {
+    /// A service's login with its templates filled in, for a block that fits its method (`None`
+    /// for one that lacks a required key). Each value is checked where it is written.
+    /// `kerberos_mount` is the mount used when a Kerberos block names none
+    /// (`kerberos-<broker.issuer>_<role>`).
+    fn login(&mut self, auth: &Spanned<RawAuth>, field: &str, vars: &Vars, kerberos_mount: String) -> Option<AuthMethod> {
         let a = &auth.value;
         let text = |v: &mut Self, name: &str, value: &Spanned<String>| -> String {
             let resolved = v.template(loc(value), &format!("{field}.{name}"), &value.value, vars, false);
@@ -315,21 +312,21 @@ impl Validator {
                 None => default,
             }
         };
-        match a.method.value.as_str() {
+        Some(match a.method.value.as_str() {
             "approle" => AuthMethod::AppRole {
                 mount: mount(self, AuthMethod::DEFAULT_APPROLE_MOUNT.into()),
-                role_id_file: path(self, "role_id_file", required(&a.role_id_file), FileKind::Public),
-                secret_id_file: path(self, "secret_id_file", required(&a.secret_id_file), FileKind::Secret),
+                role_id_file: path(self, "role_id_file", a.role_id_file.as_ref()?, FileKind::Public),
+                secret_id_file: path(self, "secret_id_file", a.secret_id_file.as_ref()?, FileKind::Secret),
             },
-            "token_file" => AuthMethod::TokenFile { path: path(self, "path", required(&a.path), FileKind::Secret) },
+            "token_file" => AuthMethod::TokenFile { path: path(self, "path", a.path.as_ref()?, FileKind::Secret) },
             "cert" => AuthMethod::Cert {
-                cert_file: path(self, "cert_file", required(&a.cert_file), FileKind::Certificates),
-                key_file: path(self, "key_file", required(&a.key_file), FileKind::Secret),
+                cert_file: path(self, "cert_file", a.cert_file.as_ref()?, FileKind::Certificates),
+                key_file: path(self, "key_file", a.key_file.as_ref()?, FileKind::Secret),
                 mount: mount(self, AuthMethod::DEFAULT_CERT_MOUNT.into()),
                 name: a.name.as_ref().map(|n| text(self, "name", n)),
             },
             _ => {
-                let p = required(&a.principal);
+                let p = a.principal.as_ref()?;
                 let principal = text(self, "principal", p);
                 let realm = principal.rsplit_once('@').map(|(_, r)| r);
                 if principal.contains(char::is_whitespace) || principal.starts_with('@') || realm.is_none_or(str::is_empty) {
@@ -360,15 +357,9 @@ impl Validator {
                     }
                     resolved
                 });
-                AuthMethod::Kerberos {
-                    principal,
-                    keytab: path(self, "keytab", required(&a.keytab), FileKind::Secret),
-                    ccache,
-                    mount: mount(self, kerberos_mount),
-                    spn_host,
-                }
+                AuthMethod::Kerberos { principal, keytab: path(self, "keytab", a.keytab.as_ref()?, FileKind::Secret), ccache, mount: mount(self, kerberos_mount), spn_host }
             }
-        }
+        })
     }
 
     /// Fills `{service}`, `{account}`, `{oauth_service}`, `{credkey}` (and keeps `{uid}` when
