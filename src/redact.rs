@@ -2,9 +2,9 @@
 //!
 //! Owns a process-wide registry of secret values. Every [`crate::secret::Secret`] registers its
 //! value when it is made (a token from a broker reply, a secret_id, password or passphrase read
-//! from a file, a kept Vault token) and leaves the registry when its last copy is dropped; the
-//! last [`RETIRED_KEPT`] dropped values stay registered a while longer, because text built while
-//! they were alive (an error, a mail) may reach a sink later. [`scrub`] replaces every registered
+//! from a file, a kept Vault token); when its last copy is dropped it stays registered among the
+//! last [`RETIRED_KEPT`] dropped values, because text built while it was alive (an error, a
+//! mail) may reach a sink later. [`scrub`] replaces every registered
 //! value in a text with `[redacted]`, whatever the text's source: a broker or proxy echoing a
 //! request header, a library's error message, a template. Every sink calls it on the way out:
 //! the log writer, the state DB (error texts, mail in the outbox) and the run report.
@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 /// What a scrubbed secret is replaced with.
 pub const REDACTED: &str = "[redacted]";
@@ -29,8 +29,9 @@ pub const REDACTED: &str = "[redacted]";
 /// shred the logs and protect nothing a guess would not find.
 pub const MIN_SECRET_LEN: usize = 6;
 
-/// How many dropped secrets stay registered.
-pub const RETIRED_KEPT: usize = 1024;
+/// How many dropped secrets stay registered: text is scrubbed when it is written, within the
+/// cycle that made it, so a few cycles' worth is plenty.
+pub const RETIRED_KEPT: usize = 256;
 
 #[derive(Default)]
 struct Registry {
@@ -54,8 +55,12 @@ pub(crate) fn register(value: &str) {
         return;
     }
     let mut r = registry();
-    *r.live.entry(value.to_string()).or_insert(0) += 1;
-    r.automaton = None;
+    let count = r.live.entry(value.to_string()).or_insert(0);
+    *count += 1;
+    // The matcher changes only when a value it does not know yet arrives.
+    if *count == 1 && !r.retired.iter().any(|v| v == value) {
+        r.automaton = None;
+    }
 }
 
 /// One holder of `value` is gone; the last one retires it. Called when a `Secret`'s last copy drops.
@@ -70,13 +75,14 @@ pub(crate) fn release(value: &str) {
         return;
     }
     r.live.remove(value);
+    // Live or retired, the value stays matched: only an eviction changes the matcher.
     if !r.retired.iter().any(|v| v == value) {
         r.retired.push_back(value.to_string());
         if r.retired.len() > RETIRED_KEPT {
             r.retired.pop_front();
+            r.automaton = None;
         }
     }
-    r.automaton = None;
 }
 
 /// The matcher over every registered value, also in its JSON-escaped form (what a JSON log line
@@ -98,8 +104,14 @@ fn automaton() -> Option<Arc<AhoCorasick>> {
     let built = if patterns.is_empty() {
         None
     } else {
-        // Leftmost-longest: a secret that contains another is replaced whole.
-        AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&patterns).ok().map(Arc::new)
+        // Leftmost-longest: a secret that contains another is replaced whole. The plain NFA is
+        // the quickest to build, and it is rebuilt whenever a new secret arrives.
+        AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::NoncontiguousNFA))
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .ok()
+            .map(Arc::new)
     };
     r.automaton = Some(built.clone());
     built

@@ -109,23 +109,18 @@ fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, handler: Handler, re
     tcp.set_write_timeout(Some(Duration::from_secs(30))).ok();
     let Ok(conn) = rustls::ServerConnection::new(config) else { return };
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    // Keep-alive: answer requests on this connection until the client goes away.
-    for _ in 0..100 {
-        let Some(req) = read_request(&mut tls) else { return };
-        reqs.lock().unwrap().push(req.clone());
-        let ok = match handler(&req) {
-            Reply::Body { status, content_type, body } => {
-                let head = format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", body.len());
-                tls.write_all(head.as_bytes()).and_then(|()| tls.write_all(body.as_bytes())).and_then(|()| tls.flush()).is_ok()
+    // One request a connection, said so: a client never reuses a connection the server closes.
+    let Some(req) = read_request(&mut tls) else { return };
+    reqs.lock().unwrap().push(req.clone());
+    match handler(&req) {
+        Reply::Body { status, content_type, body } => {
+            let head = format!("HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            if tls.write_all(head.as_bytes()).and_then(|()| tls.write_all(body.as_bytes())).is_ok() {
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
             }
-            Reply::Huge { size, declared } => {
-                send_huge(&mut tls, size, declared, &sent);
-                false
-            }
-        };
-        if !ok {
-            return;
         }
+        Reply::Huge { size, declared } => send_huge(&mut tls, size, declared, &sent),
     }
 }
 
@@ -133,9 +128,9 @@ fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, handler: Handler, re
 /// hung up, as it should once its limit is reached).
 fn send_huge(w: &mut impl Write, size: u64, declared: bool, sent: &AtomicU64) {
     let head = if declared {
-        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n")
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n")
     } else {
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_string()
     };
     if w.write_all(head.as_bytes()).is_err() {
         return;
