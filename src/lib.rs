@@ -7,6 +7,8 @@
 //!
 //! Data flows one way: [`inventory`] → [`broker`] → [`validate`] → [`deliver`] → [`notify`], put
 //! in order by [`cycle`], which with the scheduler is the only code that touches [`state`].
+//! Every secret the process holds is registered with [`redact`], which every sink (logs, the
+//! state DB, mail, the run report) scrubs its text through.
 
 pub mod broker;
 pub mod cli;
@@ -20,6 +22,7 @@ pub mod keep;
 pub mod kerberos;
 pub mod metrics;
 pub mod notify;
+pub mod redact;
 pub mod schedule;
 pub mod scopes;
 pub mod secret;

@@ -19,6 +19,7 @@ use token_bastion::daemon::{Control, DaemonExit, DaemonOptions};
 use token_bastion::schedule::PlanOptions;
 use token_bastion::state::StateStore;
 use token_bastion::inventory::{self, InventoryError};
+use token_bastion::redact;
 
 const EXIT_OK: u8 = 0;
 const EXIT_NOT_DELIVERED: u8 = 1;
@@ -45,15 +46,18 @@ fn init_tracing(cli: &Cli) {
 /// The progress bar `run` shows on a terminal, once there is one: log lines are written around it.
 static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
 
-/// stderr, writing around the progress bar (if any) so that neither tears the other.
+/// stderr, writing around the progress bar (if any) so that neither tears the other, every line
+/// scrubbed of the secrets the process holds.
 struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let clean = redact::scrub_bytes(buf);
         match PROGRESS.get() {
-            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
-            None => std::io::stderr().write(buf),
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(&clean))?,
+            None => std::io::stderr().write_all(&clean)?,
         }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -176,7 +180,7 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&
             EXIT_NOT_DELIVERED
         }
         Err(e) => {
-            eprintln!("error: {}", cycle::error_chain(&e));
+            eprintln!("error: {}", redact::scrub(&cycle::error_chain(&e)));
             EXIT_SETUP
         }
     }
@@ -247,13 +251,13 @@ fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duratio
             for (hash, r) in &report.revoked {
                 match r {
                     Ok(()) => println!("{service}: Vault token sha256={hash} revoked"),
-                    Err(e) => println!("{service}: Vault token sha256={hash} NOT REVOKED: {e}"),
+                    Err(e) => println!("{service}: Vault token sha256={hash} NOT REVOKED: {}", redact::scrub(&e.to_string())),
                 }
             }
             for (dest, h, r) in &report.removed {
                 match r {
                     Ok(()) => println!("{service}: {dest} removed from {h}"),
-                    Err(e) => println!("{service}: {dest} on {h} NOT REMOVED: {e}"),
+                    Err(e) => println!("{service}: {dest} on {h} NOT REMOVED: {}", redact::scrub(&e.to_string())),
                 }
             }
             if report.revoked.is_empty() && report.removed.is_empty() {
@@ -270,7 +274,7 @@ fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duratio
             EXIT_NOT_DELIVERED
         }
         Err(e) => {
-            eprintln!("error: {}", cycle::error_chain(&e));
+            eprintln!("error: {}", redact::scrub(&cycle::error_chain(&e)));
             EXIT_SETUP
         }
     }
@@ -333,15 +337,15 @@ fn print_report(report: &RunReport) {
                 t.validated.scopes.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" "),
                 t.vault_fingerprint
             ),
-            Err(f) => println!("{}: FAILED at {}: {}", s.service, f.stage, f.reason),
+            Err(f) => println!("{}: FAILED at {}: {}", s.service, f.stage, redact::scrub(&f.reason)),
         }
         for d in &s.destinations {
             match &d.result {
                 Ok(_) => println!("  {} {}", d.id, if report.dry_run { "reachable, host key verified" } else { "delivered" }),
-                Err(reason) => println!("  {} NOT DELIVERED: {reason}", d.id),
+                Err(reason) => println!("  {} NOT DELIVERED: {}", d.id, redact::scrub(reason)),
             }
             if let Some(w) = &d.warning {
-                println!("  {} WARNING: {w}", d.id);
+                println!("  {} WARNING: {}", d.id, redact::scrub(w));
             }
         }
     }

@@ -388,8 +388,11 @@ pub async fn push(url: &str, job: &str, metrics: &Metrics) -> Result<(), Metrics
         return Ok(());
     }
     // The Pushgateway explains a refusal in the body; enough of it to act on, not a whole page.
-    let body: String = resp.text().await.unwrap_or_default().chars().take(512).collect();
-    Err(MetricsError::PushRefused { url: shown, status: status.as_u16(), body: body.trim().to_string() })
+    let body = match crate::http::read_body(resp, crate::http::MAX_EXPLANATION_BYTES).await {
+        Ok(bytes) => crate::redact::excerpt(String::from_utf8_lossy(&bytes).trim(), 512).into_owned(),
+        Err(e) => format!("({e})"),
+    };
+    Err(MetricsError::PushRefused { url: shown, status: status.as_u16(), body })
 }
 
 // ---------------------------------------------------------------------------------------------

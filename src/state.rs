@@ -450,6 +450,7 @@ impl StateStore {
             Err(e) => (false, Some(e.as_str()), None, None, None, None),
         };
         let paths = paths.map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()));
+        let error = error.map(crate::redact::scrub);
         let at = ts(at);
         // Audit row and status change commit together or not at all.
         let tx = self.conn.unchecked_transaction().map_err(self.q("record delivery"))?;
@@ -608,7 +609,7 @@ impl StateStore {
         self.conn
             .execute(
                 "INSERT INTO outbox (created, recipients, subject, body) VALUES (?1, ?2, ?3, ?4)",
-                params![ts(Utc::now()), recipients, mail.subject, mail.body],
+                params![ts(Utc::now()), recipients, crate::redact::scrub(&mail.subject), crate::redact::scrub(&mail.body)],
             )
             .map_err(self.q("enqueue mail"))?;
         Ok(MailId(self.conn.last_insert_rowid()))
@@ -667,12 +668,12 @@ impl StateStore {
         Ok(())
     }
 
-    /// Counts a failed attempt; the mail stays pending. `error` must be secret-free.
+    /// Counts a failed attempt; the mail stays pending.
     pub fn mark_failed(&self, id: MailId, error: &str) -> Result<(), StateError> {
         self.conn
             .execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?1 WHERE id = ?2",
-                params![error, id.0],
+                params![crate::redact::scrub(error), id.0],
             )
             .map_err(self.q("mark mail failed"))?;
         Ok(())
@@ -1066,6 +1067,28 @@ mod tests {
             (ib, 2, Some("timed out"))
         );
         assert_eq!(pending[0].mail, b);
+    }
+
+    #[test]
+    fn held_secrets_are_scrubbed_from_every_text_stored() {
+        let secret = crate::secret::Secret::new("hvs.STATE-scrub-fixture-0001");
+        let echoed = format!("broker said: bad token {}", secret.expose());
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let run = s.begin_run(RunKind::Run, &[]).unwrap();
+        s.record_delivery(run, &err_rec("svc", "credd@h", &echoed, false)).unwrap();
+        let id = s.enqueue_mail(&OutgoingMail { to: vec!["a@example.org".into()], subject: echoed.clone(), body: echoed.clone() }).unwrap();
+        s.mark_failed(id, &echoed).unwrap();
+        let shown = "broker said: bad token [redacted]";
+        assert_eq!(s.statuses().unwrap()[0].last_error.as_deref(), Some(shown));
+        let pending = s.pending_mail().unwrap();
+        assert_eq!((pending[0].mail.subject.as_str(), pending[0].mail.body.as_str()), (shown, shown));
+        assert_eq!(pending[0].last_error.as_deref(), Some(shown));
+        drop(s);
+        for f in std::fs::read_dir(tmp.path()).unwrap().flatten() {
+            let bytes = std::fs::read(f.path()).unwrap();
+            assert!(!bytes.windows(secret.expose().len()).any(|w| w == secret.expose().as_bytes()), "{}", f.path().display());
+        }
     }
 
     #[test]

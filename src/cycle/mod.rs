@@ -254,13 +254,7 @@ fn now_unix() -> i64 {
 
 /// What the broker is asked for on behalf of `spec`.
 pub fn access_request(spec: &ServiceSpec) -> AccessRequest {
-    AccessRequest {
-        credkey: spec.credkey.clone(),
-        role: spec.role.clone(),
-        scopes: spec.requested_scopes(),
-        audiences: spec.audience.iter().cloned().collect(),
-        minimum_seconds: spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN,
-    }
+    spec.access_request(spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN)
 }
 
 /// The state directory's cycle lock, waiting up to `wait` for another holder.

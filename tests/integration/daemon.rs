@@ -39,7 +39,8 @@ impl Daemon {
         let mut cmd = Command::new(product_bin());
         cmd.args(["--config", stack.config.to_str().unwrap(), "--state-dir", stack.state_dir.to_str().unwrap(), "--log-format", "json"])
             .args(["daemon", "--metrics-listen", &format!("127.0.0.1:{metrics_port}"), "--splay-max", "0s", "--window", "1s", "--grace", grace])
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .envs(stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let guard = ChildGuard::spawn("token-bastion daemon", cmd, &log);
         Daemon { guard, log, metrics_port }
     }

@@ -6,6 +6,7 @@ mod harness;
 
 mod broker;
 mod check;
+mod hostile;
 mod daemon;
 mod deliver;
 #[cfg(feature = "failpoints")]
