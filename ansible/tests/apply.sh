@@ -265,17 +265,12 @@ check_run "the new binary is in place and restarted" \
     test "$(sha "$host/usr/local/bin/token-bastion")" = "$new_binary" \
     -a "$(status 'Remember that token-bastion was restarted')" = ok
 
-# 5. A keytab the service user cannot read. Needs `check --strict` to open every file the
-#    inventory names as the user running it; until the binary does, this case is skipped.
-if [ "${TB_EXPECT_READABILITY_CHECK:-0}" = 1 ]; then
-    chown root:root "$cfg/keytabs/handacct.keytab"
-    apply "keytab left root:root 0600"
-    check_run "READABILITY: a keytab left root:root 0600 fails the post-deploy check --strict" \
-        test "$rc" -ne 0 -a "$(status 'Check the deployed inventory as the service user (token-bastion check --strict)')" = failed
-    check_run "READABILITY: the failure names the keytab" grep -q "$cfg/keytabs/handacct.keytab" "$log"
-else
-    echo "SKIP: READABILITY: a keytab left root:root 0600 fails the post-deploy check --strict" \
-        "(needs check --strict to open each file as the running user; set TB_EXPECT_READABILITY_CHECK=1)"
-fi
+# 5. A keytab the service user cannot read: `check --strict` opens every file the inventory
+#    names as the user running it, so the post-deploy check fails and names it.
+chown root:root "$cfg/keytabs/handacct.keytab"
+apply "keytab left root:root 0600"
+check_run "a keytab left root:root 0600 fails the post-deploy check --strict" \
+    test "$rc" -ne 0 -a "$(status 'Check the deployed inventory as the service user (token-bastion check --strict)')" = failed
+check_run "the failure names the keytab" grep -q "$cfg/keytabs/handacct.keytab" "$log"
 
 summary
