@@ -20,6 +20,7 @@ pub mod keep;
 pub mod kerberos;
 pub mod metrics;
 pub mod notify;
+pub mod outcome;
 pub mod schedule;
 pub mod scopes;
 pub mod secret;

@@ -54,8 +54,8 @@ pub enum MetricsError {
     PushRefused { url: String, status: u16, body: String },
 }
 
-/// The pipeline stage a duration or a failure belongs to: the cycle's own.
-pub use crate::cycle::Stage;
+/// The pipeline stage a duration or a failure belongs to.
+pub use crate::outcome::Stage;
 /// The kind of broker request a duration belongs to: the broker's own.
 pub use crate::broker::RequestKind as BrokerRequest;
 

@@ -100,34 +100,8 @@ pub enum CycleError {
     Issuer { issuer: String, #[source] source: crate::http::HttpError },
 }
 
-/// The stage at which a service stopped (also the `stage` label of metrics).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    Login,
-    Lookup,
-    Fetch,
-    Validate,
-    Deliver,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Login => "login",
-            Stage::Lookup => "lookup",
-            Stage::Fetch => "fetch",
-            Stage::Validate => "validate",
-            Stage::Deliver => "deliver",
-        }
-    }
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The stage at which a service stopped: shared with the daemon and metrics.
+pub use crate::outcome::Stage;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StageFailure {
