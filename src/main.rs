@@ -37,9 +37,15 @@ fn init_tracing(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter);
     match cli.log_format {
-        LogFormat::Human => builder.with_ansi(std::env::var_os("NO_COLOR").is_none()).init(),
+        LogFormat::Human => builder.with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR"))).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).init(),
     }
+}
+
+/// Colour in human logs only on a terminal, and not when `NO_COLOR` is set to anything
+/// (no-color.org): a file, a pipe, the journal or cron's mail get plain text.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The progress bar `run` shows on a terminal, once there is one: log lines are written around it.
@@ -399,5 +405,18 @@ fn status(cli: &Cli, json: bool) -> u8 {
         EXIT_NOT_DELIVERED
     } else {
         EXIT_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }
