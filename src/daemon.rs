@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,10 +113,10 @@ pub async fn run(opts: DaemonOptions, mut control: mpsc::Receiver<Control>) -> D
     let mut watchdog_cancel = cancel.child_token();
     schedule::spawn_watchdog(clock, tracker.clone(), planner.services(), wd_tx.clone(), watchdog_cancel.clone());
 
-    // One worker runs cycles one after the other; the abandon flag reaches the cycle in flight.
-    let abandon = Arc::new(AtomicBool::new(false));
+    // One worker runs cycles one after the other; the grace-over token reaches the cycle in flight.
+    let grace_over = CancellationToken::new();
     let (job_tx, job_rx) = mpsc::channel::<Job>(4);
-    let worker = tokio::spawn(worker(job_rx, opts.state_dir.clone(), metrics.clone(), abandon.clone()));
+    let worker = tokio::spawn(worker(job_rx, opts.state_dir.clone(), metrics.clone(), grace_over.clone()));
 
     let mut current = inv;
     let mut broken_notified: BTreeSet<String> = BTreeSet::new();
@@ -173,7 +172,7 @@ pub async fn run(opts: DaemonOptions, mut control: mpsc::Receiver<Control>) -> D
         Ok(_) => DaemonExit::Clean,
         Err(_) => {
             warn!("grace period over: abandoning writes not yet renamed into place");
-            abandon.store(true, Ordering::SeqCst);
+            grace_over.cancel();
             let _ = worker.await;
             DaemonExit::Abandoned
         }
@@ -203,13 +202,13 @@ async fn seed_completions(state_dir: &Path, tracker: &RunTracker) {
 
 /// Runs queued batches one at a time on a blocking thread (the cycle is blocking around its
 /// network stages), then completes their guards and updates the metrics.
-async fn worker(mut jobs: mpsc::Receiver<Job>, state_dir: PathBuf, metrics: Metrics, abandon: Arc<AtomicBool>) {
+async fn worker(mut jobs: mpsc::Receiver<Job>, state_dir: PathBuf, metrics: Metrics, grace_over: CancellationToken) {
     let handle = tokio::runtime::Handle::current();
     while let Some(Job { inv, batch }) = jobs.recv().await {
         let services = batch.services();
         let opts = CycleOptions {
             scheduled: true,
-            abandon: abandon.clone(),
+            cancel: grace_over.clone(),
             observer: Some(cycle::Observer(Arc::new(MetricsObserver(metrics.clone())))),
             ..CycleOptions::services(services.clone())
         };
