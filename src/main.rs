@@ -34,7 +34,8 @@ fn init_tracing(cli: &Cli) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // tokio-cron-scheduler narrates every job it adds at info; its warnings are what matter.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{default},tokio_cron_scheduler=warn")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter);
     match cli.log_format {
         LogFormat::Human => builder.with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR"))).init(),
@@ -166,10 +167,15 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&
         Ok(report) => {
             print_report(&report);
             if let (Some((url, job)), Some(metrics)) = (push, &metrics) {
-                token_bastion::daemon::record_metrics(metrics, &report);
+                metrics.record_outcome(&token_bastion::daemon::outcome(&report));
                 for s in &report.services {
                     metrics.record_cycle_completed(&s.service, chrono::Utc::now());
                 }
+                let wanted = std::sync::Arc::new(std::sync::Mutex::new(
+                    token_bastion::daemon::destinations(&inv).into_iter().flat_map(|(s, ds)| ds.into_iter().map(move |d| (s.clone(), d))).collect(),
+                ));
+                metrics.set_held_source(token_bastion::daemon::held_source(cli.state_dir.clone(), wanted));
+                metrics.refresh_held();
                 if let Err(e) = runtime.block_on(token_bastion::metrics::push(url, job, metrics)) {
                     tracing::error!(url, error = %cycle::error_chain(&e), "cannot push metrics to the Pushgateway");
                 }
@@ -204,8 +210,9 @@ fn daemon(_cli: &Cli, opts: DaemonOptions) -> u8 {
         }
         token_bastion::daemon::run(opts, rx).await
     });
-    // Blocking threads of an abandoned cycle (a host still timing out) must not hold the exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    // A cycle cut off at the hard deadline may still run on a blocking thread (a write that
+    // does not return): it must not hold the exit.
+    runtime.shutdown_background();
     match exit {
         DaemonExit::Clean => EXIT_OK,
         DaemonExit::Abandoned => EXIT_NOT_DELIVERED,
