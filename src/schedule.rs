@@ -499,15 +499,15 @@ impl Planner {
     }
 
     /// Replaces the services planned (a reload). A service whose schedule is unchanged keeps
-    /// its state and a run waiting for its splay; a new or rescheduled one expects its first
-    /// slot after `now`; a removed one is gone. Every service keeps the slots it has run, so a
-    /// reload never runs a slot twice.
+    /// its state; a new or rescheduled one expects its first slot after `now`; a removed one
+    /// is gone. Every service keeps the slots it has run, so a reload never runs a slot twice,
+    /// and a run already woken and waiting for its splay.
     pub fn replace(&mut self, services: impl IntoIterator<Item = (String, Schedule)>, now: DateTime<Utc>) {
         let mut old = std::mem::take(&mut self.entries);
         for (name, schedule) in services {
             let e = match old.remove(&name) {
                 Some(e) if e.schedule.six_field() == schedule.six_field() => e,
-                Some(e) => Entry { last_slot: e.last_slot, ..entry(schedule, now) },
+                Some(e) => Entry { last_slot: e.last_slot, pending: e.pending, ..entry(schedule, now) },
                 None => entry(schedule, now),
             };
             self.entries.insert(name, e);

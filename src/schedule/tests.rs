@@ -172,10 +172,14 @@ fn a_slot_runs_once_whatever_the_wake_source_repeats() {
     assert!(p.wake(&wake("*/5 * * * *", "2026-11-24T10:00:00Z")).woken.is_empty());
     assert!(p.take_due(utc("2026-11-24T10:06:00Z") + settle(), &tracker).is_none());
 
-    // A reload that changes the schedule keeps the slots already run.
-    p.replace([("crab".to_string(), Schedule::parse("*/10 * * * *").unwrap())], utc("2026-11-24T10:05:20Z"));
-    assert!(p.wake(&wake("*/10 * * * *", "2026-11-24T10:00:00Z")).woken.is_empty(), "10:00 is before the slot already run");
-    assert_eq!(p.wake(&wake("*/10 * * * *", "2026-11-24T10:10:00Z")).woken, names(&["crab"]));
+    // A reload that changes the schedule keeps the slots already run, and a run woken but not
+    // yet taken.
+    p.wake(&wake("*/5 * * * *", "2026-11-24T10:10:00Z"));
+    p.replace([("crab".to_string(), Schedule::parse("*/10 * * * *").unwrap())], utc("2026-11-24T10:10:00Z"));
+    assert_eq!(p.due_at("crab"), Some(utc("2026-11-24T10:10:00Z")));
+    assert_eq!(p.take_due(utc("2026-11-24T10:10:00Z") + settle(), &tracker).unwrap().services(), ["crab"]);
+    assert!(p.wake(&wake("*/10 * * * *", "2026-11-24T10:10:00Z")).woken.is_empty(), "10:10 has run already");
+    assert_eq!(p.wake(&wake("*/10 * * * *", "2026-11-24T10:20:00Z")).woken, names(&["crab"]));
 }
 
 #[test]
