@@ -207,61 +207,77 @@ fn the_daemon_delivers_on_schedule_and_its_metrics_count_down_while_a_destinatio
     leaks.assert_clean();
 }
 
-/// The second of the minute a few seconds from now (never `avoid`).
-fn second_soon(avoid: Option<u32>) -> u32 {
-    let s = (Utc::now() + chrono::TimeDelta::seconds(5)).second();
-    if Some(s) == avoid { (s + 1) % 60 } else { s }
-}
+const WOKEN: &str = "wake-up";
+const NOBODY: &str = "wake-up for a schedule no service has; ignored";
+const ALREADY_RUN: &str = "wake-up for a slot already run; ignored";
 
-/// The wake-up lines of the log for `schedule` (six-field form), whatever became of them, as
-/// (slot, logged at).
-fn wakeups(daemon: &Daemon, schedule: &str) -> Vec<(String, String)> {
+/// The log lines `message` about wake-ups for `schedule` (six-field form), as (slot, logged
+/// at).
+fn wakeups(daemon: &Daemon, schedule: &str, message: &str) -> Vec<(String, String)> {
     daemon
         .lines()
         .into_iter()
-        .filter(|l| l["schedule"] == schedule && l["message"].as_str().is_some_and(|m| m.starts_with("wake-up")))
+        .filter(|l| l["schedule"] == schedule && l["message"] == message)
         .map(|l| (l["slot"].as_str().unwrap_or_default().to_string(), l["timestamp"].as_str().unwrap_or_default().to_string()))
         .collect()
+}
+
+/// Moves `prod` by SIGHUP to a per-minute schedule firing at a second a few seconds from now
+/// (never `avoid`); returns the schedule and the time of the reload.
+fn reschedule_soon(stack: &mut Stack, daemon: &Daemon, avoid: Option<&str>) -> (String, String) {
+    let reloads = daemon.log().matches("inventory reloaded").count();
+    let mut second = (Utc::now() + chrono::TimeDelta::seconds(4)).second();
+    let mut schedule = format!("{second} * * * * *");
+    if Some(schedule.as_str()) == avoid {
+        second = (second + 1) % 60;
+        schedule = format!("{second} * * * * *");
+    }
+    stack.defs.get_mut("prod").unwrap().extra = format!("    schedule: \"{schedule}\"\n");
+    stack.write_inventory();
+    let at = now_rfc3339();
+    daemon.signal("HUP");
+    assert!(wait_until(Duration::from_secs(10), || daemon.log().matches("inventory reloaded").count() > reloads), "{}", daemon.log());
+    (schedule, at)
 }
 
 #[test]
 fn a_per_minute_schedule_is_woken_by_the_cron_scheduler_and_sighup_moves_it() {
     let leaks = Leaks::default();
     let mut stack = Stack::new(&leaks).with_hosts(1);
-    let first = second_soon(None);
-    let old = format!("{first} * * * * *");
-    stack.add_service(service_on("prod", &old));
+    // Once a year until the daemon is up; then every minute, at a second just ahead.
+    stack.add_service(service_on("prod", "0 0 0 1 1 *"));
     stack.put_token("prod", &spec());
     stack.write_inventory();
-    let started = Instant::now();
     let mut daemon = Daemon::start(&stack, &leaks, "10s");
-    wait_delivered(&stack, &daemon, "prod", None);
-    let woken = wakeups(&daemon, &old);
+    assert!(wait_until(Duration::from_secs(30), || daemon.log().contains("daemon started")), "{}", daemon.log());
+    let started = Instant::now();
+    let (old, at) = reschedule_soon(&mut stack, &daemon, None);
+    wait_delivered(&stack, &daemon, "prod", Some(&at));
+    let woken = wakeups(&daemon, &old, WOKEN);
     assert_eq!(woken.len(), 1, "one wake-up, from the cron job of the schedule:\n{}", daemon.log());
-    assert!(woken[0].0.contains(&format!(":{first:02} UTC")), "the slot is the schedule's second: {woken:?}");
+    let old_second = old.split(' ').next().unwrap().parse::<u32>().unwrap();
+    assert!(woken[0].0.ends_with(&format!(":{old_second:02} UTC")), "the slot is the schedule's second: {woken:?}");
     eprintln!("wake-up for slot {} logged at {}", woken[0].0, woken[0].1);
 
-    // SIGHUP moves the service to another second of the minute.
-    let second = second_soon(Some(first));
-    let new = format!("{second} * * * * *");
-    stack.defs.get_mut("prod").unwrap().extra = format!("    schedule: \"{new}\"\n");
-    stack.write_inventory();
-    let reloaded = now_rfc3339();
-    daemon.signal("HUP");
-    wait_delivered(&stack, &daemon, "prod", Some(&reloaded));
-    let woken_new = wakeups(&daemon, &new);
+    // SIGHUP moves it to another second of the minute.
+    let (new, at) = reschedule_soon(&mut stack, &daemon, Some(&old));
+    wait_delivered(&stack, &daemon, "prod", Some(&at));
+    let woken_new = wakeups(&daemon, &new, WOKEN);
     assert_eq!(woken_new.len(), 1, "{}", daemon.log());
-    assert!(woken_new[0].0.contains(&format!(":{second:02} UTC")), "{woken_new:?}");
     eprintln!("wake-up for slot {} logged at {}", woken_new[0].0, woken_new[0].1);
 
-    // A minute after its first fire the old job would fire again, were it still there.
+    // A minute after its fire the old job would fire again, were it still there.
     let first_slot = chrono::NaiveDateTime::parse_from_str(woken[0].0.trim_end_matches(" UTC"), "%Y-%m-%d %H:%M:%S").unwrap().and_utc();
     let old_again = first_slot + chrono::TimeDelta::seconds(62);
     while Utc::now() < old_again {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(wakeups(&daemon, &old).len(), 1, "the old schedule's job is gone:\n{}", daemon.log());
-    eprintln!("per-minute test: {:?} of wall time", started.elapsed());
+    assert_eq!(wakeups(&daemon, &old, WOKEN).len(), 1, "{}", daemon.log());
+    assert!(wakeups(&daemon, &old, NOBODY).is_empty(), "the old schedule's job is gone:\n{}", daemon.log());
+    assert_eq!(wakeups(&daemon, &new, WOKEN).len(), 1, "{}", daemon.log());
+    let repeated = wakeups(&daemon, &old, ALREADY_RUN).len() + wakeups(&daemon, &new, ALREADY_RUN).len();
+    eprintln!("repeated fires of a slot already run (ignored): {repeated}");
+    eprintln!("per-minute test: {:?} of wall time from the first reload", started.elapsed());
 
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0), "{}", daemon.log());
