@@ -22,6 +22,7 @@ pub mod keep;
 pub mod kerberos;
 pub mod metrics;
 pub mod notify;
+pub mod outcome;
 pub mod redact;
 pub mod schedule;
 pub mod scopes;

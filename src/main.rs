@@ -35,12 +35,19 @@ fn init_tracing(cli: &Cli) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // tokio-cron-scheduler narrates every job it adds at info; its warnings are what matter.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{default},tokio_cron_scheduler=warn")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter);
     match cli.log_format {
-        LogFormat::Human => builder.with_ansi(std::env::var_os("NO_COLOR").is_none()).init(),
+        LogFormat::Human => builder.with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR"))).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).init(),
     }
+}
+
+/// Colour in human logs only on a terminal, and not when `NO_COLOR` is set to anything
+/// (no-color.org): a file, a pipe, the journal or cron's mail get plain text.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The progress bar `run` shows on a terminal, once there is one: log lines are written around it.
@@ -164,10 +171,15 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&
         Ok(report) => {
             print_report(&report);
             if let (Some((url, job)), Some(metrics)) = (push, &metrics) {
-                token_bastion::daemon::record_metrics(metrics, &report);
+                metrics.record_outcome(&token_bastion::daemon::outcome(&report));
                 for s in &report.services {
                     metrics.record_cycle_completed(&s.service, chrono::Utc::now());
                 }
+                let wanted = std::sync::Arc::new(std::sync::Mutex::new(
+                    token_bastion::daemon::destinations(&inv).into_iter().flat_map(|(s, ds)| ds.into_iter().map(move |d| (s.clone(), d))).collect(),
+                ));
+                metrics.set_held_source(token_bastion::daemon::held_source(cli.state_dir.clone(), wanted));
+                metrics.refresh_held();
                 if let Err(e) = runtime.block_on(token_bastion::metrics::push(url, job, metrics)) {
                     tracing::error!(url, error = %cycle::error_chain(&e), "cannot push metrics to the Pushgateway");
                 }
@@ -202,8 +214,9 @@ fn daemon(_cli: &Cli, opts: DaemonOptions) -> u8 {
         }
         token_bastion::daemon::run(opts, rx).await
     });
-    // Blocking threads of an abandoned cycle (a host still timing out) must not hold the exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    // A cycle cut off at the hard deadline may still run on a blocking thread (a write that
+    // does not return): it must not hold the exit.
+    runtime.shutdown_background();
     match exit {
         DaemonExit::Clean => EXIT_OK,
         DaemonExit::Abandoned => EXIT_NOT_DELIVERED,
@@ -403,5 +416,18 @@ fn status(cli: &Cli, json: bool) -> u8 {
         EXIT_NOT_DELIVERED
     } else {
         EXIT_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }

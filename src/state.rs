@@ -387,6 +387,26 @@ impl StateStore {
         Ok(StateStore { conn, path })
     }
 
+    /// Opens `<state_dir>/state.db` for reading only, beside a cycle that may be writing (the
+    /// daemon's metrics read it at every scrape): nothing is created, tightened or migrated,
+    /// and a database that is not ours or is newer than this binary is refused.
+    pub fn open_read_only(state_dir: &Path) -> Result<StateStore, StateError> {
+        let path = state_dir.join(DB_FILE);
+        let open_err = |source| StateError::Open { path: path.clone(), source };
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(open_err)?;
+        if app_id != APPLICATION_ID {
+            return Err(StateError::ForeignDatabase { path, found: app_id });
+        }
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::TooNew { path, found: version });
+        }
+        Ok(StateStore { conn, path })
+    }
+
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -169,6 +169,15 @@ pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
     })
 }
 
+/// A host left alone because the grace period ended before its turn: every file keeps what it
+/// had.
+fn not_started(plan: &HostPlan) -> deliver::HostOutcome {
+    let host = plan.target.name.clone();
+    let abandoned = |path: &str| deliver::DeliverError::Abandoned { host: host.clone(), path: path.to_string() };
+    let files = plan.files.iter().map(|f| deliver::FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(abandoned(&f.path)) }).collect();
+    deliver::HostOutcome { host: host.clone(), connected: Ok(()), files, signalled: Vec::new(), missing: Vec::new(), read_back: Vec::new() }
+}
+
 /// Pushes every host's plan, hosts in parallel on blocking threads, and returns each
 /// service × destination's result.
 pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> (Results, Warnings) {
@@ -181,10 +190,15 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
     for (name, plan) in hosts {
         let gate = gate.clone();
         let abandon = abandon.clone();
+        let cancel = ctx.cancel.clone();
         let span = tracing::info_span!("host", host = %name);
         tasks.spawn(
             async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+                // A host not yet started when the grace period ends is not started.
+                if cancel.is_cancelled() {
+                    return (name, Ok(not_started(&plan)));
+                }
                 let outcome = tokio::task::spawn_blocking(move || deliver::push_to_host_unless(&plan, dry_run, &abandon)).await;
                 (name, outcome)
             }
