@@ -88,8 +88,9 @@ pub enum Command {
         /// Serve no metrics endpoint.
         #[arg(long)]
         no_metrics: bool,
-        /// How long a cycle in flight may take to finish after SIGTERM before writes not yet
-        /// renamed are abandoned.
+        /// How long a cycle in flight may take to finish after SIGTERM. Then nothing more of it
+        /// starts and writes not yet renamed are abandoned; 10 s later the daemon exits even
+        /// if a write is still running.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
         /// Upper bound of the per-service delay after a schedule fires (spreads broker load).

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::http::BodyError;
 use crate::secret::Secret;
 use crate::validate::{self, Expectation, KeySet, ValidatedToken, ValidationError};
 
@@ -32,7 +33,7 @@ pub const UNKNOWN_KID_INTERVAL_SECS: i64 = 60;
 /// again instead of hitting a failing issuer on every token.
 pub const RETRY_AFTER_FAILURE_SECS: i64 = 60;
 /// Discovery and JWKS documents are small; anything larger is refused unread.
-pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+pub const MAX_DOCUMENT_BYTES: usize = crate::http::MAX_REPLY_BYTES;
 /// The file in the state directory that keeps issuer keys between runs.
 pub const CACHE_FILE: &str = "jwks.json";
 
@@ -53,7 +54,7 @@ pub enum JwksError {
     Request { issuer: String, url: String, #[source] source: reqwest::Error },
     #[error("issuer {issuer}: {url} answered HTTP {status}")]
     Status { issuer: String, url: String, status: reqwest::StatusCode },
-    #[error("issuer {issuer}: {url} sent more than {limit} bytes")]
+    #[error("issuer {issuer}: {url} sent more than the {} limit", crate::http::show_bytes(*.limit as u64))]
     TooLarge { issuer: String, url: String, limit: usize },
     #[error("issuer {issuer}: {url}: {reason}")]
     BadDocument { issuer: String, url: String, reason: String },
@@ -351,23 +352,15 @@ async fn fetch_keys(issuer: &str, client: &reqwest::Client) -> Result<(KeySet, s
 /// GET `url`, requiring a success status and a body of at most [`MAX_DOCUMENT_BYTES`].
 async fn get(issuer: &str, client: &reqwest::Client, url: &str) -> Result<Vec<u8>, JwksError> {
     let request_error = |source| JwksError::Request { issuer: issuer.to_owned(), url: url.to_owned(), source };
-    let mut response = client.get(url).header("Accept", "application/json").send().await.map_err(request_error)?;
+    let response = client.get(url).header("Accept", "application/json").send().await.map_err(request_error)?;
     let status = response.status();
     if !status.is_success() {
         return Err(JwksError::Status { issuer: issuer.to_owned(), url: url.to_owned(), status });
     }
-    let too_large = || JwksError::TooLarge { issuer: issuer.to_owned(), url: url.to_owned(), limit: MAX_DOCUMENT_BYTES };
-    if response.content_length().is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    crate::http::read_body(response, MAX_DOCUMENT_BYTES).await.map_err(|e| match e {
+        BodyError::TooLarge { limit, .. } => JwksError::TooLarge { issuer: issuer.to_owned(), url: url.to_owned(), limit },
+        BodyError::Read(source) => request_error(source),
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //!
 //! Data flows one way: [`inventory`] → [`broker`] → [`validate`] → [`deliver`] → [`notify`], put
 //! in order by [`cycle`], which with the scheduler is the only code that touches [`state`].
+//! Every secret the process holds is registered with [`redact`], which every sink (logs, the
+//! state DB, mail, the run report) scrubs its text through.
 
 /// A named point where a test build (cargo feature `failpoints`, configured through the
 /// `FAILPOINTS` environment variable) injects a crash or a failure; nothing in other builds.
@@ -35,6 +37,8 @@ pub mod keep;
 pub mod kerberos;
 pub mod metrics;
 pub mod notify;
+pub mod outcome;
+pub mod redact;
 pub mod schedule;
 pub mod scopes;
 pub mod secret;

@@ -39,12 +39,13 @@ impl Health {
         matches!(self, Health::Expired | Health::Never | Health::Expiring)
     }
 
+    /// The state as the table and `--json` both write it.
     fn label(self) -> &'static str {
         match self {
-            Health::Expired => "EXPIRED",
-            Health::Never => "NEVER",
-            Health::Expiring => "EXPIRING",
-            Health::Failing => "FAILING",
+            Health::Expired => "expired",
+            Health::Never => "never",
+            Health::Expiring => "expiring",
+            Health::Failing => "failing",
             Health::Ok => "ok",
             Health::Removed => "removed",
         }
@@ -68,6 +69,19 @@ pub struct StatusRow {
     pub consecutive_failures: u32,
     pub failing_since: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// The paths last written there (`{uid}` resolved).
+    pub paths: Vec<String>,
+}
+
+impl StatusRow {
+    /// The destination as the table shows it: a file destination by the path last written
+    /// there rather than its template.
+    fn shown_destination(&self) -> String {
+        match (self.destination.split_once(':'), self.paths.as_slice()) {
+            (Some((file_at_host, _)), [path]) if file_at_host.starts_with("file@") => format!("{file_at_host}:{path}"),
+            _ => self.destination.clone(),
+        }
+    }
 }
 
 /// One row per destination in the inventory (recorded or not) and per recorded destination no
@@ -104,6 +118,7 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
             consecutive_failures: st.consecutive_failures,
             failing_since: st.failing_since,
             last_error: st.last_error.clone(),
+            paths: st.paths.clone(),
         });
     }
     for spec in inv.iter().flat_map(|inv| inv.services.values()) {
@@ -125,6 +140,7 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
                 consecutive_failures: 0,
                 failing_since: None,
                 last_error: None,
+                paths: Vec::new(),
             });
         }
     }
@@ -295,7 +311,7 @@ pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
         let error = if r.consecutive_failures > 0 { r.last_error.clone().unwrap_or_default() } else { String::new() };
         table.push(vec![
             r.service.clone(),
-            r.destination.clone(),
+            r.shown_destination(),
             r.health.label().to_string(),
             last.unwrap_or_else(|| "never".into()),
             left.unwrap_or_else(|| "-".into()),
@@ -446,6 +462,23 @@ services:
         assert_eq!(render_kept_alive(&[]), "");
         let ledger = render_ledger(&tokens, &holdings);
         assert!(ledger.contains("live (current)") && ledger.contains("credd@gone (holds), credd@s1 (holds)"), "{ledger}");
+    }
+
+    #[test]
+    fn the_table_and_json_name_states_alike_and_show_the_file_path_written() {
+        let now = Utc::now();
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
+        let mut file = status("a", "file@s1:/tmp/vt_u{uid}-cms", Some(86400), 0, now);
+        file.paths = vec!["/tmp/vt_u1000-cms".into()];
+        let rows = rows(Some(&inv), &[status("a", "credd@s1", Some(-5), 0, now), file], now);
+        let json = serde_json::to_value(&rows).unwrap();
+        let table = render_table(&rows, now);
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(json[i]["health"], r.health.label());
+            assert!(table.lines().any(|l| l.split_whitespace().nth(2) == Some(r.health.label())), "{table}");
+        }
+        assert!(table.contains("file@s1:/tmp/vt_u1000-cms "), "{table}");
+        assert_eq!(json[1]["paths"][0], "/tmp/vt_u1000-cms");
     }
 
     #[test]

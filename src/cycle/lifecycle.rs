@@ -153,7 +153,7 @@ fn removal(host: &HostSpec, path: String) -> Removal {
         Some(spool) if path.strip_prefix(spool).is_some_and(|rest| rest.starts_with('/')) => {
             Removal { root: spool.to_string(), dir_owner: Some(owner(&host.spool_owner)), path }
         }
-        _ => Removal { root: file_root(&path), dir_owner: None, path },
+        _ => Removal { root: file_root(host, &path), dir_owner: None, path },
     }
 }
 

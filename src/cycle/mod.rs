@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::broker::{AccessRequest, Broker};
@@ -53,8 +54,9 @@ pub struct CycleOptions {
     pub skip_hosts: Vec<String>,
     /// Started by the daemon's scheduler rather than by hand.
     pub scheduled: bool,
-    /// Set when shutdown's grace period ends: writes not yet renamed into place are abandoned.
-    pub abandon: Arc<AtomicBool>,
+    /// Cancelled when shutdown's grace period ends: the lock wait gives up, no later stage,
+    /// host or file starts, and writes not yet renamed into place are abandoned.
+    pub cancel: CancellationToken,
     /// Told of progress and broker request durations (a TTY progress bar, metrics).
     pub observer: Option<Observer>,
     /// Issuer keys that outlive the cycle (the daemon's); without one, the cycle loads the keys
@@ -90,7 +92,7 @@ impl CycleOptions {
             dry_run: false,
             skip_hosts: Vec::new(),
             scheduled: false,
-            abandon: Arc::new(AtomicBool::new(false)),
+            cancel: CancellationToken::new(),
             observer: None,
             jwks: None,
         }
@@ -107,34 +109,8 @@ pub enum CycleError {
     Issuer { issuer: String, #[source] source: crate::http::HttpError },
 }
 
-/// The stage at which a service stopped (also the `stage` label of metrics).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    Login,
-    Lookup,
-    Fetch,
-    Validate,
-    Deliver,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Login => "login",
-            Stage::Lookup => "lookup",
-            Stage::Fetch => "fetch",
-            Stage::Validate => "validate",
-            Stage::Deliver => "deliver",
-        }
-    }
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The stage at which a service stopped: shared with the daemon and metrics.
+pub use crate::outcome::Stage;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StageFailure {
@@ -231,6 +207,8 @@ pub enum CycleSetupError {
     Keep(#[from] KeepError),
     #[error("token ledger: {0}")]
     Ledger(#[from] LedgerError),
+    #[error("shutting down: the cycle did not start")]
+    Cancelled,
 }
 
 fn selected<'a>(inv: &'a Inventory, opts: &CycleOptions) -> Result<Vec<&'a ServiceSpec>, CycleError> {
@@ -268,21 +246,32 @@ fn now_unix() -> i64 {
 
 /// What the broker is asked for on behalf of `spec`.
 pub fn access_request(spec: &ServiceSpec) -> AccessRequest {
-    AccessRequest {
-        credkey: spec.credkey.clone(),
-        role: spec.role.clone(),
-        scopes: spec.requested_scopes(),
-        audiences: spec.audience.iter().cloned().collect(),
-        minimum_seconds: spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN,
-    }
+    spec.access_request(spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN)
 }
+
+/// How often a lock wait looks at its cancellation token.
+const LOCK_WAIT_SLICE: Duration = Duration::from_secs(1);
 
 /// The state directory's cycle lock, waiting up to `wait` for another holder.
 fn take_lock(state_dir: &Path, wait: Duration) -> Result<CycleLock, CycleSetupError> {
-    CycleLock::acquire(state_dir, Some(wait)).map_err(|e| match e {
-        LockError::Busy { .. } => CycleSetupError::Busy(e),
-        other => CycleSetupError::Lock(other),
-    })
+    take_lock_unless(state_dir, wait, &CancellationToken::new())
+}
+
+/// [`take_lock`] that gives up as soon as `cancel` fires.
+fn take_lock_unless(state_dir: &Path, wait: Duration, cancel: &CancellationToken) -> Result<CycleLock, CycleSetupError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(CycleSetupError::Cancelled);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match CycleLock::acquire(state_dir, Some(left.min(LOCK_WAIT_SLICE))) {
+            Ok(lock) => return Ok(lock),
+            Err(e @ LockError::Busy { .. }) if left <= LOCK_WAIT_SLICE => return Err(CycleSetupError::Busy(e)),
+            Err(LockError::Busy { .. }) => {}
+            Err(other) => return Err(CycleSetupError::Lock(other)),
+        }
+    }
 }
 
 /// What every stage of one cycle shares: cheap to clone into tasks.
@@ -295,6 +284,9 @@ pub(crate) struct Ctx<'a> {
     pub run: RunId,
     pub dry_run: bool,
     pub skip_hosts: &'a [String],
+    /// Grace over: no later stage or host starts.
+    pub cancel: CancellationToken,
+    /// The same, as the flag `deliver` reads between files.
     pub abandon: Arc<AtomicBool>,
     pub observer: Option<Observer>,
     /// Each service × destination as recorded before this cycle.
@@ -311,6 +303,7 @@ impl<'a> Ctx<'a> {
         opts: &'a CycleOptions,
         state_dir: &'a Path,
         prior: Vec<DestinationStatus>,
+        abandon: Arc<AtomicBool>,
     ) -> Result<Self, CycleError> {
         let mut broker = Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?;
         if let Some(Observer(o)) = &opts.observer {
@@ -331,7 +324,8 @@ impl<'a> Ctx<'a> {
             run,
             dry_run: opts.dry_run,
             skip_hosts: &opts.skip_hosts,
-            abandon: opts.abandon.clone(),
+            cancel: opts.cancel.clone(),
+            abandon,
         })
     }
 }
@@ -347,7 +341,16 @@ pub fn run_once(
     lock_wait: Duration,
 ) -> Result<RunReport, CycleSetupError> {
     let services = selected(inv, opts)?;
-    let _lock = take_lock(state_dir, lock_wait)?;
+    let _lock = take_lock_unless(state_dir, lock_wait, &opts.cancel)?;
+    // `deliver` reads a flag between files on its blocking threads: set it when the token fires.
+    let abandon = Arc::new(AtomicBool::new(opts.cancel.is_cancelled()));
+    let _bridge = tokio_util::task::AbortOnDropHandle::new(runtime.spawn({
+        let (cancel, abandon) = (opts.cancel.clone(), abandon.clone());
+        async move {
+            cancel.cancelled().await;
+            abandon.store(true, Ordering::SeqCst);
+        }
+    }));
     let store = StateStore::open(state_dir)?;
     let keeper = TokenKeeper::open(state_dir)?;
     let templates = Templates::load(inv.notify.templates_dir.as_deref()).map_err(CycleSetupError::Templates)?;
@@ -371,7 +374,7 @@ pub fn run_once(
     };
     let ledger = Ledger::new(store, keeper);
     let ctx = match ledger::adopt_legacy(&ledger, inv, &prior).map_err(CycleSetupError::from).and_then(|_| {
-        Ctx::new(inv, ledger.clone(), run_id, opts, state_dir, prior).map_err(CycleSetupError::from)
+        Ctx::new(inv, ledger.clone(), run_id, opts, state_dir, prior, abandon).map_err(CycleSetupError::from)
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -427,10 +430,13 @@ pub fn run_once(
 
     if !opts.dry_run {
         // Files left "may hold" on hosts this cycle did not push to are read back; then tokens
-        // nothing may hold any more are revoked (those that fail are retried next time).
-        let skip: BTreeSet<String> = pushed.into_iter().chain(opts.skip_hosts.iter().cloned()).collect();
-        runtime.block_on(ledger::read_back_elsewhere(&ledger, inv, run_id, &skip).instrument(run_span.clone()));
-        report.state_errors.extend(runtime.block_on(ledger::reconcile(&ledger, &ctx.broker, inv, now_unix()).instrument(run_span.clone())));
+        // nothing may hold any more are revoked (those that fail are retried next time). Past the
+        // grace period neither starts: a later cycle does both.
+        if !opts.cancel.is_cancelled() {
+            let skip: BTreeSet<String> = pushed.into_iter().chain(opts.skip_hosts.iter().cloned()).collect();
+            runtime.block_on(ledger::read_back_elsewhere(&ledger, inv, run_id, &skip).instrument(run_span.clone()));
+            report.state_errors.extend(runtime.block_on(ledger::reconcile(&ledger, &ctx.broker, inv, now_unix()).instrument(run_span.clone())));
+        }
         let (statuses, tokens) = match ledger.db(|s| Ok((s.statuses()?, s.tokens()?))) {
             Ok(x) => x,
             Err(e) => {
@@ -442,7 +448,7 @@ pub fn run_once(
         report.mail = mail::notify_run(inv, &ledger, &templates, &report, &orphans);
     }
     let ok = report.all_ok();
-    let outcome = if opts.abandon.load(Ordering::SeqCst) && !ok {
+    let outcome = if opts.cancel.is_cancelled() && !ok {
         RunOutcome::Interrupted
     } else if ok {
         RunOutcome::Success
@@ -469,10 +475,14 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
         let job = obtain::Job { broker: ctx.broker.clone(), jwks: ctx.jwks.clone(), ledger: ctx.ledger.clone(), run: Some(ctx.run), dry_run: ctx.dry_run };
         let gate = gate.clone();
         let observer = ctx.observer.clone();
+        let cancel = ctx.cancel.clone();
         let span = tracing::info_span!("service", service = %spec.name);
         tasks.spawn(
             async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+                if cancel.is_cancelled() {
+                    return (i, Err(StageFailure { stage: Stage::Login, reason: NOT_STARTED.into() }), Vec::new());
+                }
                 let mut timings = Vec::new();
                 let tokens = job.obtain(&spec, &issuer_url, &mut timings).await;
                 match &tokens {
@@ -508,11 +518,14 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
         })
         .collect();
 
-    let children = lifecycle::mint_children(ctx, services, &reports).await;
+    // Past the grace period nothing more starts: no child token, no host.
+    let stopping = ctx.cancel.is_cancelled();
+    let children = if stopping { lifecycle::Children::new() } else { lifecycle::mint_children(ctx, services, &reports).await };
     let delivering = std::time::Instant::now();
-    let plan::Delivery { mut results, mut warnings, hosts, unrecorded } = plan::deliver_all(ctx, services, &reports, &children).await;
+    let plan::Delivery { mut results, mut warnings, hosts, unrecorded } =
+        if stopping { plan::Delivery::default() } else { plan::deliver_all(ctx, services, &reports, &children).await };
     let took = delivering.elapsed();
-    for r in reports.iter_mut().filter(|r| r.tokens.is_ok()) {
+    for r in reports.iter_mut().filter(|r| r.tokens.is_ok() && !stopping) {
         r.timings.push((Stage::Deliver, took));
     }
 
@@ -526,7 +539,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
                     Err(f) => Err(format!("{}: {}", f.stage, f.reason)),
                     Ok(_) => results
                         .remove(&(spec.name.clone(), d.id.clone()))
-                        .unwrap_or_else(|| Err("deliver: no outcome for this destination".into())),
+                        .unwrap_or_else(|| Err(if stopping { format!("deliver: {NOT_STARTED}") } else { "deliver: no outcome for this destination".into() })),
                 };
                 let warning = warnings.remove(&(spec.name.clone(), d.id.clone()));
                 DestinationReport { id: d.id.clone(), host: d.host.clone(), result, warning }
@@ -535,6 +548,9 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
     }
     (reports, hosts, unrecorded)
 }
+
+/// Why a stage, host or file was not started: the grace period after SIGTERM is over.
+pub(crate) const NOT_STARTED: &str = "shutting down: not started (the grace period is over)";
 
 fn fail(stage: Stage, e: impl std::fmt::Display) -> StageFailure {
     StageFailure { stage, reason: e.to_string() }
@@ -634,6 +650,20 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} shown in {shown}");
         }
         assert!(shown.contains(&t.validated.fingerprint.hash), "fingerprints are what is shown");
+    }
+
+    #[test]
+    fn a_lock_wait_gives_up_when_the_grace_period_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = CycleLock::acquire(dir.path(), None).unwrap();
+        let cancel = CancellationToken::new();
+        let waiter = {
+            let (dir, cancel) = (dir.path().to_path_buf(), cancel.clone());
+            std::thread::spawn(move || take_lock_unless(&dir, Duration::from_secs(20), &cancel).map(|_| ()))
+        };
+        cancel.cancel();
+        assert!(matches!(waiter.join().unwrap(), Err(CycleSetupError::Cancelled)));
+        assert!(matches!(take_lock_unless(dir.path(), Duration::ZERO, &CancellationToken::new()), Err(CycleSetupError::Busy(_))));
     }
 
     #[test]

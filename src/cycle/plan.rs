@@ -40,19 +40,14 @@ fn split_file_id(id: &str) -> Option<(&str, &str)> {
     Some((parts.next()?, parts.next()?))
 }
 
-/// Where the remote-write rule starts for a file destination: the longest of a few usual roots
-/// the path lies under, else the file's own directory. The directories above it are trusted.
-pub(super) fn file_root(path: &str) -> String {
-    const ROOTS: [&str; 5] = ["/tmp", "/var/tmp", "/run/user", "/home", "/data"];
-    ROOTS
-        .iter()
-        .filter(|r| path.strip_prefix(**r).is_some_and(|rest| rest.starts_with('/')))
-        .max_by_key(|r| r.len())
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| match path.rsplit_once('/') {
-            Some(("", _)) | None => "/".to_string(),
-            Some((dir, _)) => dir.to_string(),
-        })
+/// The directory a file destination's remote-write checks start from: the longest of the
+/// host's `file_roots` it lies under (`check` guarantees one for every configured path), else,
+/// for a path recorded before the roots changed, the file's own directory.
+pub(super) fn file_root(host: &HostSpec, path: &str) -> String {
+    crate::inventory::file_root_for(host, path).map(str::to_string).unwrap_or_else(|| match path.rsplit_once('/') {
+        Some(("", _)) | None => "/".to_string(),
+        Some((dir, _)) => dir.to_string(),
+    })
 }
 
 pub(super) fn owner(o: &InvOwner) -> deliver::Owner {
@@ -112,7 +107,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     let request = access_request(spec);
                     let top = TopFile {
                         vault_token: tokens.vault_token.clone(),
-                        vault_url: format!("{}{}", inv.broker.vault_url, crate::broker::access_path(&inv.broker.issuer, &request)),
+                        vault_url: inv.top_vault_url(spec),
                         scopes: (!request.scopes.is_empty()).then(|| request.scopes.join(",")),
                         audience: spec.audience.clone(),
                     };
@@ -156,7 +151,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     let file = RemoteFile {
                         id: file_id(&spec.name, &dest.id, "file"),
                         path: path.clone(),
-                        root: file_root(path),
+                        root: file_root(host, path),
                         uid_of: path.contains("{uid}").then(|| spec.account.clone()),
                         content: Secret::new(format!("{}\n", body.expose())),
                         mode: *mode,
@@ -213,6 +208,7 @@ pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
 }
 
 /// What delivering to every host came to.
+#[derive(Default)]
 pub(super) struct Delivery {
     pub results: Results,
     pub warnings: Warnings,
@@ -284,6 +280,15 @@ fn push_recorded(ledger: &Ledger, run: RunId, mut plan: HostPlan, tracked: &[Tra
     HostRun::Pushed { outcome: Box::new(outcome), unrecorded }
 }
 
+/// A host left alone because the grace period ended before its turn: every file keeps what it
+/// had.
+fn not_started(plan: &HostPlan) -> deliver::HostOutcome {
+    let host = plan.target.name.clone();
+    let abandoned = |path: &str| deliver::DeliverError::Abandoned { host: host.clone(), path: path.to_string() };
+    let files = plan.files.iter().map(|f| deliver::FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(abandoned(&f.path)) }).collect();
+    deliver::HostOutcome { host: host.clone(), connected: Ok(()), files, signalled: Vec::new(), missing: Vec::new(), read_back: Vec::new() }
+}
+
 /// Pushes every host's plan, hosts in parallel on blocking threads, and returns each
 /// service × destination's result.
 pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Delivery {
@@ -302,10 +307,16 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         let (ledger, run) = (ctx.ledger.clone(), ctx.run);
         let mine = tracked.remove(&name).unwrap_or_default();
         files_of.insert(name.clone(), plan.files.iter().map(|f| f.id.clone()).collect());
+        let cancel = ctx.cancel.clone();
         let span = tracing::info_span!("host", host = %name);
         tasks.spawn(
             async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+                // A host not yet started when the grace period ends is not started: nothing is
+                // recorded or written there.
+                if cancel.is_cancelled() {
+                    return (name, Ok(HostRun::Pushed { outcome: Box::new(not_started(&plan)), unrecorded: None }));
+                }
                 let outcome = tokio::task::spawn_blocking(move || push_recorded(&ledger, run, plan, &mine, dry_run, &abandon)).await;
                 (name, outcome)
             }
@@ -400,16 +411,30 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
 
 #[cfg(test)]
 mod tests {
-    use super::file_root;
+    use super::{file_root, HostSpec};
 
     #[test]
     fn file_roots() {
-        assert_eq!(file_root("/tmp/vt_u{uid}-cms"), "/tmp");
-        assert_eq!(file_root("/var/tmp/x"), "/var/tmp");
-        assert_eq!(file_root("/run/user/{uid}/bt_u{uid}"), "/run/user");
-        assert_eq!(file_root("/data/tier0/tokens/bt"), "/data");
-        assert_eq!(file_root("/datax/bt"), "/datax");
-        assert_eq!(file_root("/etc/token"), "/etc");
-        assert_eq!(file_root("/token"), "/");
+        let host = HostSpec {
+            name: "h".into(),
+            address: "h.example".into(),
+            port: 22,
+            user: "root".into(),
+            key_file: "/k".into(),
+            key_passphrase_file: None,
+            known_hosts: "/kh".into(),
+            spool: None,
+            spool_owner: crate::inventory::Owner { user: "root".into(), group: None },
+            signal_credmon: true,
+            timeout: std::time::Duration::from_secs(1),
+            file_roots: ["/tmp", "/var/tmp", "/run/user", "/data", "/data/tier0"].map(String::from).to_vec(),
+        };
+        assert_eq!(file_root(&host, "/tmp/vt_u{uid}-cms"), "/tmp");
+        assert_eq!(file_root(&host, "/var/tmp/x"), "/var/tmp");
+        assert_eq!(file_root(&host, "/run/user/{uid}/bt_u{uid}"), "/run/user");
+        assert_eq!(file_root(&host, "/data/tier0/tokens/bt"), "/data/tier0");
+        assert_eq!(file_root(&host, "/data/x/bt"), "/data");
+        assert_eq!(file_root(&host, "/datax/bt"), "/datax");
+        assert_eq!(file_root(&host, "/token"), "/");
     }
 }

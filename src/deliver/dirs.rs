@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::credmon::is_no_such_file;
-use super::ids::{CONDOR_GROUP, Ids};
+use super::ids::{CONDOR_GROUP, CONDOR_USER, Ids};
 use super::session::{Remote, rpath, sh_quote};
 use super::{DeliverError, HostPlan, RemoteDir, Work, batch, normalize_dir, rule, split_parent};
 
@@ -20,6 +20,7 @@ pub(super) struct Dirs<'p> {
     managed: HashMap<String, &'p RemoteDir>,
     managed_owner: HashMap<String, Result<(u32, u32), String>>,
     condor_gid: Option<u32>,
+    condor_uid: Option<u32>,
     /// (path, judged as the root) → verdict.
     verdicts: HashMap<(String, bool), Result<(), String>>,
     /// Directories created in this push that still need their owner set.
@@ -42,6 +43,7 @@ impl<'p> Dirs<'p> {
             managed,
             managed_owner,
             condor_gid: ids.group(CONDOR_GROUP).ok(),
+            condor_uid: ids.user(CONDOR_USER).ok().map(|(uid, _)| uid),
             verdicts: HashMap::new(),
             created: Vec::new(),
             canonical: HashMap::new(),
@@ -92,7 +94,7 @@ impl<'p> Dirs<'p> {
             Some(Ok((uid, _))) => Some(*uid),
             _ => None,
         };
-        rule::Place { is_root, condor_gid: self.condor_gid, managed_owner }
+        rule::Place { is_root, condor_gid: self.condor_gid, condor_uid: self.condor_uid, managed_owner }
     }
 
     fn judge(&mut self, remote: &Remote, dir: &str, is_root: bool, dry_run: bool) -> Result<(), String> {

@@ -14,6 +14,8 @@ use super::session::{Remote, sh_quote};
 
 /// The group the credmon gives the credential spool.
 pub(crate) const CONDOR_GROUP: &str = "condor";
+/// The account under whose privileges the credd creates account directories in the spool.
+pub(crate) const CONDOR_USER: &str = "condor";
 
 #[derive(Debug, Default)]
 pub(crate) struct Ids {

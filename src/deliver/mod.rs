@@ -46,7 +46,7 @@ pub use remove::{PathOutcome, Removal, remove_from_host};
 use crate::secret::{Secret, short_hash_bytes};
 use credmon::is_no_such_file;
 use dirs::{Dirs, realpath};
-use ids::{CONDOR_GROUP, Ids};
+use ids::{CONDOR_GROUP, CONDOR_USER, Ids};
 use session::{Remote, Renamed, rpath, sh_quote};
 
 /// Failpoints (`deliver::<place>`), compiled in only with the `failpoints` feature. A callback
@@ -421,10 +421,10 @@ impl<'a> Work<'a> {
     }
 }
 
-/// Every account and group name the plan needs as a number, plus the `condor` group, in one
-/// exec request.
+/// Every account and group name the plan needs as a number, plus the `condor` account and
+/// group, in one exec request.
 fn resolve_ids(remote: &Remote, plan: &HostPlan) -> Ids {
-    let mut users = BTreeSet::new();
+    let mut users = BTreeSet::from([CONDOR_USER.to_string()]);
     let mut groups = BTreeSet::from([CONDOR_GROUP.to_string()]);
     for f in &plan.files {
         if let Some(account) = &f.uid_of {

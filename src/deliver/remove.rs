@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::credmon::is_no_such_file;
-use super::ids::{CONDOR_GROUP, Ids};
+use super::ids::{CONDOR_GROUP, CONDOR_USER, Ids};
 use super::session::{Remote, rpath};
 use super::{DeliverError, HostTarget, Owner, check_path, check_root, is_regular, normalize_dir, rule, split_parent, sweep_stale};
 
@@ -40,13 +40,14 @@ pub fn remove_from_host(target: &HostTarget, removals: &[Removal]) -> Result<Vec
         return Ok(Vec::new());
     }
     let remote = Remote::connect(target)?;
-    let mut users = BTreeSet::new();
+    let mut users = BTreeSet::from([CONDOR_USER.to_string()]);
     let mut groups = BTreeSet::from([CONDOR_GROUP.to_string()]);
     for o in removals.iter().filter_map(|r| r.dir_owner.as_ref()) {
         Ids::want(o, &mut users, &mut groups);
     }
     let ids = Ids::resolve(&remote, &users, &groups);
     let condor_gid = ids.group(CONDOR_GROUP).ok();
+    let condor_uid = ids.user(CONDOR_USER).ok().map(|(uid, _)| uid);
     let mut verdicts: HashMap<(String, bool, Option<u32>), Result<(), String>> = HashMap::new();
     let mut out = Vec::new();
     let mut cleared = Vec::new();
@@ -58,7 +59,7 @@ pub fn remove_from_host(target: &HostTarget, removals: &[Removal]) -> Result<Vec
         for (i, dir) in chain.iter().enumerate() {
             let managed_owner = if dir == parent { dir_owner } else { None };
             let verdict = verdicts.entry((dir.clone(), i == 0, managed_owner)).or_insert_with(|| match remote.lstat(dir) {
-                Ok(st) => rule::judge(&st, rule::Place { is_root: i == 0, condor_gid, managed_owner }),
+                Ok(st) => rule::judge(&st, rule::Place { is_root: i == 0, condor_gid, condor_uid, managed_owner }),
                 Err(e) if is_no_such_file(&e) => Err("does not exist".into()),
                 Err(e) => Err(format!("cannot lstat: {e}")),
             });

@@ -7,7 +7,8 @@
 //! - the trusted root itself in HTCondor's spool layout: owned by root, group `condor`, not
 //!   writable by others (the credmon makes the spool `2770 root:condor`);
 //! - a directory the delivery manages (a credd account directory `<spool>/<user>`), owned by
-//!   its configured owner (the credd's user) and writable by nobody else.
+//!   its configured owner or by the `condor` account (the credd creates account directories
+//!   under condor privileges on a standard schedd), and writable by nobody else.
 //!
 //! A symbolic link is never accepted, wherever it is on the way. Pure: judges `lstat` results.
 
@@ -20,6 +21,9 @@ pub(crate) struct Place {
     pub is_root: bool,
     /// gid of the group `condor` on the host, if it has one.
     pub condor_gid: Option<u32>,
+    /// uid of the account `condor` on the host, if it has one: allowed to own a managed
+    /// directory, as the credd makes them.
+    pub condor_uid: Option<u32>,
     /// uid allowed to own it besides root: the configured owner of a directory the delivery
     /// manages.
     pub managed_owner: Option<u32>,
@@ -53,7 +57,7 @@ pub(crate) fn judge(st: &FileStat, place: Place) -> Result<(), String> {
         }
         return Err(format!("is writable by others than root (mode {mode:04o}, group {})", st.gid.unwrap_or(u32::MAX)));
     }
-    if place.managed_owner == Some(uid) {
+    if place.managed_owner.is_some() && (place.managed_owner == Some(uid) || place.condor_uid == Some(uid)) {
         if writable_by_others {
             return Err(format!("is writable by others than its owner (mode {mode:04o})"));
         }
@@ -96,8 +100,8 @@ mod tests {
         assert_eq!(judge(&stat, place).map_err(|e| e.split(" (").next().unwrap().to_string()), expected.map_err(str::to_string), "{place:?}");
     }
 
-    const ROOT: Place = Place { is_root: true, condor_gid: Some(64), managed_owner: None };
-    const BELOW: Place = Place { is_root: false, condor_gid: Some(64), managed_owner: None };
+    const ROOT: Place = Place { is_root: true, condor_gid: Some(64), condor_uid: Some(64), managed_owner: None };
+    const BELOW: Place = Place { is_root: false, condor_gid: Some(64), condor_uid: Some(64), managed_owner: None };
 
     #[test]
     fn root_owned_directories() {
@@ -124,6 +128,10 @@ mod tests {
         check(st(S_IFDIR, 0o770, 1000, 1000), managed, Err("is writable by others than its owner"));
         check(st(S_IFDIR, 0o700, 1000, 1000), BELOW, Err("is owned by uid 1000, not by root"));
         check(st(S_IFDIR, 0o700, 1001, 1000), managed, Err("is owned by uid 1001, not by root or uid 1000"));
+        // The credd makes account directories as `condor`; only managed ones may be its.
+        check(st(S_IFDIR, 0o700, 64, 64), managed, Ok(()));
+        check(st(S_IFDIR, 0o770, 64, 64), managed, Err("is writable by others than its owner"));
+        check(st(S_IFDIR, 0o700, 64, 64), BELOW, Err("is owned by uid 64, not by root"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod chaos;
 mod check;
 #[cfg(feature = "failpoints")]
 mod crash;
+mod hostile;
 mod daemon;
 mod deliver;
 #[cfg(feature = "failpoints")]

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod hostile;
 pub mod kdc;
 pub mod openbao;
 pub mod proxy;
@@ -124,6 +125,34 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Makes (with `openssl`) a throw-away CA `<dir>/<name>-ca.pem` and an EC P-256 certificate
+/// `<dir>/<name>.pem` with key `<dir>/<name>.key` (mode 0600) it signed, for `leaf_subject` with
+/// the X.509 extensions `ext` (one `key=value` a line): (CA, certificate, key).
+pub fn make_ca_and_leaf(dir: &Path, name: &str, ca_subject: &str, leaf_subject: &str, ext: &str) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |suffix: &str| dir.join(format!("{name}{suffix}"));
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca_key, ca, key, csr, cert, ext_file) = (p("-ca.key"), p("-ca.pem"), p(".key"), p(".csr"), p(".pem"), p(".ext"));
+    let [ca_key_s, ca_s, key_s, csr_s, cert_s, ext_s] = [&ca_key, &ca, &key, &csr, &cert, &ext_file].map(|p| p.display().to_string());
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key_s, "-out", &ca_s, "-days", "1", "-subj", ca_subject]);
+    openssl(&args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", leaf_subject]);
+    openssl(&args);
+    std::fs::write(&ext_file, ext).unwrap();
+    openssl(&["x509", "-req", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s, "-CAcreateserial", "-out", &cert_s, "-days", "1", "-extfile", &ext_s]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (ca, cert, key)
 }
 
 /// Every secret the harness minted for one test, and every place the product may have written
