@@ -32,7 +32,8 @@ pub enum HttpError {
     ReadCa { path: PathBuf, #[source] source: std::io::Error },
     #[error("CA {path}: no PEM certificate in it")]
     NoCertificate { path: PathBuf },
-    #[error("CA {path}: {source}")]
+    /// reqwest says only "builder error" for a certificate it cannot parse.
+    #[error("CA {path}: holds a PEM block that is not a parsable X.509 certificate")]
     BadCertificate { path: PathBuf, #[source] source: reqwest::Error },
     #[error("cannot build the HTTPS client: {0}")]
     Build(#[source] reqwest::Error),

@@ -51,7 +51,9 @@ chmod 0700 "$ctl"
 cp target/debug/token-bastion "$ctl/token-bastion"
 head -c 600 /dev/urandom >"$ctl/prodacct.keytab"
 printf 'stand-in SSH key: check reads modes, not keys\n' >"$ctl/id_ed25519"
-printf -- '-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n' >"$ctl/ca/example-ca.pem"
+# A real (throw-away) CA certificate: check refuses a CA file that holds none.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=tbci-ca \
+    -keyout "$ctl/ca-key.pem" -out "$ctl/ca/example-ca.pem" 2>/dev/null
 
 # The service user exists before the first run, so that one service's keytab can be one the
 # operator put in place by hand (owned by that user), not through the role; the role adopts
