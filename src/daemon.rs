@@ -34,6 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cycle::{self, CycleOptions, RunReport};
 use crate::inventory::{self, Inventory, InventoryError};
+use crate::jwks::JwksCache;
 use crate::metrics::{Held, HeldSource, Metrics, MetricsServer};
 use crate::notify::{OutgoingMail, Templates};
 use crate::outcome::{CycleOutcome, DestinationOutcome, ServiceOutcome, Stage};
@@ -88,21 +89,47 @@ pub trait CycleRunner: Send + Sync + 'static {
     fn run(&self, inv: Arc<Inventory>, services: Vec<String>, grace_over: CancellationToken) -> impl Future<Output = CycleOutcome> + Send + 'static;
 }
 
+/// Issuer keys kept across cycles, for the inventory that configures the issuers.
+type KeptKeys = Arc<Mutex<Option<(Arc<Inventory>, Arc<JwksCache>)>>>;
+
 /// The production runner: [`cycle::run_once`] on a blocking thread.
 pub struct Cycles {
     pub state_dir: PathBuf,
     pub metrics: Metrics,
+    /// Issuer keys live across cycles (rebuilt, from the keys persisted in the state
+    /// directory, only when the inventory changes), so that an issuer outage is ridden out on
+    /// the last good keys.
+    pub keys: KeptKeys,
+}
+
+/// The issuer-key cache for `inv`: the one kept while the inventory is the same, else a new one.
+fn issuer_keys(kept: &KeptKeys, inv: &Arc<Inventory>, state_dir: &Path) -> Option<Arc<JwksCache>> {
+    let mut kept = lock(kept);
+    if let Some((for_inv, cache)) = kept.as_ref()
+        && Arc::ptr_eq(for_inv, inv)
+    {
+        return Some(cache.clone());
+    }
+    // A cache that cannot be built (an issuer's CA unreadable) is the cycle's own setup error.
+    let cache = Arc::new(cycle::jwks_cache(inv, state_dir).ok()?);
+    *kept = Some((inv.clone(), cache.clone()));
+    Some(cache)
 }
 
 impl CycleRunner for Cycles {
     fn run(&self, inv: Arc<Inventory>, services: Vec<String>, grace_over: CancellationToken) -> impl Future<Output = CycleOutcome> + Send + 'static {
         let state_dir = self.state_dir.clone();
         let observer = cycle::Observer(Arc::new(MetricsObserver(self.metrics.clone())));
+        let keys = self.keys.clone();
         async move {
             let runtime = tokio::runtime::Handle::current();
-            let opts = CycleOptions { scheduled: true, cancel: grace_over, observer: Some(observer), ..CycleOptions::services(services.clone()) };
-            let for_cycle = inv.clone();
-            let result = tokio::task::spawn_blocking(move || cycle::run_once(&for_cycle, &state_dir, &opts, &runtime, LOCK_WAIT)).await;
+            let (for_cycle, selected) = (inv.clone(), services.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                let jwks = issuer_keys(&keys, &for_cycle, &state_dir);
+                let opts = CycleOptions { scheduled: true, cancel: grace_over, observer: Some(observer), jwks, ..CycleOptions::services(selected) };
+                cycle::run_once(&for_cycle, &state_dir, &opts, &runtime, LOCK_WAIT)
+            })
+            .await;
             match result {
                 Ok(Ok(report)) => outcome(&report),
                 Ok(Err(e)) => CycleOutcome::not_run(cycle::error_chain(&e), destinations_of(&inv, &services)),
@@ -237,7 +264,7 @@ pub async fn run(opts: DaemonOptions, control: mpsc::Receiver<Control>) -> Daemo
             return DaemonExit::Setup;
         }
     };
-    let runner = Cycles { state_dir: opts.state_dir.clone(), metrics: metrics.clone() };
+    let runner = Cycles { state_dir: opts.state_dir.clone(), metrics: metrics.clone(), keys: KeptKeys::default() };
     let exit = serve(&opts, inv, Parts { clock: WallClock, ticks, wakes, runner, metrics }, control).await;
     server_stop.cancel();
     if let Some(server) = server {

@@ -73,6 +73,8 @@ impl std::io::Write for LogWriter {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = failpoints();
     let cli = Cli::parse();
     init_tracing(&cli);
     ExitCode::from(match &cli.command {
@@ -83,8 +85,8 @@ fn main() -> ExitCode {
             *wait,
             pushgateway.as_deref().map(|url| (url, push_job.as_str())),
         ),
-        Command::Revoke { service, host, wait } => revoke(&cli, service, host.as_deref(), *wait),
-        Command::Status { json } => status(&cli, *json),
+        Command::Revoke { service, host, wait } => revoke(&cli, service.as_deref(), host.as_deref(), *wait),
+        Command::Status { json, tokens } => status(&cli, *json, *tokens),
         Command::Daemon { metrics_listen, no_metrics, grace, splay_max, window } => daemon(
             &cli,
             DaemonOptions {
@@ -96,6 +98,22 @@ fn main() -> ExitCode {
             },
         ),
     })
+}
+
+/// Test builds only: failpoints configured from `FAILPOINTS`. A failpoint's `panic(kill)` ends
+/// the whole process at once, as `kill -9` would (a panic would otherwise end only its task).
+#[cfg(feature = "failpoints")]
+fn failpoints() -> fail::FailScenario<'static> {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if message == Some("kill") {
+            std::process::abort();
+        }
+        default(info);
+    }));
+    fail::FailScenario::setup()
 }
 
 /// Loads the inventory, printing its diagnostics; `None` means exit 2.
@@ -245,9 +263,9 @@ fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()
     Ok(())
 }
 
-fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duration) -> u8 {
+fn revoke(cli: &Cli, service: Option<&str>, host: Option<&str>, wait: std::time::Duration) -> u8 {
     let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
-    if let Some(h) = host
+    if let (Some(h), Some(_)) = (host, service)
         && !inv.hosts.contains_key(h) {
             eprintln!("error: no host `{h}` in the inventory");
             return EXIT_SETUP;
@@ -259,7 +277,15 @@ fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duratio
             return EXIT_SETUP;
         }
     };
-    match cycle::revoke(&inv, &cli.state_dir, service, host, runtime.handle(), wait) {
+    let (service, outcome) = match (service, host) {
+        (Some(service), _) => (service, cycle::revoke(&inv, &cli.state_dir, service, host, runtime.handle(), wait)),
+        (None, Some(h)) => (h, cycle::settle_host(&inv, &cli.state_dir, h, runtime.handle(), wait)),
+        (None, None) => {
+            eprintln!("error: revoke needs --service, --host or both");
+            return EXIT_SETUP;
+        }
+    };
+    match outcome {
         Ok(report) => {
             for (hash, r) in &report.revoked {
                 match r {
@@ -362,6 +388,9 @@ fn print_report(report: &RunReport) {
             }
         }
     }
+    for e in &report.state_errors {
+        println!("STATE NOT RECORDED: {}", redact::scrub(e));
+    }
     let total = report.destinations().count();
     let ok = report.destinations().filter(|(_, d)| d.result.is_ok()).count();
     let failed_services = report.services.iter().filter(|s| s.tokens.is_err()).count();
@@ -376,7 +405,7 @@ fn print_report(report: &RunReport) {
     );
 }
 
-fn status(cli: &Cli, json: bool) -> u8 {
+fn status(cli: &Cli, json: bool, tokens: bool) -> u8 {
     // A broken inventory must not hide what the destinations hold: show the recorded state,
     // judged without expiry warnings, and exit 2 for the inventory.
     let inv = load_inventory(cli);
@@ -397,18 +426,28 @@ fn status(cli: &Cli, json: bool) -> u8 {
             return EXIT_SETUP;
         }
     };
+    let (ledger, holdings) = match store.tokens().and_then(|t| Ok((t, store.holdings()?))) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
     let now = chrono::Utc::now();
     let rows = token_bastion::status::rows(inv.as_ref(), &statuses, now);
-    if json {
-        match serde_json::to_string_pretty(&rows) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_SETUP;
-            }
+    let kept_alive = token_bastion::status::kept_alive(inv.as_ref(), &ledger, &holdings, &statuses);
+    let shown = match (json, tokens) {
+        (true, false) => serde_json::to_string_pretty(&rows),
+        (true, true) => serde_json::to_string_pretty(&serde_json::json!({"tokens": ledger, "holdings": holdings, "kept_alive": kept_alive})),
+        (false, false) => Ok(format!("{}{}", token_bastion::status::render_table(&rows, now), token_bastion::status::render_kept_alive(&kept_alive))),
+        (false, true) => Ok(format!("{}{}", token_bastion::status::render_ledger(&ledger, &holdings), token_bastion::status::render_kept_alive(&kept_alive))),
+    };
+    match shown {
+        Ok(text) => println!("{}", text.trim_end()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
         }
-    } else {
-        print!("{}", token_bastion::status::render_table(&rows, now));
     }
     if inv.is_none() {
         EXIT_SETUP

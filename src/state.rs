@@ -2,8 +2,9 @@
 //!
 //! Owns `<state_dir>/state.db` — the record of runs, the audit trail of every delivery attempt,
 //! the per service × destination status that `status` prints and alerting reads, and the outbox
-//! of mail queued by a cycle — and `<state_dir>/cycle.lock`, which keeps two cycles from ever
-//! interleaving on one state directory.
+//! of mail queued by a cycle, and the token ledger (every Vault token the bastion holds or
+//! minted, and which destination files may hold it: [`LedgerToken`], [`Holding`]) — and
+//! `<state_dir>/cycle.lock`, which keeps two cycles from ever interleaving on one state directory.
 //!
 //! The API is blocking; async callers run it on `spawn_blocking`.
 //!
@@ -30,6 +31,10 @@ use serde::Serialize;
 
 use crate::notify::OutgoingMail;
 use crate::secret::Fingerprint;
+
+mod ledger;
+
+pub use ledger::{HoldState, Holding, Intent, LedgerToken, NewToken, Settled, TokenKind, TokenState};
 
 /// SQLite `application_id` of a token-bastion state database: ASCII "TkBs".
 pub const APPLICATION_ID: i32 = 0x546B_4273;
@@ -118,6 +123,40 @@ const MIGRATIONS: &[&str] = &[
         key        TEXT PRIMARY KEY,
         last_sent  INTEGER NOT NULL
     );
+    "#,
+    // 4: the token ledger. Every Vault token the bastion holds or minted, and which destination
+    // files may hold which of them; every revocation decision reads these two tables only.
+    // Token bytes stay in <state-dir>/vault/<hash>.token. What older versions kept (their token
+    // files and status.vault_root) is imported by the first cycle that finds it.
+    r#"
+    CREATE TABLE tokens (
+        hash     TEXT PRIMARY KEY,      -- short hash of the token (its fingerprint)
+        service  TEXT NOT NULL,
+        kind     TEXT NOT NULL CHECK (kind IN ('login', 'child')),
+        parent   TEXT,                  -- the login token a child was minted from
+        expiry   INTEGER,               -- NULL: never expires
+        state    TEXT NOT NULL CHECK (state IN ('live', 'revoke-pending', 'revoked', 'dead')),
+        current  INTEGER NOT NULL DEFAULT 0,   -- the login token the service's next cycle reuses
+        run_id   INTEGER,               -- the run that obtained it; NULL when imported
+        created  INTEGER NOT NULL,
+        updated  INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX tokens_current ON tokens (service) WHERE current = 1;
+    CREATE INDEX tokens_by_parent ON tokens (parent);
+    CREATE TABLE holdings (
+        service      TEXT NOT NULL,
+        destination  TEXT NOT NULL,
+        template     TEXT NOT NULL,     -- the file's path as planned (may hold {uid})
+        content      TEXT NOT NULL,     -- short hash of the bytes written; '' when not known
+        host         TEXT NOT NULL,
+        path         TEXT,              -- the resolved remote path, once known
+        token        TEXT NOT NULL,     -- hash of the Vault token those bytes carry
+        state        TEXT NOT NULL CHECK (state IN ('intended', 'holds', 'unknown', 'replaced')),
+        run_id       INTEGER,           -- the run that recorded the state
+        updated      INTEGER NOT NULL,
+        PRIMARY KEY (service, destination, template, content)
+    );
+    CREATE INDEX holdings_by_token ON holdings (token);
     "#,
 ];
 

@@ -6,15 +6,17 @@
 //! meaningless (no usable broker client, an unknown `--service`) are the only errors returned;
 //! everything else is a line in the [`RunReport`].
 
+mod ledger;
 mod lifecycle;
 mod mail;
 mod obtain;
 mod plan;
 
-pub use lifecycle::{revoke, RevokeReport};
+pub use ledger::{holders_of, LedgerError};
+pub use lifecycle::{kept_alive_by, revoke, settle_host, KeptAlive, RevokeReport};
 pub use mail::{expiring, smtp_config};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,7 +33,8 @@ use crate::jwks::{IssuerSource, JwksCache};
 use crate::keep::{KeepError, TokenKeeper};
 use crate::notify::{NotifyError, OutboxReport, Templates};
 use crate::secret::{Fingerprint, Secret};
-use crate::state::{CycleLock, Delivered, DeliveryRecord, LockError, RunId, RunKind, RunOutcome, StateError, StateStore};
+use crate::state::{CycleLock, Delivered, DeliveryRecord, DestinationStatus, LockError, RunId, RunKind, RunOutcome, StateError, StateStore};
+use ledger::Ledger;
 use crate::validate::ValidatedToken;
 
 /// How many services talk to the broker at once.
@@ -56,6 +59,9 @@ pub struct CycleOptions {
     pub cancel: CancellationToken,
     /// Told of progress and broker request durations (a TTY progress bar, metrics).
     pub observer: Option<Observer>,
+    /// Issuer keys that outlive the cycle (the daemon's); without one, the cycle loads the keys
+    /// persisted in the state directory.
+    pub jwks: Option<Arc<JwksCache>>,
 }
 
 /// What a cycle reports as it goes. Every method has a no-op default.
@@ -88,6 +94,7 @@ impl CycleOptions {
             scheduled: false,
             cancel: CancellationToken::new(),
             observer: None,
+            jwks: None,
         }
     }
 }
@@ -165,12 +172,16 @@ pub struct RunReport {
     pub services: Vec<ServiceReport>,
     /// Mail handed to the relay / left queued in the outbox by this run.
     pub mail: OutboxReport,
+    /// What the state database could not record (secret-free): the run is not a success, and
+    /// the next run recovers what it can from the intents it did record.
+    pub state_errors: Vec<String>,
 }
 
 impl RunReport {
-    /// True when every selected service got through every stage to every destination.
+    /// True when every selected service got through every stage to every destination and
+    /// everything was recorded.
     pub fn all_ok(&self) -> bool {
-        self.services.iter().all(|s| s.tokens.is_ok() && s.destinations.iter().all(|d| d.result.is_ok()))
+        self.state_errors.is_empty() && self.services.iter().all(|s| s.tokens.is_ok() && s.destinations.iter().all(|d| d.result.is_ok()))
     }
 
     pub fn destinations(&self) -> impl Iterator<Item = (&str, &DestinationReport)> {
@@ -194,6 +205,8 @@ pub enum CycleSetupError {
     Runtime(#[source] std::io::Error),
     #[error("{0}")]
     Keep(#[from] KeepError),
+    #[error("token ledger: {0}")]
+    Ledger(#[from] LedgerError),
     #[error("shutting down: the cycle did not start")]
     Cancelled,
 }
@@ -212,8 +225,9 @@ fn selected<'a>(inv: &'a Inventory, opts: &CycleOptions) -> Result<Vec<&'a Servi
         .collect()
 }
 
-/// The JWKS cache for every configured issuer, each reached with its own CA.
-pub fn jwks_cache(inv: &Inventory) -> Result<JwksCache, CycleError> {
+/// The JWKS cache for every configured issuer, each reached with its own CA, holding the keys
+/// persisted in `state_dir` (and persisting what it fetches there).
+pub fn jwks_cache(inv: &Inventory, state_dir: &Path) -> Result<JwksCache, CycleError> {
     let sources = inv
         .issuers
         .values()
@@ -223,7 +237,7 @@ pub fn jwks_cache(inv: &Inventory) -> Result<JwksCache, CycleError> {
             Ok(IssuerSource { issuer: i.url.clone(), client })
         })
         .collect::<Result<Vec<_>, CycleError>>()?;
-    Ok(JwksCache::new(sources))
+    Ok(JwksCache::new(sources).persisted_at(&state_dir.join(crate::jwks::CACHE_FILE)))
 }
 
 fn now_unix() -> i64 {
@@ -266,7 +280,8 @@ pub(crate) struct Ctx<'a> {
     pub inv: &'a Inventory,
     pub broker: Broker,
     pub jwks: Arc<JwksCache>,
-    pub keeper: TokenKeeper,
+    pub ledger: Ledger,
+    pub run: RunId,
     pub dry_run: bool,
     pub skip_hosts: &'a [String],
     /// Grace over: no later stage or host starts.
@@ -281,12 +296,13 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(
+    fn new(
         inv: &'a Inventory,
-        keeper: TokenKeeper,
+        ledger: Ledger,
+        run: RunId,
         opts: &'a CycleOptions,
         state_dir: &'a Path,
-        prior: Vec<crate::state::DestinationStatus>,
+        prior: Vec<DestinationStatus>,
         abandon: Arc<AtomicBool>,
     ) -> Result<Self, CycleError> {
         let mut broker = Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?;
@@ -300,8 +316,12 @@ impl<'a> Ctx<'a> {
             observer: opts.observer.clone(),
             prior: prior.into_iter().map(|st| ((st.service.clone(), st.destination.clone()), st)).collect(),
             broker,
-            jwks: Arc::new(jwks_cache(inv)?),
-            keeper,
+            jwks: match &opts.jwks {
+                Some(cache) => cache.clone(),
+                None => Arc::new(jwks_cache(inv, state_dir)?),
+            },
+            ledger,
+            run,
             dry_run: opts.dry_run,
             skip_hosts: &opts.skip_hosts,
             cancel: opts.cancel.clone(),
@@ -345,16 +365,30 @@ pub fn run_once(
     let run_span = tracing::info_span!("run", run_id = run_id.0, dry_run = opts.dry_run);
     let _entered = run_span.enter();
 
-    let ctx = match Ctx::new(inv, keeper, opts, state_dir, store.statuses()?, abandon) {
-        Ok(c) => c,
+    let prior = match store.statuses() {
+        Ok(p) => p,
         Err(e) => {
-            store.finish_run(run_id, RunOutcome::Error, 2)?;
+            let _ = store.finish_run(run_id, RunOutcome::Error, 2);
             return Err(e.into());
         }
     };
-    let services_done = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
-    let mut report = RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default() };
+    let ledger = Ledger::new(store, keeper);
+    let ctx = match ledger::adopt_legacy(&ledger, inv, &prior).map_err(CycleSetupError::from).and_then(|_| {
+        Ctx::new(inv, ledger.clone(), run_id, opts, state_dir, prior, abandon).map_err(CycleSetupError::from)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ledger.db(|s| s.finish_run(run_id, RunOutcome::Error, 2));
+            return Err(e);
+        }
+    };
+    let (services_done, pushed, unrecorded) = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
+    let mut report =
+        RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default(), state_errors: Vec::new() };
 
+    // From here on a failing state database loses nothing: what could not be written is tried
+    // once more, then reported; the intents already recorded keep every file "may hold".
+    let mut retry: Vec<DeliveryRecord> = Vec::new();
     for (service, d) in report.destinations() {
         let record = DeliveryRecord {
             service: service.to_string(),
@@ -363,18 +397,55 @@ pub fn run_once(
             result: d.result.clone(),
             dry_run: opts.dry_run,
         };
-        store.record_delivery(run_id, &record)?;
+        if let Err(e) = ledger.write(|s| s.record_delivery(run_id, &record)) {
+            warn!(service, destination = %d.id, error = %error_chain(&e), "cannot record the delivery; retried once more");
+            retry.push(record);
+        }
+    }
+    for u in unrecorded {
+        match ledger.write(|s| s.record_settled(Some(run_id), &u.settled)) {
+            Ok(()) => info!(host = %u.host, "what the host's files hold is recorded after all"),
+            Err(e) => report.state_errors.push(format!(
+                "{}: what its files now hold could not be recorded ({}; first try: {}); the next run treats them as holding either token until it settles them",
+                u.host,
+                error_chain(&e),
+                error_chain(&u.error)
+            )),
+        }
+    }
+    for record in retry {
+        if let Err(e) = ledger.write(|s| s.record_delivery(run_id, &record)) {
+            let what = if record.result.is_ok() { "delivered" } else { "not delivered" };
+            report.state_errors.push(format!(
+                "{}/{}: {what}, but the state database could not record it: {}",
+                record.service,
+                record.destination,
+                error_chain(&e)
+            ));
+        }
+    }
+    for e in &report.state_errors {
+        tracing::error!("{e}");
     }
 
     if !opts.dry_run {
-        // Login tokens this run superseded are revoked once no destination depends on them
-        // (past the grace period, by a later cycle).
-        let statuses = store.statuses()?;
+        // Files left "may hold" on hosts this cycle did not push to are read back; then tokens
+        // nothing may hold any more are revoked (those that fail are retried next time). Past the
+        // grace period neither starts: a later cycle does both.
         if !opts.cancel.is_cancelled() {
-            runtime.block_on(lifecycle::retire_superseded(&ctx, &services, &statuses).instrument(run_span.clone()));
+            let skip: BTreeSet<String> = pushed.into_iter().chain(opts.skip_hosts.iter().cloned()).collect();
+            runtime.block_on(ledger::read_back_elsewhere(&ledger, inv, run_id, &skip).instrument(run_span.clone()));
+            report.state_errors.extend(runtime.block_on(ledger::reconcile(&ledger, &ctx.broker, inv, now_unix()).instrument(run_span.clone())));
         }
-        let orphans = lifecycle::orphans(inv, &ctx.keeper, &statuses);
-        report.mail = mail::notify_run(inv, &store, &templates, &report, &orphans);
+        let (statuses, tokens) = match ledger.db(|s| Ok((s.statuses()?, s.tokens()?))) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot read the state for orphaned services");
+                (Vec::new(), Vec::new())
+            }
+        };
+        let orphans = lifecycle::orphans(inv, &tokens, &statuses);
+        report.mail = mail::notify_run(inv, &ledger, &templates, &report, &orphans);
     }
     let ok = report.all_ok();
     let outcome = if opts.cancel.is_cancelled() && !ok {
@@ -384,21 +455,24 @@ pub fn run_once(
     } else {
         RunOutcome::Failures
     };
-    store.finish_run(run_id, outcome, if ok { 0 } else { 1 })?;
+    if let Err(e) = ledger.write(|s| s.finish_run(run_id, outcome, if ok { 0 } else { 1 })) {
+        warn!(error = %error_chain(&e), "cannot record the end of the run");
+    }
     Ok(report)
 }
 
-/// The network part of a cycle: obtain and validate every service's tokens, mint the child
-/// tokens that Vault-token files receive, deliver to every host (hosts in parallel), then keep
-/// the children that landed and revoke those they replaced.
-async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport> {
+/// The network part of a cycle: obtain and validate every service's tokens (each recorded in
+/// the ledger as its reply arrives), mint the child tokens that Vault-token files receive, and
+/// deliver to every host (hosts in parallel, each with its intent and outcome recorded).
+/// Returns the reports and the outcomes the ledger could not take yet.
+async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport>, BTreeSet<String>, Vec<plan::Unrecorded>) {
     let gate = Arc::new(Semaphore::new(BROKER_FAN_OUT));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, spec) in services.iter().enumerate() {
         let mut spec = (*spec).clone();
         spec.login = spec.login.with_ccache_under(ctx.state_dir);
         let issuer_url = ctx.inv.issuers.get(&spec.issuer).map(|i| i.url.clone()).unwrap_or_default();
-        let job = obtain::Job { broker: ctx.broker.clone(), jwks: ctx.jwks.clone(), keeper: ctx.keeper.clone(), dry_run: ctx.dry_run };
+        let job = obtain::Job { broker: ctx.broker.clone(), jwks: ctx.jwks.clone(), ledger: ctx.ledger.clone(), run: Some(ctx.run), dry_run: ctx.dry_run };
         let gate = gate.clone();
         let observer = ctx.observer.clone();
         let cancel = ctx.cancel.clone();
@@ -448,13 +522,12 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
     let stopping = ctx.cancel.is_cancelled();
     let children = if stopping { lifecycle::Children::new() } else { lifecycle::mint_children(ctx, services, &reports).await };
     let delivering = std::time::Instant::now();
-    let (mut results, mut warnings) =
-        if stopping { Default::default() } else { plan::deliver_all(ctx, services, &reports, &children).await };
+    let plan::Delivery { mut results, mut warnings, hosts, unrecorded } =
+        if stopping { plan::Delivery::default() } else { plan::deliver_all(ctx, services, &reports, &children).await };
     let took = delivering.elapsed();
     for r in reports.iter_mut().filter(|r| r.tokens.is_ok() && !stopping) {
         r.timings.push((Stage::Deliver, took));
     }
-    lifecycle::settle_children(ctx, children, &results).await;
 
     for (report, spec) in reports.iter_mut().zip(services) {
         report.destinations = spec
@@ -473,7 +546,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
             })
             .collect();
     }
-    reports
+    (reports, hosts, unrecorded)
 }
 
 /// Why a stage, host or file was not started: the grace period after SIGTERM is over.
@@ -558,6 +631,7 @@ mod tests {
                 }],
             }],
             mail: OutboxReport::default(),
+            state_errors: Vec::new(),
         };
         let t = tokens();
         let top = TopFile { vault_token: t.vault_token.clone(), vault_url: "https://v:8200/v1/x".into(), scopes: None, audience: None };

@@ -406,3 +406,15 @@ async fn sigterm_lets_a_cycle_finish_within_the_grace_period_and_starts_nothing_
     assert!(metrics.render().contains(r#"token_bastion_deliveries_total{service="a",destination="credd@s1"} 1"#));
     assert!(calls.try_recv().is_err(), "b, queued behind a, never started");
 }
+
+#[test]
+fn issuer_keys_live_across_cycles_until_the_inventory_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let parse = || Arc::new(crate::inventory::parse(Path::new("inv.yaml"), &inventory(&[("a", "@hourly")], "")).unwrap());
+    let kept = KeptKeys::default();
+    let first = parse();
+    let cache = issuer_keys(&kept, &first, dir.path()).unwrap();
+    assert!(Arc::ptr_eq(&cache, &issuer_keys(&kept, &first, dir.path()).unwrap()), "the same inventory keeps its cache");
+    let reloaded = parse();
+    assert!(!Arc::ptr_eq(&cache, &issuer_keys(&kept, &reloaded, dir.path()).unwrap()), "a reload builds a new one");
+}

@@ -5,7 +5,10 @@
 mod harness;
 
 mod broker;
+mod chaos;
 mod check;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod hostile;
 mod daemon;
 mod deliver;
@@ -15,6 +18,7 @@ mod deliver_hostkeys;
 mod deliver_protocol;
 mod lifecycle;
 mod kerberos;
+mod ledger;
 mod metrics;
 mod notify;
 mod push;

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 pub mod hostile;
 pub mod kdc;
 pub mod openbao;
+pub mod proxy;
 pub mod pushgateway;
 pub mod stack;
+pub mod tokens;
 
 /// The product binary under test: the one cargo built for the integration tests, or, for the
 /// local-stack example (which shares this harness), the one beside the example's own directory.
@@ -167,7 +169,7 @@ impl Leaks {
     /// Remembers a secret to look for. Very short strings are ignored (they would match noise).
     pub fn secret(&self, s: &str) {
         let s = s.trim();
-        if s.len() >= 8 {
+        if s.len() >= PREFIX {
             self.secrets.lock().unwrap().push(s.to_string());
         }
     }
@@ -235,20 +237,34 @@ impl Leaks {
             }
         }
         files.retain(|f| !kept.iter().any(|k| f.starts_with(k)));
+        // One pass per file, looking up each position's first bytes among the secrets' (every
+        // secret is at least 8 bytes): long runs leave logs and databases too large to search
+        // once per secret.
+        let mut by_prefix: std::collections::HashMap<&[u8], Vec<usize>> = std::collections::HashMap::new();
+        for (i, s) in secrets.iter().enumerate() {
+            by_prefix.entry(&s.as_bytes()[..PREFIX]).or_default().push(i);
+        }
         for f in files {
             let mut bytes = Vec::new();
             if std::fs::File::open(&f).and_then(|mut h| h.read_to_end(&mut bytes)).is_err() {
                 continue;
             }
-            for (i, s) in secrets.iter().enumerate() {
-                if bytes.windows(s.len()).any(|w| w == s.as_bytes()) {
-                    found.push(format!("secret #{i} in {}", f.display()));
+            let mut hits = std::collections::BTreeSet::new();
+            for at in 0..bytes.len().saturating_sub(PREFIX - 1) {
+                for &i in by_prefix.get(&bytes[at..at + PREFIX]).into_iter().flatten() {
+                    if bytes[at..].starts_with(secrets[i].as_bytes()) {
+                        hits.insert(i);
+                    }
                 }
             }
+            found.extend(hits.into_iter().map(|i| format!("secret #{i} in {}", f.display())));
         }
         assert!(found.is_empty(), "minted secrets leaked: {found:?}");
     }
 }
+
+/// The shortest secret the leak check looks for.
+const PREFIX: usize = 8;
 
 /// Runs the product with `args`, the given extra environment, and records its output for the
 /// leak check.

@@ -140,6 +140,9 @@ pub struct OpenBao<'l> {
     /// AppRole login token (it has an entity) used only to mint identity tokens.
     minter_token: String,
     counter: AtomicU32,
+    /// Base URL of the OIDC issuer (`<base>/v1/identity/oidc`): the server itself unless a test
+    /// put a relay in front of it.
+    issuer_base: String,
 }
 
 impl std::fmt::Debug for OpenBao<'_> {
@@ -199,7 +202,17 @@ impl<'l> OpenBao<'l> {
                 child.stop();
                 continue;
             }
-            let mut bao = OpenBao { child, dir: dir.to_path_buf(), port, addr, root: root.clone(), leaks, minter_token: String::new(), counter: AtomicU32::new(0) };
+            let mut bao = OpenBao {
+                child,
+                dir: dir.to_path_buf(),
+                port,
+                issuer_base: addr.clone(),
+                addr,
+                root: root.clone(),
+                leaks,
+                minter_token: String::new(),
+                counter: AtomicU32::new(0),
+            };
             // The health endpoint answers for any server; only ours knows our root token.
             if bao.api_as(&bao.root, "read", "auth/token/lookup-self", None).is_err() {
                 last_log = bao.child.log_text();
@@ -334,7 +347,14 @@ impl<'l> OpenBao<'l> {
 
     /// The `iss` of every minted JWT.
     pub fn issuer_url(&self) -> String {
-        format!("{}/v1/identity/oidc", self.addr)
+        format!("{}/v1/identity/oidc", self.issuer_base)
+    }
+
+    /// Makes the OIDC issuer `<base>/v1/identity/oidc` (e.g. a relay in front of this server):
+    /// JWTs minted from now on name it, and its discovery document points there.
+    pub fn serve_issuer_at(&mut self, base: &str) {
+        self.write("identity/oidc/config", json!({"issuer": base}));
+        self.issuer_base = base.to_string();
     }
 
     pub fn discovery_url(&self) -> String {

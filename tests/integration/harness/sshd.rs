@@ -154,6 +154,11 @@ impl Sshd {
         self.child = None;
     }
 
+    /// Started and not stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The listening sshd's pid; every connection's processes descend from it.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("sshd running").pid()

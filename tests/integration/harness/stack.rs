@@ -237,6 +237,23 @@ impl<'l> Stack<'l> {
         run_product(self.leaks, label, &all, &env)
     }
 
+    /// Starts the product like [`Stack::run`] without waiting for it (stdout and stderr piped),
+    /// for a test that kills it; hand the child to [`Stack::reap`].
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut cmd = std::process::Command::new(super::product_bin());
+        cmd.arg("--config").arg(&self.config).arg("--state-dir").arg(&self.state_dir).args(args);
+        cmd.env("NO_COLOR", "1").env_remove("RUST_LOG").envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
+        cmd.spawn().expect("start token-bastion")
+    }
+
+    /// Waits for a child from [`Stack::spawn`] and records its output for the leak check.
+    pub fn reap(&self, label: &str, child: std::process::Child) -> Output {
+        let out = child.wait_with_output().expect("wait for token-bastion");
+        self.leaks.record_output(label, &out);
+        out
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
