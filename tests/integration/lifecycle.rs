@@ -175,6 +175,24 @@ fn a_vault_token_short_of_min_vault_lifetime_is_not_delivered_and_the_unused_log
     leaks.assert_clean();
 }
 
+/// A dry run settles nothing at the end of its cycle, so the login it made for the check must be
+/// revoked where it is given up, not left for a later cycle.
+#[test]
+fn a_dry_run_revokes_the_login_token_it_made() {
+    let leaks = Leaks::default();
+    let mut stack = Stack::new(&leaks).with_hosts(1);
+    stack.add_service(ServiceDef::new("prod", &["compute.create"]));
+    stack.put_token("prod", &spec());
+    stack.write_inventory();
+    let out = stack.run("dry run", &["run", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let issued = tokens::issued(&stack, "prod");
+    assert_eq!(issued.len(), 1, "one login");
+    assert!(!alive(&stack, &issued[0]), "the dry run's login token is revoked");
+    assert_eq!(ledger_row(&stack, &issued[0]).unwrap()["state"], "revoked");
+    leaks.assert_clean();
+}
+
 #[test]
 fn an_undelivered_child_is_revoked_and_a_landed_one_is_not() {
     let leaks = Leaks::default();
