@@ -13,14 +13,14 @@
 //! forge a second log or diagnostic line) and length bounded (a 50 MB value is not echoed whole).
 //!
 //! It must never store a secret anywhere but this process's memory, never print the registry,
-//! and never scrub so little that a registered value comes out whole. Matching is one
-//! Aho-Corasick pass over the text, rebuilt only when the registry changes.
+//! and never scrub so little that a registered value comes out whole. A registration costs the
+//! same whatever is already registered: each pattern is indexed by its last bytes, and a scrub
+//! is one pass over the text with a lookup per position, so a cycle that mints thousands of
+//! tokens does not rebuild a matcher over all of them for every new one.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// What a scrubbed secret is replaced with.
 pub const REDACTED: &str = "[redacted]";
@@ -33,14 +33,103 @@ pub const MIN_SECRET_LEN: usize = 6;
 /// cycle that made it, so a few cycles' worth is plenty.
 pub const RETIRED_KEPT: usize = 256;
 
+/// Patterns at least this long are indexed by their last `LONG_TAIL` bytes (tokens end in random
+/// bytes, while their starts are shared: `eyJhbGciOi…`, `hvs.CAES…`); shorter ones by their last
+/// [`MIN_SECRET_LEN`].
+const LONG_TAIL: usize = 16;
+
 #[derive(Default)]
 struct Registry {
     /// Registered values and how many live secrets hold each.
     live: HashMap<String, usize>,
     /// Values whose last holder is gone, oldest first.
     retired: VecDeque<String>,
-    /// Built on the first scrub after a change.
-    automaton: Option<Option<Arc<AhoCorasick>>>,
+    /// What is matched: every live or retired value, also in its JSON-escaped form.
+    index: Index,
+}
+
+/// Patterns by the bytes they end with, each with how many values produced it.
+#[derive(Default)]
+struct Index {
+    count: HashMap<String, usize>,
+    long: HashMap<Box<[u8]>, Vec<String>>,
+    short: HashMap<Box<[u8]>, Vec<String>>,
+}
+
+impl Index {
+    /// A value and its JSON-escaped form (what a JSON log line holds).
+    fn patterns(value: &str) -> Vec<String> {
+        let escaped = serde_json::to_string(value).unwrap_or_default();
+        let escaped = escaped.trim_start_matches('"').trim_end_matches('"');
+        if escaped == value { vec![value.to_string()] } else { vec![value.to_string(), escaped.to_string()] }
+    }
+
+    fn bucket(&mut self, pattern: &str) -> (&mut HashMap<Box<[u8]>, Vec<String>>, Box<[u8]>) {
+        let bytes = pattern.as_bytes();
+        if bytes.len() >= LONG_TAIL {
+            (&mut self.long, bytes[bytes.len() - LONG_TAIL..].into())
+        } else {
+            (&mut self.short, bytes[bytes.len() - MIN_SECRET_LEN..].into())
+        }
+    }
+
+    fn add(&mut self, value: &str) {
+        for pattern in Self::patterns(value) {
+            let count = self.count.entry(pattern.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                let (map, tail) = self.bucket(&pattern);
+                map.entry(tail).or_default().push(pattern);
+            }
+        }
+    }
+
+    fn remove(&mut self, value: &str) {
+        for pattern in Self::patterns(value) {
+            let Some(count) = self.count.get_mut(&pattern) else { continue };
+            *count -= 1;
+            if *count > 0 {
+                continue;
+            }
+            self.count.remove(&pattern);
+            let (map, tail) = self.bucket(&pattern);
+            if let Some(list) = map.get_mut(&tail) {
+                list.retain(|p| *p != pattern);
+                if list.is_empty() {
+                    map.remove(&tail);
+                }
+            }
+        }
+    }
+
+    /// Byte ranges of every pattern in `text`, in order, overlapping ones joined: a secret that
+    /// contains another is replaced whole.
+    fn find(&self, text: &[u8]) -> Vec<(usize, usize)> {
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        if self.count.is_empty() {
+            return found;
+        }
+        for end in MIN_SECRET_LEN..=text.len() {
+            let mut candidates = self.short.get(&text[end - MIN_SECRET_LEN..end]).into_iter().flatten();
+            let long = if end >= LONG_TAIL { self.long.get(&text[end - LONG_TAIL..end]) } else { None };
+            let mut long = long.into_iter().flatten();
+            for pattern in std::iter::from_fn(|| candidates.next().or_else(|| long.next())) {
+                let p = pattern.as_bytes();
+                if p.len() <= end && &text[end - p.len()..end] == p {
+                    found.push((end - p.len(), end));
+                }
+            }
+        }
+        found.sort_unstable();
+        let mut joined: Vec<(usize, usize)> = Vec::with_capacity(found.len());
+        for (start, end) in found {
+            match joined.last_mut() {
+                Some(last) if start < last.1 => last.1 = last.1.max(end),
+                _ => joined.push((start, end)),
+            }
+        }
+        joined
+    }
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -57,9 +146,9 @@ pub(crate) fn register(value: &str) {
     let mut r = registry();
     let count = r.live.entry(value.to_string()).or_insert(0);
     *count += 1;
-    // The matcher changes only when a value it does not know yet arrives.
+    // A retired value is still indexed.
     if *count == 1 && !r.retired.iter().any(|v| v == value) {
-        r.automaton = None;
+        r.index.add(value);
     }
 }
 
@@ -75,64 +164,45 @@ pub(crate) fn release(value: &str) {
         return;
     }
     r.live.remove(value);
-    // Live or retired, the value stays matched: only an eviction changes the matcher.
+    // Live or retired, the value stays matched: only an eviction unindexes it.
     if !r.retired.iter().any(|v| v == value) {
         r.retired.push_back(value.to_string());
-        if r.retired.len() > RETIRED_KEPT {
-            r.retired.pop_front();
-            r.automaton = None;
+        if r.retired.len() > RETIRED_KEPT
+            && let Some(evicted) = r.retired.pop_front()
+            && !r.live.contains_key(&evicted)
+        {
+            r.index.remove(&evicted);
         }
     }
 }
 
-/// The matcher over every registered value, also in its JSON-escaped form (what a JSON log line
-/// holds); `None` when nothing is registered.
-fn automaton() -> Option<Arc<AhoCorasick>> {
-    let mut r = registry();
-    if let Some(built) = &r.automaton {
-        return built.clone();
+/// `bytes` with the given ranges replaced by `[redacted]`.
+fn replace(bytes: &[u8], ranges: &[(usize, usize)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    for &(start, end) in ranges {
+        out.extend_from_slice(&bytes[at..start]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        at = end;
     }
-    let mut patterns = BTreeSet::new();
-    for value in r.live.keys().chain(r.retired.iter()) {
-        let escaped = serde_json::to_string(value).unwrap_or_default();
-        let escaped = escaped.trim_start_matches('"').trim_end_matches('"');
-        if escaped != value {
-            patterns.insert(escaped.to_string());
-        }
-        patterns.insert(value.clone());
-    }
-    let built = if patterns.is_empty() {
-        None
-    } else {
-        // Leftmost-longest: a secret that contains another is replaced whole. The plain NFA is
-        // the quickest to build, and it is rebuilt whenever a new secret arrives.
-        AhoCorasick::builder()
-            .kind(Some(AhoCorasickKind::NoncontiguousNFA))
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&patterns)
-            .ok()
-            .map(Arc::new)
-    };
-    r.automaton = Some(built.clone());
-    built
+    out.extend_from_slice(&bytes[at..]);
+    out
 }
 
 /// `text` with every registered secret replaced by `[redacted]`; borrowed when nothing matched.
 pub fn scrub(text: &str) -> Cow<'_, str> {
-    match automaton() {
-        Some(ac) if ac.is_match(text) => Cow::Owned(ac.replace_all(text, &vec![REDACTED; ac.patterns_len()])),
-        _ => Cow::Borrowed(text),
+    match scrub_bytes(text.as_bytes()) {
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        // Secrets are whole UTF-8 strings, so their occurrences start and end on character
+        // boundaries of a UTF-8 text.
+        Cow::Owned(bytes) => Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())),
     }
 }
 
 /// [`scrub`] for bytes on their way to a writer (a log line).
 pub fn scrub_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
-    match automaton() {
-        Some(ac) if ac.is_match(bytes) => {
-            Cow::Owned(ac.replace_all_bytes(bytes, &vec![REDACTED.as_bytes(); ac.patterns_len()]))
-        }
-        _ => Cow::Borrowed(bytes),
-    }
+    let ranges = registry().index.find(bytes);
+    if ranges.is_empty() { Cow::Borrowed(bytes) } else { Cow::Owned(replace(bytes, &ranges)) }
 }
 
 /// Untrusted text as it may be shown in one line: control characters escaped (`\n`, `\u{1b}`),
@@ -190,6 +260,39 @@ mod tests {
             drop(Secret::new(format!("REDACT-filler-{i:06}")));
         }
         assert_eq!(scrub("hvs.REDACT-dropped-0004"), "hvs.REDACT-dropped-0004", "retired values are bounded");
+    }
+
+    #[test]
+    fn thousands_of_tokens_with_one_prefix_are_each_found() {
+        let header = "eyJhbGciOiJSUzI1NiIsImtpZCI6IlJFREFDVC0wMDA1In0.";
+        let tokens: Vec<Secret> = (0..3000).map(|i| Secret::new(format!("{header}{}.sig-REDACT-0005-{i:06}", "p".repeat(600)))).collect();
+        for i in [0, 1, 1499, 2999] {
+            let text = format!("Authorization: Bearer {}; next", tokens[i].expose());
+            assert_eq!(scrub(&text), "Authorization: Bearer [redacted]; next");
+        }
+        // A token cut short is not a registered value; its prefix alone is not redacted.
+        let cut = &tokens[7].expose()[..200];
+        assert_eq!(scrub(cut), cut);
+    }
+
+    #[test]
+    fn adjacent_and_repeated_secrets_are_each_replaced() {
+        let _a = Secret::new("REDACT-0006-aaaaaaaaaaaaaaaaaaaa");
+        let _b = Secret::new("REDACT-0006-b");
+        assert_eq!(scrub("REDACT-0006-aaaaaaaaaaaaaaaaaaaaREDACT-0006-b|REDACT-0006-b"), "[redacted][redacted]|[redacted]");
+        assert_eq!(scrub("é REDACT-0006-b é"), "é [redacted] é");
+    }
+
+    #[test]
+    fn a_value_registered_again_after_it_retired_stays_matched_when_evicted() {
+        let first = Secret::new("hvs.REDACT-again-0007");
+        drop(first);
+        let again = Secret::new("hvs.REDACT-again-0007");
+        for i in 0..=RETIRED_KEPT {
+            drop(Secret::new(format!("REDACT-filler2-{i:06}")));
+        }
+        assert_eq!(scrub("hvs.REDACT-again-0007"), "[redacted]", "still held");
+        drop(again);
     }
 
     #[test]
