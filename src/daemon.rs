@@ -531,7 +531,7 @@ async fn reload(opts: &DaemonOptions, current: &Inventory, notified: &mut BTreeS
             error!(config = %opts.config.display(), errors = errors.len(), "the new inventory is invalid; the running one stays in use");
             let content = std::fs::read(&opts.config).unwrap_or_default();
             let seen = format!("{}\n{}", String::from_utf8_lossy(&content), errors.join("\n"));
-            let key = crate::secret::Secret::new(seen).short_hash();
+            let key = crate::secret::short_hash_bytes(seen.as_bytes());
             if notified.insert(key) {
                 let notice = Notice::ReloadRefused { config: opts.config.display().to_string(), errors: errors.clone() };
                 tell_admins(opts, current, notice, None).await;

@@ -309,7 +309,7 @@ pub fn tell_admins(state_dir: &Path, inv: &Inventory, notice: &Notice, lasting: 
 /// Tells the admins that a cycle of the daemon could not run at all: urgent, told at once and
 /// then at most every `notify.remind_every` while the same reason lasts. Blocking.
 pub fn notify_setup_failure(state_dir: &Path, inv: &Inventory, services: &[String], reason: &str, runtime: &tokio::runtime::Handle) -> OutboxReport {
-    let key = format!("setup {}", Secret::new(reason.to_string()).short_hash());
+    let key = format!("setup {}", crate::secret::short_hash_bytes(reason.as_bytes()));
     let notice = Notice::SetupFailure { services: services.to_vec(), reason: reason.to_string(), at: Utc::now() };
     tell_admins(state_dir, inv, &notice, Some(&key), runtime)
 }
