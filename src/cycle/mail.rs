@@ -144,8 +144,8 @@ pub fn send_outbox(store: &StateStore, channels: &Channels, runtime: &tokio::run
     Ok(report)
 }
 
-/// The channels of `inv` with their secrets read. A channel whose secret cannot be read is left
-/// out (its messages stay queued) and said so.
+/// The channels of `inv` with their secrets read. A channel not configured, or whose secret
+/// cannot be read (said so), is left out: its messages stay queued.
 pub fn channels(inv: &Inventory) -> Channels {
     let smtp = inv.notify.smtp.as_ref().and_then(|s| {
         smtp_config(s).map_err(|e| warn!(error = %e, "cannot read the SMTP password file; mail stays queued")).ok()
@@ -155,9 +155,6 @@ pub fn channels(inv: &Inventory) -> Channels {
             .map_err(|e| warn!(error = %e, "cannot read the webhook URL; webhook messages stay queued"))
             .ok()
     });
-    if smtp.is_none() && inv.notify.smtp.is_none() && !inv.notify.admins.is_empty() {
-        warn!("no notify.smtp configured: mail stays queued in the state database");
-    }
     Channels { smtp, webhook }
 }
 
