@@ -1165,6 +1165,25 @@ mod tests {
     }
 
     #[test]
+    fn a_message_is_queued_per_channel_with_what_it_tells_in_one_transaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let m = OutgoingMail { to: vec![], subject: "s".into(), body: "b\n".into() };
+        s.mark_alerted("failure a d 100", t(1)).unwrap();
+        s.mark_alerted("failure a d2 100", t(1)).unwrap();
+        s.enqueue_told(&[(Channel::Webhook, m.clone()), (Channel::Mail, m.clone())], &["expiring a d".into()], &["failure a d 100".into()], t(2)).unwrap();
+        let pending = s.pending_mail().unwrap();
+        assert_eq!(pending.iter().map(|q| q.channel).collect::<Vec<_>>(), [Channel::Webhook, Channel::Mail]);
+        assert_eq!(s.last_alerted("expiring a d").unwrap(), Some(t(2)));
+        assert_eq!(s.alerted_with_prefix("failure a d ").unwrap(), [], "over, and d2 is not d");
+        assert_eq!(s.alerted_with_prefix("failure a d2 ").unwrap(), [("failure a d2 100".to_string(), t(1))]);
+        // A transaction that fails part way records nothing, and queues nothing.
+        s.conn.execute_batch("CREATE TRIGGER no_alerts BEFORE INSERT ON alerts BEGIN SELECT RAISE(ABORT, 'refused'); END;").unwrap();
+        assert!(s.enqueue_told(&[(Channel::Mail, m)], &["orphan x d".into()], &[], t(3)).is_err());
+        assert_eq!(s.pending_mail().unwrap().len(), 2);
+    }
+
+    #[test]
     fn held_secrets_are_scrubbed_from_every_text_stored() {
         let secret = crate::secret::Secret::new("hvs.STATE-scrub-fixture-0001");
         let echoed = format!("broker said: bad token {}", secret.expose());
