@@ -100,6 +100,13 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         window: std::time::Duration,
     },
+    /// Send one test message through every configured channel (mail to notify.admins, the
+    /// webhook) and say which worked. Exit 0 all worked, 1 some failed, 2 configuration error.
+    Notify {
+        /// Send the test message (the only action).
+        #[arg(long, required = true)]
+        test: bool,
+    },
     /// Per service and destination: last success, token expiry, consecutive failures; and the
     /// Vault tokens only absent destinations keep alive.
     Status {

@@ -36,7 +36,7 @@ use crate::cycle::{self, CycleOptions, RunReport};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::jwks::JwksCache;
 use crate::metrics::{Held, HeldSource, Metrics, MetricsServer};
-use crate::notify::{OutgoingMail, Templates};
+use crate::notify::{Notice, Templates};
 use crate::outcome::{CycleOutcome, DestinationOutcome, ServiceOutcome, Stage};
 use crate::schedule::{
     self, Batch, Clock, CronTicks, Missed, PlanOptions, Planner, RunGuard, RunTracker, TickSource, Wake, WallClock, WatchdogEvent,
@@ -126,8 +126,16 @@ impl CycleRunner for Cycles {
             let (for_cycle, selected) = (inv.clone(), services.clone());
             let result = tokio::task::spawn_blocking(move || {
                 let jwks = issuer_keys(&keys, &for_cycle, &state_dir);
-                let opts = CycleOptions { scheduled: true, cancel: grace_over, observer: Some(observer), jwks, ..CycleOptions::services(selected) };
-                cycle::run_once(&for_cycle, &state_dir, &opts, &runtime, LOCK_WAIT)
+                let opts = CycleOptions { scheduled: true, cancel: grace_over, observer: Some(observer), jwks, ..CycleOptions::services(selected.clone()) };
+                let result = cycle::run_once(&for_cycle, &state_dir, &opts, &runtime, LOCK_WAIT);
+                // A cycle that could not run at all is urgent: nothing was delivered. Not one
+                // that shutdown stopped before it started.
+                if let Err(e) = &result
+                    && !matches!(e, cycle::CycleSetupError::Cancelled)
+                {
+                    cycle::notify_setup_failure(&state_dir, &for_cycle, &selected, &cycle::error_chain(e), &runtime);
+                }
+                result
             })
             .await;
             match result {
@@ -523,18 +531,10 @@ async fn reload(opts: &DaemonOptions, current: &Inventory, notified: &mut BTreeS
             error!(config = %opts.config.display(), errors = errors.len(), "the new inventory is invalid; the running one stays in use");
             let content = std::fs::read(&opts.config).unwrap_or_default();
             let seen = format!("{}\n{}", String::from_utf8_lossy(&content), errors.join("\n"));
-            let key = crate::secret::Secret::new(seen).short_hash();
+            let key = crate::secret::short_hash_bytes(seen.as_bytes());
             if notified.insert(key) {
-                let mail = OutgoingMail {
-                    to: current.notify.admins.clone(),
-                    subject: format!("[token-bastion] reload refused: {} is invalid", opts.config.display()),
-                    body: format!(
-                        "token-bastion was asked to reload its inventory, but the file is invalid. The daemon keeps\nrunning with the inventory it had.\n\n{}\n\nCheck a fix with: token-bastion --config {} check\n",
-                        errors.join("\n"),
-                        opts.config.display()
-                    ),
-                };
-                queue_and_send(opts, current, mail).await;
+                let notice = Notice::ReloadRefused { config: opts.config.display().to_string(), errors: errors.clone() };
+                tell_admins(opts, current, notice, None).await;
             }
             None
         }
@@ -551,15 +551,8 @@ async fn watchdog_event(opts: &DaemonOptions, inv: &Inventory, metrics: &Metrics
         WatchdogEvent::Overdue { service, last_completed, deadline } => {
             error!(service = %service, last_completed = ?last_completed, deadline = %deadline, "service has not completed a run within twice its interval");
             metrics.mark_overdue(&service);
-            let mail = OutgoingMail {
-                to: inv.notify.admins.clone(),
-                subject: format!("[token-bastion] OVERDUE: {service} has not completed a run"),
-                body: format!(
-                    "Service {service} has not completed a run since {} (deadline {deadline}: twice its schedule's interval).\nIts cycles may fail to start, or the scheduler may be stuck. Current state: token-bastion status\n",
-                    last_completed.map_or_else(|| "the daemon started".to_string(), |t| t.to_string())
-                ),
-            };
-            queue_and_send(opts, inv, mail).await;
+            let notice = Notice::Overdue { service: service.clone(), last_completed, deadline };
+            tell_admins(opts, inv, notice, None).await;
         }
         WatchdogEvent::Recovered { service, completed } => {
             info!(service = %service, completed = %completed, "service completes runs again");
@@ -568,27 +561,13 @@ async fn watchdog_event(opts: &DaemonOptions, inv: &Inventory, metrics: &Metrics
     }
 }
 
-/// Puts a mail in the outbox and tries to send the outbox now.
-async fn queue_and_send(opts: &DaemonOptions, inv: &Inventory, mail: OutgoingMail) {
-    if mail.to.is_empty() {
-        return;
-    }
-    let dir = opts.state_dir.clone();
-    let smtp = inv.notify.smtp.clone();
-    let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let store = StateStore::open(&dir).map_err(|e| e.to_string())?;
-        store.enqueue_mail(&mail).map_err(|e| e.to_string())?;
-        if let Some(smtp) = smtp {
-            let cfg = cycle::smtp_config(&smtp).map_err(|e| e.to_string())?;
-            crate::notify::deliver_outbox(&store, &cfg).map_err(|e| cycle::error_chain(&e))?;
-        }
-        Ok(())
-    })
-    .await;
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "cannot queue or send mail; it goes out with a later cycle"),
-        Err(e) => warn!(error = %e, "mail task ended abnormally"),
+/// Tells the admins (outbox, then an attempt to send it) on a blocking thread.
+async fn tell_admins(opts: &DaemonOptions, inv: &Inventory, notice: Notice, lasting: Option<String>) {
+    let (dir, inv) = (opts.state_dir.clone(), inv.clone());
+    let runtime = tokio::runtime::Handle::current();
+    let done = tokio::task::spawn_blocking(move || cycle::tell_admins(&dir, &inv, &notice, lasting.as_deref(), &runtime)).await;
+    if let Err(e) = done {
+        warn!(error = %e, "message task ended abnormally");
     }
 }
 

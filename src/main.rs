@@ -19,6 +19,7 @@ use token_bastion::daemon::{Control, DaemonExit, DaemonOptions};
 use token_bastion::schedule::PlanOptions;
 use token_bastion::state::StateStore;
 use token_bastion::inventory::{self, InventoryError};
+use token_bastion::notify::{self, Templates};
 use token_bastion::redact;
 
 const EXIT_OK: u8 = 0;
@@ -87,6 +88,7 @@ fn main() -> ExitCode {
         ),
         Command::Revoke { service, host, wait } => revoke(&cli, service.as_deref(), host.as_deref(), *wait),
         Command::Status { json, tokens } => status(&cli, *json, *tokens),
+        Command::Notify { test: _ } => notify_test(&cli),
         Command::Daemon { metrics_listen, no_metrics, grace, splay_max, window } => daemon(
             &cli,
             DaemonOptions {
@@ -147,6 +149,11 @@ fn check(cli: &Cli, strict: bool) -> u8 {
         eprintln!("{}: {} error(s)", cli.config.display(), errors.len());
         return EXIT_SETUP;
     }
+    // Every message template is rendered with sample data: a broken one is found now.
+    if let Err(e) = Templates::load(inv.notify.templates_dir.as_deref()) {
+        eprintln!("{}: notify.templates_dir: {}", cli.config.display(), cycle::error_chain(&e));
+        return EXIT_SETUP;
+    }
     let destinations: usize = inv.services.values().map(|s| s.destinations.len()).sum();
     println!(
         "{}: OK ({} services, {} hosts, {} destinations{})",
@@ -159,24 +166,98 @@ fn check(cli: &Cli, strict: bool) -> u8 {
     EXIT_OK
 }
 
-fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&str, &str)>) -> u8 {
-    let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
-    // A secret file others can read is refused here as in `check`: the bastion does not use a
-    // credential that may already have leaked on its own host.
+/// The inventory with its local files checked, printing what is wrong; `None` means exit 2. A
+/// secret file others can read is refused here as in `check`: the bastion does not use a
+/// credential that may already have leaked on its own host.
+fn usable_inventory(cli: &Cli) -> Option<inventory::Inventory> {
+    let inv = load_inventory(cli)?;
     let (errors, _) = inventory::check_local_files(&inv, false);
-    if !errors.is_empty() {
-        for e in &errors {
-            eprintln!("{e}");
-        }
-        return EXIT_SETUP;
+    for e in &errors {
+        eprintln!("{e}");
     }
-    let runtime = match tokio::runtime::Runtime::new().context("cannot start the async runtime") {
-        Ok(rt) => rt,
+    errors.is_empty().then_some(inv)
+}
+
+fn new_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime").map_err(|e| eprintln!("{e:#}")).ok()
+}
+
+/// `notify --test`: one test message through each configured channel, sent directly (not
+/// queued: a test that fails is not retried later).
+fn notify_test(cli: &Cli) -> u8 {
+    let Some(inv) = usable_inventory(cli) else { return EXIT_SETUP };
+    let templates = match Templates::load(inv.notify.templates_dir.as_deref()) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("{e:#}");
+            eprintln!("{}: notify.templates_dir: {}", cli.config.display(), cycle::error_chain(&e));
             return EXIT_SETUP;
         }
     };
+    let mut channels = notify::Channels::default();
+    if let Some(smtp) = &inv.notify.smtp {
+        if inv.notify.admins.is_empty() {
+            eprintln!("{}: notify.admins: mail is configured but nobody to send it to", cli.config.display());
+            return EXIT_SETUP;
+        }
+        match cycle::smtp_config(smtp) {
+            Ok(c) => channels.smtp = Some(c),
+            Err(e) => {
+                eprintln!("{}: notify.smtp.password_file: {e}", cli.config.display());
+                return EXIT_SETUP;
+            }
+        }
+    }
+    if let Some(w) = &inv.notify.webhook {
+        match notify::WebhookConfig::from_file(&w.url_file, w.ca.clone(), w.timeout) {
+            Ok(c) => channels.webhook = Some(c),
+            Err(e) => {
+                eprintln!("{}: notify.webhook.url_file: {e}", cli.config.display());
+                return EXIT_SETUP;
+            }
+        }
+    }
+    let wanted: Vec<notify::Channel> =
+        [(channels.smtp.is_some(), notify::Channel::Mail), (channels.webhook.is_some(), notify::Channel::Webhook)].into_iter().filter_map(|(on, c)| on.then_some(c)).collect();
+    if wanted.is_empty() {
+        eprintln!("{}: notify: no channel configured (notify.smtp with notify.admins, or notify.webhook)", cli.config.display());
+        return EXIT_SETUP;
+    }
+    let mut messages = Vec::new();
+    for channel in &wanted {
+        let notice = notify::Notice::Test { at: chrono::Utc::now(), config: cli.config.display().to_string(), channel: channel.to_string() };
+        let to = if *channel == notify::Channel::Mail { inv.notify.admins.clone() } else { Vec::new() };
+        match templates.notice(&notice, &to) {
+            Ok(m) => messages.push((*channel, m)),
+            Err(e) => {
+                eprintln!("{}: notify.templates_dir: {}", cli.config.display(), cycle::error_chain(&e));
+                return EXIT_SETUP;
+            }
+        }
+    }
+    let Some(runtime) = new_runtime() else { return EXIT_SETUP };
+    let refs: Vec<(notify::Channel, &notify::OutgoingMail)> = messages.iter().map(|(c, m)| (*c, m)).collect();
+    let outcomes = notify::send_each(&channels, runtime.handle(), &refs);
+    let mut failed = 0;
+    for ((channel, m), outcome) in refs.iter().zip(&outcomes) {
+        match outcome {
+            notify::SendOutcome::Sent if m.to.is_empty() => println!("{channel}: sent"),
+            notify::SendOutcome::Sent => println!("{channel}: sent to {}", m.to.join(", ")),
+            notify::SendOutcome::Failed(e) => {
+                failed += 1;
+                println!("{channel}: FAILED: {e}");
+            }
+            notify::SendOutcome::Deferred => {
+                failed += 1;
+                println!("{channel}: FAILED: not attempted");
+            }
+        }
+    }
+    if failed == 0 { EXIT_OK } else { EXIT_NOT_DELIVERED }
+}
+
+fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&str, &str)>) -> u8 {
+    let Some(inv) = usable_inventory(cli) else { return EXIT_SETUP };
+    let Some(runtime) = new_runtime() else { return EXIT_SETUP };
     let metrics = push.map(|_| token_bastion::metrics::Metrics::new());
     let bar = progress_bar(&inv, &opts);
     let mut opts = opts;

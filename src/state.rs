@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::notify::OutgoingMail;
+use crate::notify::{Channel, OutgoingMail};
 use crate::secret::Fingerprint;
 
 mod ledger;
@@ -157,6 +157,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (service, destination, template, content)
     );
     CREATE INDEX holdings_by_token ON holdings (token);
+    "#,
+    // 5: the channel a queued message goes out on (one row per channel, each marked sent on its
+    // own, so a message reaches each channel once). Rows queued before are mail.
+    r#"
+    ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'mail' CHECK (channel IN ('mail', 'webhook'));
     "#,
 ];
 
@@ -324,10 +329,11 @@ impl DestinationStatus {
     }
 }
 
-/// A mail waiting in the outbox.
+/// A message waiting in the outbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedMail {
     pub id: MailId,
+    pub channel: Channel,
     pub created: DateTime<Utc>,
     pub mail: OutgoingMail,
     /// Send attempts so far (all failed, or it would not be pending).
@@ -662,52 +668,82 @@ impl StateStore {
         Ok(n > 0)
     }
 
-    /// Queues a mail for [`crate::notify::deliver_outbox`].
+    /// Queues a mail.
     pub fn enqueue_mail(&self, mail: &OutgoingMail) -> Result<MailId, StateError> {
+        self.enqueue(Channel::Mail, mail)
+    }
+
+    /// Queues a message for one channel.
+    pub fn enqueue(&self, channel: Channel, mail: &OutgoingMail) -> Result<MailId, StateError> {
         let recipients = serde_json::to_string(&mail.to).expect("a list of strings serializes");
         self.conn
             .execute(
-                "INSERT INTO outbox (created, recipients, subject, body) VALUES (?1, ?2, ?3, ?4)",
-                params![ts(Utc::now()), recipients, crate::redact::scrub(&mail.subject), crate::redact::scrub(&mail.body)],
+                "INSERT INTO outbox (created, recipients, subject, body, channel) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![ts(Utc::now()), recipients, crate::redact::scrub(&mail.subject), crate::redact::scrub(&mail.body), channel.as_str()],
             )
             .map_err(self.q("enqueue mail"))?;
         Ok(MailId(self.conn.last_insert_rowid()))
     }
 
-    /// Mail not yet sent, oldest first.
+    /// Queues what one run or event has to say and records, in the same transaction, which
+    /// conditions on-call was told about at `at` (`told`) and which are over (`over`): a
+    /// message is queued exactly when its conditions are recorded, so a recovery is told once.
+    pub fn enqueue_told(&self, messages: &[(Channel, OutgoingMail)], told: &[String], over: &[String], at: DateTime<Utc>) -> Result<(), StateError> {
+        let tx = self.conn.unchecked_transaction().map_err(self.q("enqueue mail"))?;
+        for (channel, m) in messages {
+            self.enqueue(*channel, m)?;
+        }
+        for key in told {
+            self.mark_alerted(key, at)?;
+        }
+        for key in over {
+            self.conn.execute("DELETE FROM alerts WHERE key = ?1", params![key]).map_err(self.q("forget alert"))?;
+        }
+        tx.commit().map_err(self.q("enqueue mail"))
+    }
+
+    /// Conditions on-call was told about whose key starts with `prefix`, with when.
+    pub fn alerted_with_prefix(&self, prefix: &str) -> Result<Vec<(String, DateTime<Utc>)>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT key, last_sent FROM alerts WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key").map_err(self.q("read alerts"))?;
+        let rows = stmt
+            .query_map(params![prefix], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(self.q("read alerts"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, at) = row.map_err(self.q("read alerts"))?;
+            out.push((key, from_ts(Some(at)).unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    /// Messages not yet sent, oldest first.
     pub fn pending_mail(&self) -> Result<Vec<QueuedMail>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, created, recipients, subject, body, attempts, last_error
+                "SELECT id, created, recipients, subject, body, attempts, last_error, channel
                  FROM outbox WHERE sent_at IS NULL ORDER BY id",
             )
             .map_err(self.q("read outbox"))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, Option<String>>(6)?,
+                    (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?),
+                    (r.get::<_, String>(3)?, r.get::<_, String>(4)?),
+                    (r.get::<_, i64>(5)?, r.get::<_, Option<String>>(6)?, r.get::<_, String>(7)?),
                 ))
             })
             .map_err(self.q("read outbox"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, created, recipients, subject, body, attempts, last_error) =
+            let ((id, created, recipients), (subject, body), (attempts, last_error, channel)) =
                 row.map_err(self.q("read outbox"))?;
-            let to: Vec<String> =
-                serde_json::from_str(&recipients).map_err(|e| StateError::Corrupt {
-                    path: self.path.clone(),
-                    what: "outbox recipients",
-                    detail: format!("mail {id}: {e}"),
-                })?;
+            let corrupt = |what, detail: String| StateError::Corrupt { path: self.path.clone(), what, detail: format!("mail {id}: {detail}") };
+            let to: Vec<String> = serde_json::from_str(&recipients).map_err(|e| corrupt("outbox recipients", e.to_string()))?;
+            let channel = Channel::parse(&channel).ok_or_else(|| corrupt("outbox channel", channel.clone()))?;
             out.push(QueuedMail {
                 id: MailId(id),
+                channel,
                 created: from_ts(Some(created)).unwrap_or_default(),
                 mail: OutgoingMail { to, subject, body },
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
@@ -1126,6 +1162,25 @@ mod tests {
             (ib, 2, Some("timed out"))
         );
         assert_eq!(pending[0].mail, b);
+    }
+
+    #[test]
+    fn a_message_is_queued_per_channel_with_what_it_tells_in_one_transaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let m = OutgoingMail { to: vec![], subject: "s".into(), body: "b\n".into() };
+        s.mark_alerted("failure a d 100", t(1)).unwrap();
+        s.mark_alerted("failure a d2 100", t(1)).unwrap();
+        s.enqueue_told(&[(Channel::Webhook, m.clone()), (Channel::Mail, m.clone())], &["expiring a d".into()], &["failure a d 100".into()], t(2)).unwrap();
+        let pending = s.pending_mail().unwrap();
+        assert_eq!(pending.iter().map(|q| q.channel).collect::<Vec<_>>(), [Channel::Webhook, Channel::Mail]);
+        assert_eq!(s.last_alerted("expiring a d").unwrap(), Some(t(2)));
+        assert_eq!(s.alerted_with_prefix("failure a d ").unwrap(), [], "over, and d2 is not d");
+        assert_eq!(s.alerted_with_prefix("failure a d2 ").unwrap(), [("failure a d2 100".to_string(), t(1))]);
+        // A transaction that fails part way records nothing, and queues nothing.
+        s.conn.execute_batch("CREATE TRIGGER no_alerts BEFORE INSERT ON alerts BEGIN SELECT RAISE(ABORT, 'refused'); END;").unwrap();
+        assert!(s.enqueue_told(&[(Channel::Mail, m)], &["orphan x d".into()], &[], t(3)).is_err());
+        assert_eq!(s.pending_mail().unwrap().len(), 2);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod plan;
 
 pub use ledger::{holders_of, LedgerError};
 pub use lifecycle::{kept_alive_by, revoke, settle_host, KeptAlive, RevokeReport};
-pub use mail::{expiring, smtp_config};
+pub use mail::{channels, credmon_not_refreshing, expiring, notify_setup_failure, send_outbox, smtp_config, tell_admins};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -175,6 +175,9 @@ pub struct RunReport {
     /// What the state database could not record (secret-free): the run is not a success, and
     /// the next run recovers what it can from the intents it did record.
     pub state_errors: Vec<String>,
+    /// Conditions the cycle found that on-call must hear about at once (e.g.
+    /// [`mail::credmon_not_refreshing`]).
+    pub alerts: Vec<crate::notify::FailureLine>,
 }
 
 impl RunReport {
@@ -384,7 +387,7 @@ pub fn run_once(
     };
     let (services_done, pushed, unrecorded) = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
     let mut report =
-        RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default(), state_errors: Vec::new() };
+        RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default(), state_errors: Vec::new(), alerts: Vec::new() };
 
     // From here on a failing state database loses nothing: what could not be written is tried
     // once more, then reported; the intents already recorded keep every file "may hold".
@@ -445,7 +448,7 @@ pub fn run_once(
             }
         };
         let orphans = lifecycle::orphans(inv, &tokens, &statuses);
-        report.mail = mail::notify_run(inv, &ledger, &templates, &report, &orphans);
+        report.mail = mail::notify_run(inv, &ledger, &templates, &report, &orphans, runtime);
     }
     let ok = report.all_ok();
     let outcome = if opts.cancel.is_cancelled() && !ok {
@@ -632,6 +635,7 @@ mod tests {
             }],
             mail: OutboxReport::default(),
             state_errors: Vec::new(),
+            alerts: Vec::new(),
         };
         let t = tokens();
         let top = TopFile { vault_token: t.vault_token.clone(), vault_url: "https://v:8200/v1/x".into(), scopes: None, audience: None };

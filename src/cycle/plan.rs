@@ -355,14 +355,19 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         if let Some(super::Observer(o)) = &ctx.observer {
             o.host_done(&host, outcome.all_delivered());
         }
-        for path in &outcome.missing {
-            if let Some(key) = expected.get(&(host.clone(), path.clone())) {
+        for m in &outcome.missing {
+            if let Some(key) = expected.get(&(host.clone(), m.path.clone())) {
+                let path = &m.path;
                 let since = ctx.prior.get(key).and_then(|st| st.last_success).map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default();
-                let warning = format!(
-                    "credmon: {path} delivered at {since} had disappeared (the credmon deletes a .top whose Vault token is refused); delivered again"
-                );
-                warn!(service = %key.0, host = %host, destination = %key.1, "{warning}");
-                warnings.insert(key.clone(), warning);
+                if m.refused_by_credmon() {
+                    let warning = format!(
+                        "credmon: {path} delivered at {since} had disappeared while its account directory stayed and no .mark was there: the credmon refused its Vault token; delivered again"
+                    );
+                    warn!(service = %key.0, host = %host, destination = %key.1, "{warning}");
+                    warnings.insert(key.clone(), warning);
+                } else {
+                    info!(service = %key.0, host = %host, destination = %key.1, path = %path, "the credd swept the account directory after its .mark (its normal clean-up once the credentials were removed); delivered again");
+                }
             }
         }
         for (spool, signalled) in outcome.signalled.iter().filter(|_| outcome.connected.is_ok()) {

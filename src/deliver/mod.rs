@@ -177,6 +177,26 @@ pub struct FileOutcome {
 /// Per path: `Some(short hash)` of what the file holds, `None` when there is no such file.
 pub type ReadBack = Vec<(String, Result<Option<String>, DeliverError>)>;
 
+/// A file delivered earlier that was gone before this push, and what was beside it: a credd
+/// account directory that stayed with no `<user>.mark` beside it means the credmon deleted the
+/// file (it refused the token); a directory swept, or a `.mark` there, is the credd's own
+/// clean-up after the user's credentials were removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    pub path: String,
+    /// The file's directory was still there.
+    pub dir_present: bool,
+    /// `<dir>.mark` (the credd's mark for a directory to sweep) was there.
+    pub mark_present: bool,
+}
+
+impl Missing {
+    /// The credmon, not the credd's clean-up, removed the file.
+    pub fn refused_by_credmon(&self) -> bool {
+        self.dir_present && !self.mark_present
+    }
+}
+
 /// What happened on one host.
 #[derive(Debug)]
 pub struct HostOutcome {
@@ -187,7 +207,7 @@ pub struct HostOutcome {
     /// Per spool root: whether its credmon was sent SIGHUP.
     pub signalled: Vec<(String, Result<bool, DeliverError>)>,
     /// Paths of [`HostPlan::expect_present`] that were missing before this push.
-    pub missing: Vec<String>,
+    pub missing: Vec<Missing>,
     /// [`HostPlan::read_back`], as read before anything was written.
     pub read_back: ReadBack,
 }
@@ -229,14 +249,18 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
     };
     let read_back = read_back_on(&remote, &plan.read_back);
 
-    let missing: Vec<String> = plan
+    let gone = |p: &str| matches!(remote.lstat(p), Err(ref e) if is_no_such_file(e));
+    let missing: Vec<Missing> = plan
         .expect_present
         .iter()
-        .filter(|p| matches!(remote.lstat(p), Err(ref e) if is_no_such_file(e)))
-        .cloned()
+        .filter(|p| gone(p))
+        .map(|p| {
+            let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
+            Missing { path: p.clone(), dir_present: !dir.is_empty() && !gone(dir), mark_present: !dir.is_empty() && !gone(&format!("{dir}.mark")) }
+        })
         .collect();
-    for p in &missing {
-        tracing::warn!(host = %host, path = %p, "a file delivered earlier has disappeared");
+    for m in &missing {
+        tracing::warn!(host = %host, path = %m.path, dir_present = m.dir_present, mark_present = m.mark_present, "a file delivered earlier has disappeared");
     }
 
     let ids = resolve_ids(&remote, plan);

@@ -171,6 +171,9 @@ pub struct ServiceSpec {
     /// logs in again and the new token is delivered.
     pub renew_before: Duration,
     pub expiry_warning: Duration,
+    /// Failures in a row at a destination before on-call is told; urgent conditions (see
+    /// `cycle::mail`) are told at once.
+    pub alert_after: u32,
     pub owners: Vec<String>,
     /// When the daemon runs this service (UTC); hourly unless set.
     pub schedule: crate::schedule::Schedule,
@@ -224,6 +227,15 @@ pub struct NotifySpec {
     /// A condition that lasts (a failing destination, one inside its expiry warning) is mailed
     /// when it starts and then at most this often.
     pub remind_every: Duration,
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// An incoming webhook (Mattermost, Slack): the URL stays in its file until a message is sent.
+#[derive(Clone, Debug)]
+pub struct WebhookSpec {
+    pub url_file: PathBuf,
+    pub ca: CaSource,
+    pub timeout: Duration,
 }
 
 /// What a local file the inventory names holds, and so how it is checked.

@@ -156,6 +156,9 @@ pub(super) struct RawDefaults {
     pub(super) renew_before: Option<Spanned<DurationValue>>,
     #[schemars(with = "Option<DurationValue>")]
     pub(super) expiry_warning: Option<Spanned<DurationValue>>,
+    /// Failures in a row at a destination before on-call is told (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub(super) alert_after: Option<Spanned<u32>>,
     pub(super) request_scopes: Option<bool>,
     #[schemars(with = "Option<Vec<String>>")]
     pub(super) owners: Option<Vec<Spanned<String>>>,
@@ -193,6 +196,9 @@ pub(super) struct RawService {
     pub(super) renew_before: Option<Spanned<DurationValue>>,
     #[schemars(with = "Option<DurationValue>")]
     pub(super) expiry_warning: Option<Spanned<DurationValue>>,
+    /// Failures in a row at a destination before on-call is told (default: `defaults`, else 1).
+    #[schemars(with = "Option<u32>")]
+    pub(super) alert_after: Option<Spanned<u32>>,
     #[schemars(with = "Option<Vec<String>>")]
     pub(super) owners: Option<Vec<Spanned<String>>>,
     #[schemars(with = "Option<AuthSchema>")]
@@ -242,6 +248,24 @@ pub(super) struct RawNotify {
     pub(super) templates_dir: Option<Spanned<String>>,
     #[schemars(with = "Option<DurationValue>")]
     pub(super) remind_every: Option<Spanned<DurationValue>>,
+    #[schemars(with = "Option<RawWebhook>")]
+    pub(super) webhook: Option<Spanned<RawWebhook>>,
+}
+
+/// A Mattermost / Slack incoming webhook that receives what the admins are mailed.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Webhook")]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    /// A file (mode 0600) holding the webhook's https URL: the URL is its credential.
+    #[schemars(with = "String")]
+    pub(super) url_file: Spanned<String>,
+    #[schemars(with = "Option<String>")]
+    pub(super) ca_file: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
+    pub(super) ca_dir: Option<Spanned<String>>,
+    #[schemars(with = "Option<DurationValue>")]
+    pub(super) timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

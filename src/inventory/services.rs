@@ -177,6 +177,7 @@ impl Validator {
             .duration(&r.expiry_warning, &format!("{field}.expiry_warning"), &rules::VAULT_LIFETIME)
             .or(d.expiry_warning)
             .unwrap_or(DEFAULT_EXPIRY_WARNING);
+        let alert_after = self.alert_after(&r.alert_after, &format!("{field}.alert_after")).or(d.alert_after).unwrap_or(DEFAULT_ALERT_AFTER);
 
         let owners = match &r.owners {
             Some(list) => self.mail_addresses(list, &format!("{field}.owners")),
@@ -217,6 +218,7 @@ impl Validator {
             min_vault_lifetime,
             renew_before,
             expiry_warning,
+            alert_after,
             owners,
             schedule,
             login: login?,

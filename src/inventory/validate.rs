@@ -31,6 +31,11 @@ pub(super) const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(7 * 86400)
 pub(super) const DEFAULT_CHILD_TTL: Duration = Duration::from_secs(7 * 86400);
 /// Hourly cycles would otherwise mail a lasting failure 24 times a day.
 pub(super) const DEFAULT_REMIND_EVERY: Duration = Duration::from_secs(6 * 3600);
+/// Today's behaviour: the first failure is told. An upgrade never silences an alert on its own.
+pub(super) const DEFAULT_ALERT_AFTER: u32 = 1;
+/// A threshold above this would keep an hourly service's failure quiet for days.
+pub(super) const MAX_ALERT_AFTER: u32 = 48;
+const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,6 +75,7 @@ pub(super) struct Defaults {
     pub(super) min_vault_lifetime: Option<Duration>,
     pub(super) renew_before: Option<Duration>,
     pub(super) expiry_warning: Option<Duration>,
+    pub(super) alert_after: Option<u32>,
     pub(super) request_scopes: Option<bool>,
     pub(super) owners: Option<Vec<String>>,
     pub(super) schedule: Option<Schedule>,
@@ -216,6 +222,7 @@ impl Validator {
             min_vault_lifetime: self.duration(&d.min_vault_lifetime, "defaults.min_vault_lifetime", &rules::VAULT_LIFETIME),
             renew_before: self.duration(&d.renew_before, "defaults.renew_before", &rules::VAULT_LIFETIME),
             expiry_warning: self.duration(&d.expiry_warning, "defaults.expiry_warning", &rules::VAULT_LIFETIME),
+            alert_after: self.alert_after(&d.alert_after, "defaults.alert_after"),
             request_scopes: d.request_scopes,
             owners: d.owners.as_ref().map(|o| self.mail_addresses(o, "defaults.owners")),
             schedule,
@@ -361,14 +368,29 @@ impl Validator {
 
     fn notify(&mut self, n: &Option<Spanned<RawNotify>>) -> Option<NotifySpec> {
         let Some(n) = n else {
-            return Some(NotifySpec { smtp: None, admins: Vec::new(), templates_dir: None, remind_every: DEFAULT_REMIND_EVERY });
+            return Some(NotifySpec { smtp: None, admins: Vec::new(), templates_dir: None, remind_every: DEFAULT_REMIND_EVERY, webhook: None });
         };
         let raw = &n.value;
         let admins = self.mail_addresses(&raw.admins, "notify.admins");
         let smtp = raw.smtp.as_ref().map(|s| self.smtp(s));
         let templates_dir = raw.templates_dir.as_ref().map(|d| self.file(loc(d), "notify.templates_dir", &d.value, FileKind::Directory));
         let remind_every = self.duration(&raw.remind_every, "notify.remind_every", &rules::REMIND_EVERY).unwrap_or(DEFAULT_REMIND_EVERY);
-        Some(NotifySpec { smtp, admins, templates_dir, remind_every })
+        let webhook = raw.webhook.as_ref().map(|w| WebhookSpec {
+            url_file: self.file(loc(&w.value.url_file), "notify.webhook.url_file", &w.value.url_file.value, FileKind::Secret),
+            ca: self.ca(&w.value.ca_file, &w.value.ca_dir, "notify.webhook"),
+            timeout: self.duration(&w.value.timeout, "notify.webhook.timeout", &rules::TIMEOUT).unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
+        });
+        Some(NotifySpec { smtp, admins, templates_dir, remind_every, webhook })
+    }
+
+    /// A failure threshold: at least 1 (tell at the first failure), at most [`MAX_ALERT_AFTER`].
+    pub(super) fn alert_after(&mut self, v: &Option<Spanned<u32>>, field: &str) -> Option<u32> {
+        let v = v.as_ref()?;
+        if !(1..=MAX_ALERT_AFTER).contains(&v.value) {
+            self.err(v, field, format!("{} is not between 1 and {MAX_ALERT_AFTER} failures in a row", v.value));
+            return None;
+        }
+        Some(v.value)
     }
 
     fn smtp(&mut self, s: &Spanned<RawSmtp>) -> SmtpSpec {

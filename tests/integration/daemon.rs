@@ -348,7 +348,10 @@ fn sighup_refuses_a_broken_inventory_and_a_broken_templates_dir_mailing_once_eac
 #[test]
 fn a_ca_file_gone_makes_every_cycle_a_counted_failure_and_healthz_unhealthy() {
     let leaks = Leaks::default();
-    let stack = prod_stack(&leaks, 1);
+    let mut stack = Stack::new(&leaks).with_hosts(1).with_smtp();
+    stack.add_service(service("prod"));
+    stack.put_token("prod", &spec());
+    stack.write_inventory();
     // The inventory trusts a copy of the broker's CA, which the test then removes.
     let ca = stack.root().join("trusted-ca.pem");
     std::fs::copy(stack.bao.ca_path(), &ca).unwrap();
@@ -382,9 +385,15 @@ fn a_ca_file_gone_makes_every_cycle_a_counted_failure_and_healthz_unhealthy() {
     let not_run: Vec<Value> = daemon.lines().into_iter().filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("the cycle could not run"))).collect();
     assert!(!not_run.is_empty() && not_run.iter().all(|l| l["reason"].as_str().is_some_and(|r| r.contains("trusted-ca.pem"))), "{not_run:#?}");
     assert!(daemon.lines().iter().any(|l| l["message"] == "service has not completed a run within twice its interval"), "{}", daemon.log());
+    // On-call is told at once, and not again while the reason lasts (remind_every: 6h).
+    let smtp = stack.smtp.as_ref().unwrap();
+    let setup_mail: Vec<_> = smtp.messages().into_iter().filter(|m| m.subject == "[token-bastion] URGENT: a cycle could not run (1 service)").collect();
+    assert_eq!(setup_mail.len(), 1, "{:#?}", smtp.messages());
+    assert!(setup_mail[0].body.contains("trusted-ca.pem") && setup_mail[0].to == ["oncall@example.org"], "{:#?}", setup_mail[0]);
 
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0), "{}", daemon.log());
+    smtp.record_in(&leaks);
     register_top(&leaks, &top(&stack, "schedd1", "acctprod", "cms_prod"));
     leaks.assert_clean();
 }

@@ -21,5 +21,6 @@ mod kerberos;
 mod ledger;
 mod metrics;
 mod notify;
+mod alerting;
 mod push;
 mod run;

@@ -10,7 +10,7 @@ use token_bastion::notify::{
     self, ExpiryLine, FailureLine, OutgoingMail, RunSummary, SmtpConfig, Templates, Tls,
 };
 use token_bastion::secret::{Fingerprint, Secret};
-use token_bastion::state::{RunId, StateStore};
+use token_bastion::state::StateStore;
 
 use crate::harness::smtp::Smtp;
 use crate::harness::{Leaks, free_port};
@@ -40,7 +40,7 @@ fn summary() -> RunSummary {
     let token = Secret::new(ACCESS_TOKEN);
     let fp = Fingerprint::of(&token, Some("jti-4711".into()), Some(1_800_000_000));
     RunSummary {
-        run_id: RunId(7),
+        run_id: 7,
         started: at("2026-11-20T03:00:00Z"),
         dry_run: false,
         delivered: 3,
@@ -52,6 +52,7 @@ fn summary() -> RunSummary {
                 reason: "ssh: host key mismatch for vocms0101.cern.ch".into(),
                 since: at("2026-11-19T21:00:00Z"),
                 consecutive: 3,
+                ..FailureLine::default()
             },
             FailureLine {
                 service: "wmagent".into(),
@@ -60,6 +61,7 @@ fn summary() -> RunSummary {
                 reason: format!("token {fp} refused: lacks scope storage.create:/store/unmerged"),
                 since: at("2026-11-20T03:00:00Z"),
                 consecutive: 1,
+                ..FailureLine::default()
             },
         ],
         expiring: vec![ExpiryLine {
@@ -69,7 +71,15 @@ fn summary() -> RunSummary {
             time_left_secs: 36 * 3600,
             warning_secs: 72 * 3600,
         }],
+        recovered: vec![],
     }
+}
+
+/// The outbox sent over mail only, as a cycle sends it.
+fn send_outbox(store: &StateStore, cfg: &SmtpConfig) -> notify::OutboxReport {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let channels = notify::Channels { smtp: Some(cfg.clone()), webhook: None };
+    token_bastion::cycle::send_outbox(store, &channels, runtime.handle()).unwrap()
 }
 
 fn leaks_with_fixtures() -> Leaks {
@@ -161,7 +171,7 @@ fn outbox_marks_sent_mail_and_keeps_failed_mail_with_attempts_counted() {
     let closed = smtp_config(free_port(false), Some(SMTP_PASSWORD));
     leaks.text("smtp config debug", &format!("{closed:?}"));
     let ids: Vec<_> = (1..=3).map(|n| store.enqueue_mail(&mail(n)).unwrap()).collect();
-    let report = notify::deliver_outbox(&store, &closed).unwrap();
+    let report = send_outbox(&store, &closed);
     assert_eq!((report.sent, report.failed, report.deferred), (0, 1, 2));
     let pending = store.pending_mail().unwrap();
     assert_eq!(pending.iter().map(|q| q.id).collect::<Vec<_>>(), ids);
@@ -172,7 +182,7 @@ fn outbox_marks_sent_mail_and_keeps_failed_mail_with_attempts_counted() {
     assert!(smtp.messages().is_empty());
 
     // The real relay: everything queued goes out and leaves the outbox.
-    let report = notify::deliver_outbox(&store, &smtp_config(smtp.port, None)).unwrap();
+    let report = send_outbox(&store, &smtp_config(smtp.port, None));
     assert_eq!((report.sent, report.failed, report.deferred), (3, 0, 0));
     assert!(store.pending_mail().unwrap().is_empty());
     let got = smtp.wait_for_messages(3, Duration::from_secs(10));
@@ -191,7 +201,7 @@ fn outbox_marks_sent_mail_and_keeps_failed_mail_with_attempts_counted() {
     );
 
     // Nothing pending: nothing sent twice.
-    let report = notify::deliver_outbox(&store, &smtp_config(smtp.port, None)).unwrap();
+    let report = send_outbox(&store, &smtp_config(smtp.port, None));
     assert_eq!((report.sent, report.failed, report.deferred), (0, 0, 0));
     assert_eq!(smtp.messages().len(), 3);
 
@@ -221,7 +231,7 @@ fn a_rejected_recipient_fails_that_mail_only() {
             body: "b\n".into(),
         })
         .unwrap();
-    let report = notify::deliver_outbox(&store, &smtp_config(smtp.port, None)).unwrap();
+    let report = send_outbox(&store, &smtp_config(smtp.port, None));
     assert_eq!((report.sent, report.failed, report.deferred), (1, 1, 0));
     let pending = store.pending_mail().unwrap();
     assert_eq!((pending.len(), pending[0].id, pending[0].attempts), (1, bad, 1));

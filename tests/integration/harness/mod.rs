@@ -20,6 +20,7 @@ pub mod openbao;
 pub mod proxy;
 pub mod pushgateway;
 pub mod stack;
+pub mod webhook;
 pub mod tokens;
 
 /// The product binary under test: the one cargo built for the integration tests, or, for the

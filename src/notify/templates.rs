@@ -1,82 +1,75 @@
-//! Mail: what a run tells people, and the only module that knows SMTP.
+//! Every message the bastion sends, rendered from a template: the run's admin and owner mail
+//! (failures, urgent conditions, expiry warnings, recoveries) and the daemon's notices (reload
+//! refused, service overdue, a cycle that could not run, the `notify --test` message).
 //!
-//! Owns the mail templates (built in from `templates/`, overridable from an operator directory),
-//! rendering a [`RunSummary`] into one mail for the admins and one per affected service for its
-//! owners, and sending mail with lettre's blocking SMTP transport — directly ([`send`]) or by
-//! draining the outbox a cycle filled ([`deliver_outbox`]).
-//!
-//! Must never: put a token or the SMTP password in a mail, an error or a log line (a mail's
-//! inputs carry fingerprints and secret-free error texts only; the password lives in a
-//! [`Secret`] and is exposed only to lettre's credentials); fall back to an empty string for a
-//! template variable that does not exist (templates render with strict undefined behaviour and
-//! are test-rendered when loaded, so an operator's typo fails at start-up, not at 3 a.m.).
-//!
-//! Template contract: the first line a template renders is `Subject: <subject>` (not empty); the
-//! rest is the plain-text body, from which one empty line right after the subject is dropped. See the comment at the top of each template for the
-//! variables it receives.
+//! Must never: build a message body anywhere but here from a template; fall back to an empty
+//! string for a variable that does not exist (strict undefined behaviour, and every template is
+//! rendered with sample data when loaded, so an operator's typo fails `check`, `run` and a
+//! reload, not the 3 a.m. alert).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use lettre::message::{Mailbox, header::ContentType};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls as LettreTls, TlsParameters};
-use lettre::{SmtpTransport, Transport};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value, context};
-use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
-use crate::state::{QueuedMail, RunId, StateError, StateStore};
+use super::{NotifyError, OutgoingMail};
 
-/// Template for the admins' mail.
+/// Template for the admins' mail (and the webhook) about one run.
 pub const ADMIN_TEMPLATE: &str = "admin_failure.txt.j2";
-/// Template for one service's owners' mail.
+/// Template for one service's owners' mail about one run.
 pub const OWNER_TEMPLATE: &str = "owner_failure.txt.j2";
+/// Template for a reload the daemon refused.
+pub const RELOAD_REFUSED_TEMPLATE: &str = "reload_refused.txt.j2";
+/// Template for a service the watchdog found overdue.
+pub const OVERDUE_TEMPLATE: &str = "overdue.txt.j2";
+/// Template for a cycle that could not run at all.
+pub const SETUP_FAILURE_TEMPLATE: &str = "setup_failure.txt.j2";
+/// Template for `notify --test`.
+pub const TEST_TEMPLATE: &str = "test_message.txt.j2";
 
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
-    (ADMIN_TEMPLATE, include_str!("../templates/admin_failure.txt.j2")),
-    (OWNER_TEMPLATE, include_str!("../templates/owner_failure.txt.j2")),
+    (ADMIN_TEMPLATE, include_str!("../../templates/admin_failure.txt.j2")),
+    (OWNER_TEMPLATE, include_str!("../../templates/owner_failure.txt.j2")),
+    (RELOAD_REFUSED_TEMPLATE, include_str!("../../templates/reload_refused.txt.j2")),
+    (OVERDUE_TEMPLATE, include_str!("../../templates/overdue.txt.j2")),
+    (SETUP_FAILURE_TEMPLATE, include_str!("../../templates/setup_failure.txt.j2")),
+    (TEST_TEMPLATE, include_str!("../../templates/test_message.txt.j2")),
 ];
 
-/// How the connection to the SMTP relay is protected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tls {
-    /// Plain SMTP (a relay on localhost or a trusted network).
-    None,
-    /// Plain connect, then `STARTTLS`, which is required (typically port 587).
-    StartTls,
-    /// TLS from the first byte (SMTPS, typically port 465).
-    Wrapper,
+/// What a failure line is about; templates receive it as `kind` (the strings below).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AlertKind {
+    /// Not delivered this run (`failure`); told once `alert_after` failures are in a row.
+    #[default]
+    Failure,
+    /// The credmon deleted a `.top` it was given while the account directory stayed and no
+    /// `.mark` was there: it refused the token (`credmon_refused`). Urgent.
+    CredmonRefused,
+    /// The credmon does not refresh the access tokens (`credmon_stale`). Urgent.
+    CredmonStale,
+    /// A service removed from the inventory still has live tokens (`orphan`).
+    Orphan,
+    /// The state database could not record what the run did (`state`). Urgent.
+    State,
 }
 
-/// Where and how mail is sent. `Debug` shows the password as `[redacted]`.
-#[derive(Clone, Debug)]
-pub struct SmtpConfig {
-    pub host: String,
-    pub port: u16,
-    /// Envelope and header sender, e.g. `token-bastion <noreply@cern.ch>`.
-    pub from: String,
-    pub tls: Tls,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    /// Bound on connecting and on each SMTP command.
-    pub timeout: Duration,
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Failure => "failure",
+            AlertKind::CredmonRefused => "credmon_refused",
+            AlertKind::CredmonStale => "credmon_stale",
+            AlertKind::Orphan => "orphan",
+            AlertKind::State => "state",
+        }
+    }
 }
 
-/// A rendered mail; what the outbox stores.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutgoingMail {
-    pub to: Vec<String>,
-    pub subject: String,
-    pub body: String,
-}
-
-/// One service × destination that was not delivered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One service × destination on-call hears about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FailureLine {
+    pub kind: AlertKind,
     pub service: String,
     pub destination: String,
     pub host: String,
@@ -84,8 +77,10 @@ pub struct FailureLine {
     pub reason: String,
     /// First failure of the current streak.
     pub since: DateTime<Utc>,
-    /// Failures in a row, this one included.
+    /// Failures in a row, this one included (0 for what is not a streak).
     pub consecutive: u32,
+    /// Told at once, whatever the threshold.
+    pub urgent: bool,
 }
 
 /// One service × destination whose Vault token expires within its warning threshold.
@@ -98,95 +93,77 @@ pub struct ExpiryLine {
     pub warning_secs: i64,
 }
 
-/// What one run has to tell people.
+/// A destination on-call was told was failing, delivered again.
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryLine {
+    pub service: String,
+    pub destination: String,
+    pub host: String,
+    /// First failure of the streak that ended.
+    pub down_since: DateTime<Utc>,
+    pub down_secs: i64,
+}
+
+/// What one run has to tell people.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunSummary {
-    pub run_id: RunId,
+    pub run_id: i64,
     pub started: DateTime<Utc>,
     pub dry_run: bool,
     /// Service × destination pairs delivered.
     pub delivered: usize,
     pub failed: Vec<FailureLine>,
     pub expiring: Vec<ExpiryLine>,
+    pub recovered: Vec<RecoveryLine>,
 }
 
 impl RunSummary {
     /// Whether anyone needs to be told anything.
     pub fn is_alert(&self) -> bool {
-        !self.failed.is_empty() || !self.expiring.is_empty()
+        !self.failed.is_empty() || !self.expiring.is_empty() || !self.recovered.is_empty()
     }
 }
 
-/// What [`deliver_outbox`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OutboxReport {
-    pub sent: usize,
-    /// Attempted and failed; still queued with the attempt counted.
-    pub failed: usize,
-    /// Not attempted because the relay was unreachable; still queued, attempt not counted.
-    pub deferred: usize,
+/// Something the daemon (or `notify --test`) tells the admins outside a run's summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A reload was refused; the running inventory stays.
+    ReloadRefused { config: String, errors: Vec<String> },
+    /// A service has not completed a run within twice its interval.
+    Overdue { service: String, last_completed: Option<DateTime<Utc>>, deadline: DateTime<Utc> },
+    /// A cycle could not run at all (templates, CA file, state directory, lock).
+    SetupFailure { services: Vec<String>, reason: String, at: DateTime<Utc> },
+    /// `notify --test`.
+    Test { at: DateTime<Utc>, config: String, channel: String },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    #[error("mail template directory {path}: {source}")]
-    TemplateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("mail template {name}: {source}")]
-    Template {
-        name: String,
-        #[source]
-        source: minijinja::Error,
-    },
-    #[error("mail template {name}: the first line must be \"Subject: <subject>\"")]
-    TemplateShape { name: String },
-    #[error("mail address {address:?}: {source}")]
-    Address {
-        address: String,
-        #[source]
-        source: lettre::address::AddressError,
-    },
-    #[error("mail has no recipient")]
-    NoRecipient,
-    #[error("cannot build mail: {0}")]
-    Build(#[source] lettre::error::Error),
-    #[error("SMTP settings: a username needs a password and a password needs a username")]
-    Credentials,
-    #[error("SMTP TLS setup for {host}: {source}")]
-    Tls {
-        host: String,
-        #[source]
-        source: lettre::transport::smtp::Error,
-    },
-    #[error("sending mail via {host}:{port}: {source}")]
-    Send {
-        host: String,
-        port: u16,
-        #[source]
-        source: lettre::transport::smtp::Error,
-    },
-    #[error(transparent)]
-    State(#[from] StateError),
-}
-
-impl NotifyError {
-    /// A refusal by the relay that is about this mail (a rejected recipient), as opposed to a
-    /// relay that cannot be reached or is failing, which would fail every mail alike.
-    fn is_about_this_mail(&self) -> bool {
+impl Notice {
+    fn template(&self) -> &'static str {
         match self {
-            NotifyError::Send { source, .. } => source.is_permanent(),
-            NotifyError::Address { .. } | NotifyError::NoRecipient | NotifyError::Build(_) => true,
-            _ => false,
+            Notice::ReloadRefused { .. } => RELOAD_REFUSED_TEMPLATE,
+            Notice::Overdue { .. } => OVERDUE_TEMPLATE,
+            Notice::SetupFailure { .. } => SETUP_FAILURE_TEMPLATE,
+            Notice::Test { .. } => TEST_TEMPLATE,
+        }
+    }
+
+    fn context(&self) -> Value {
+        match self {
+            Notice::ReloadRefused { config, errors } => context! { config, errors },
+            Notice::Overdue { service, last_completed, deadline } => context! {
+                service, last_completed => last_completed.map(show_time), deadline => show_time(*deadline),
+            },
+            Notice::SetupFailure { services, reason, at } => context! { services, reason, at => show_time(*at) },
+            Notice::Test { at, config, channel } => context! { at => show_time(*at), config, channel },
         }
     }
 }
 
-/// The mail templates, ready to render.
+/// The message templates, ready to render.
 pub struct Templates {
     env: Environment<'static>,
+    /// Where each template came from, for errors: an operator file's path or the built-in name.
+    origin: BTreeMap<&'static str, String>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -197,12 +174,12 @@ impl std::fmt::Debug for Templates {
 
 impl Templates {
     /// The built-in templates, each replaced by a file of the same name in `dir` if there is one.
-    /// Every template is test-rendered here, so a syntax error or an unknown variable is
-    /// reported now, naming the template.
+    /// Every template is rendered here with sample data, so a syntax error or an unknown
+    /// variable is reported now, naming the template's file and line.
     pub fn load(dir: Option<&Path>) -> Result<Templates, NotifyError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        // Plain-text mail: nothing to escape, whatever a template's name says.
+        // Plain text: nothing to escape, whatever a template's name says.
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -212,61 +189,71 @@ impl Templates {
                 .build()
                 .expect("default delimiters are valid"),
         );
+        let mut origin = BTreeMap::new();
         for (name, builtin) in BUILTIN_TEMPLATES {
-            let source = match dir.map(|d| d.join(name)) {
-                Some(path) if path.exists() => std::fs::read_to_string(&path)
-                    .map_err(|source| NotifyError::TemplateDir { path, source })?,
-                _ => builtin.to_string(),
+            let (source, from) = match dir.map(|d| d.join(name)) {
+                Some(path) if path.exists() => {
+                    let text = std::fs::read_to_string(&path).map_err(|source| NotifyError::TemplateDir { path: path.clone(), source })?;
+                    (text, path.display().to_string())
+                }
+                _ => (builtin.to_string(), format!("built-in {name}")),
             };
-            env.add_template_owned(*name, source)
-                .map_err(|source| NotifyError::Template { name: name.to_string(), source })?;
+            origin.insert(*name, from);
+            env.add_template_owned(*name, source).map_err(|e| template_error(&origin, name, e))?;
         }
-        let templates = Templates { env };
+        let templates = Templates { env, origin };
         templates.self_test()?;
         Ok(templates)
     }
 
     fn self_test(&self) -> Result<(), NotifyError> {
         let at = DateTime::from_timestamp(1_800_000_000, 0).expect("valid timestamp");
-        let failure = FailureLine {
+        let line = |kind, urgent| FailureLine {
+            kind,
             service: "svc".into(),
             destination: "dest".into(),
             host: "host.example".into(),
             reason: "reason".into(),
             since: at,
             consecutive: 2,
+            urgent,
         };
-        let expiry = ExpiryLine {
-            service: "svc".into(),
-            destination: "dest".into(),
-            host: "host.example".into(),
-            time_left_secs: 3600,
-            warning_secs: 86400,
-        };
-        let full = RunSummary {
-            run_id: RunId(1),
-            started: at,
-            dry_run: false,
-            delivered: 1,
-            failed: vec![failure.clone()],
-            expiring: vec![expiry.clone()],
-        };
-        let expiring_only = RunSummary { dry_run: true, failed: vec![], ..full.clone() };
-        let failing_only = RunSummary { expiring: vec![], ..full.clone() };
+        let expiry = ExpiryLine { service: "svc".into(), destination: "dest".into(), host: "host.example".into(), time_left_secs: 3600, warning_secs: 86400 };
+        let recovery = RecoveryLine { service: "svc".into(), destination: "dest".into(), host: "host.example".into(), down_since: at, down_secs: 7200 };
+        let failed = [AlertKind::Failure, AlertKind::CredmonRefused, AlertKind::CredmonStale, AlertKind::Orphan, AlertKind::State]
+            .into_iter()
+            .map(|k| line(k, k != AlertKind::Failure))
+            .collect();
+        let full = RunSummary { run_id: 1, started: at, dry_run: false, delivered: 1, failed, expiring: vec![expiry], recovered: vec![recovery] };
+        let samples = [
+            full.clone(),
+            RunSummary { dry_run: true, failed: vec![], recovered: vec![], ..full.clone() },
+            RunSummary { expiring: vec![], recovered: vec![], ..full.clone() },
+            RunSummary { failed: vec![], expiring: vec![], ..full.clone() },
+        ];
         let admins = ["admin@example.org".to_string()];
         let owners = BTreeMap::from([("svc".to_string(), vec!["owner@example.org".to_string()])]);
-        for summary in [&full, &expiring_only, &failing_only] {
+        for summary in &samples {
             self.admin_mail(summary, &admins)?;
             self.owner_mails(summary, &owners)?;
+        }
+        let notices = [
+            Notice::ReloadRefused { config: "/etc/token-bastion/services.yaml".into(), errors: vec!["services.yaml:3:1: field: message".into()] },
+            Notice::Overdue { service: "svc".into(), last_completed: Some(at), deadline: at },
+            Notice::Overdue { service: "svc".into(), last_completed: None, deadline: at },
+            Notice::SetupFailure { services: vec!["svc".into()], reason: "reason".into(), at },
+            Notice::Test { at, config: "/etc/token-bastion/services.yaml".into(), channel: "mail".into() },
+        ];
+        for n in &notices {
+            self.notice(n, &admins)?;
         }
         Ok(())
     }
 
-    fn render(&self, name: &str, ctx: Value, to: &[String]) -> Result<OutgoingMail, NotifyError> {
-        let template_err = |source| NotifyError::Template { name: name.to_string(), source };
-        let text =
-            self.env.get_template(name).map_err(template_err)?.render(ctx).map_err(template_err)?;
-        let shape_err = || NotifyError::TemplateShape { name: name.to_string() };
+    fn render(&self, name: &'static str, ctx: Value, to: &[String]) -> Result<OutgoingMail, NotifyError> {
+        let err = |e| template_error(&self.origin, name, e);
+        let text = self.env.get_template(name).map_err(err)?.render(ctx).map_err(err)?;
+        let shape_err = || NotifyError::TemplateShape { template: self.origin.get(name).cloned().unwrap_or_else(|| name.to_string()) };
         let (first, rest) = text.split_once('\n').ok_or_else(shape_err)?;
         let subject = first.strip_prefix("Subject:").ok_or_else(shape_err)?.trim();
         // One empty line after the subject reads naturally in a template, but trim_blocks eats
@@ -282,67 +269,84 @@ impl Templates {
         Ok(OutgoingMail { to: to.to_vec(), subject: subject.to_string(), body })
     }
 
-    /// One mail to `admins` listing every failure and expiry warning of the run; `None` when
-    /// there is nothing to report or nobody to tell.
-    pub fn admin_mail(
-        &self,
-        summary: &RunSummary,
-        admins: &[String],
-    ) -> Result<Option<OutgoingMail>, NotifyError> {
-        if !summary.is_alert() || admins.is_empty() {
+    /// The run's message for the admins (and the webhook), whoever receives it; `None` when
+    /// there is nothing to report.
+    pub fn admin_message(&self, summary: &RunSummary, to: &[String]) -> Result<Option<OutgoingMail>, NotifyError> {
+        if !summary.is_alert() {
             return Ok(None);
         }
         let failures: Vec<&FailureLine> = summary.failed.iter().collect();
         let expiring: Vec<&ExpiryLine> = summary.expiring.iter().collect();
+        let recovered: Vec<&RecoveryLine> = summary.recovered.iter().collect();
         let failed_services: BTreeSet<&str> = failures.iter().map(|f| f.service.as_str()).collect();
         let ctx = context! {
             failed_services => failed_services.len(),
-            ..common_context(summary, &failures, &expiring)
+            ..common_context(summary, &failures, &expiring, &recovered)
         };
-        self.render(ADMIN_TEMPLATE, ctx, admins).map(Some)
+        self.render(ADMIN_TEMPLATE, ctx, to).map(Some)
     }
 
-    /// One mail per service with a failure or an expiry warning and at least one owner, holding
-    /// only that service's lines. Services without owners are left to the admin mail.
-    pub fn owner_mails(
-        &self,
-        summary: &RunSummary,
-        owners_by_service: &BTreeMap<String, Vec<String>>,
-    ) -> Result<Vec<OutgoingMail>, NotifyError> {
+    /// One mail to `admins` listing everything the run has to tell; `None` when there is
+    /// nothing to report or nobody to tell.
+    pub fn admin_mail(&self, summary: &RunSummary, admins: &[String]) -> Result<Option<OutgoingMail>, NotifyError> {
+        if admins.is_empty() {
+            return Ok(None);
+        }
+        self.admin_message(summary, admins)
+    }
+
+    /// One mail per service with something to tell and at least one owner, holding only that
+    /// service's lines. Services without owners are left to the admin mail.
+    pub fn owner_mails(&self, summary: &RunSummary, owners_by_service: &BTreeMap<String, Vec<String>>) -> Result<Vec<OutgoingMail>, NotifyError> {
         let affected: BTreeSet<&str> = summary
             .failed
             .iter()
             .map(|f| f.service.as_str())
             .chain(summary.expiring.iter().map(|e| e.service.as_str()))
+            .chain(summary.recovered.iter().map(|r| r.service.as_str()))
             .collect();
         let mut mails = Vec::new();
         for service in affected {
             let Some(owners) = owners_by_service.get(service).filter(|o| !o.is_empty()) else {
                 continue;
             };
-            let failures: Vec<&FailureLine> =
-                summary.failed.iter().filter(|f| f.service == service).collect();
-            let expiring: Vec<&ExpiryLine> =
-                summary.expiring.iter().filter(|e| e.service == service).collect();
-            let ctx =
-                context! { service => service, ..common_context(summary, &failures, &expiring) };
+            let failures: Vec<&FailureLine> = summary.failed.iter().filter(|f| f.service == service).collect();
+            let expiring: Vec<&ExpiryLine> = summary.expiring.iter().filter(|e| e.service == service).collect();
+            let recovered: Vec<&RecoveryLine> = summary.recovered.iter().filter(|r| r.service == service).collect();
+            let ctx = context! { service => service, ..common_context(summary, &failures, &expiring, &recovered) };
             mails.push(self.render(OWNER_TEMPLATE, ctx, owners)?);
         }
         Ok(mails)
     }
+
+    /// A daemon notice (or the test message) addressed to `to`.
+    pub fn notice(&self, notice: &Notice, to: &[String]) -> Result<OutgoingMail, NotifyError> {
+        self.render(notice.template(), notice.context(), to)
+    }
 }
 
-fn common_context(
-    summary: &RunSummary,
-    failures: &[&FailureLine],
-    expiring: &[&ExpiryLine],
-) -> Value {
+/// A minijinja error as a reader can act on: the template's file (or built-in name), the line.
+fn template_error(origin: &BTreeMap<&'static str, String>, name: &str, source: minijinja::Error) -> NotifyError {
+    let file = origin.get(name).cloned().unwrap_or_else(|| name.to_string());
+    let at = match source.line() {
+        Some(line) if source.name() == Some(name) || source.name().is_none() => format!("{file}:{line}"),
+        // An error raised in another template (an include) names that one.
+        Some(line) => format!("{file} (in {}:{line})", source.name().unwrap_or("?")),
+        None => file,
+    };
+    NotifyError::Template { at, detail: source.detail().map_or_else(|| source.kind().to_string(), str::to_string), source }
+}
+
+fn common_context(summary: &RunSummary, failures: &[&FailureLine], expiring: &[&ExpiryLine], recovered: &[&RecoveryLine]) -> Value {
     let failed_hosts: BTreeSet<String> = failures.iter().map(|f| f.host.clone()).collect();
     let expiring_hosts: BTreeSet<String> = expiring.iter().map(|e| e.host.clone()).collect();
+    let recovered_hosts: BTreeSet<String> = recovered.iter().map(|r| r.host.clone()).collect();
+    let urgent = failures.iter().filter(|f| f.urgent).count() + expiring.len();
     let failures: Vec<Value> = failures
         .iter()
         .map(|f| {
             context! {
+                kind => f.kind.as_str(), urgent => f.urgent,
                 service => &f.service, destination => &f.destination, host => &f.host,
                 reason => &f.reason, since => show_time(f.since), consecutive => f.consecutive,
             }
@@ -358,15 +362,27 @@ fn common_context(
             }
         })
         .collect();
+    let recovered: Vec<Value> = recovered
+        .iter()
+        .map(|r| {
+            context! {
+                service => &r.service, destination => &r.destination, host => &r.host,
+                down_since => show_time(r.down_since), down_for => show_duration(r.down_secs), down_secs => r.down_secs,
+            }
+        })
+        .collect();
     context! {
-        run_id => summary.run_id.0,
+        run_id => summary.run_id,
         started => show_time(summary.started),
         dry_run => summary.dry_run,
         delivered => summary.delivered,
+        urgent => urgent,
         failures => failures,
         expiring => expiring,
+        recovered => recovered,
         failed_hosts => failed_hosts.into_iter().collect::<Vec<_>>(),
         expiring_hosts => expiring_hosts.into_iter().collect::<Vec<_>>(),
+        recovered_hosts => recovered_hosts.into_iter().collect::<Vec<_>>(),
     }
 }
 
@@ -375,7 +391,7 @@ fn show_time(t: DateTime<Utc>) -> String {
 }
 
 /// "2d 3h", "5h 12m", "40m", "expired 3h ago": readable on a phone, precise enough to triage.
-fn show_duration(secs: i64) -> String {
+pub fn show_duration(secs: i64) -> String {
     if secs < 0 {
         return format!("expired {} ago", show_duration(-secs));
     }
@@ -387,108 +403,15 @@ fn show_duration(secs: i64) -> String {
     }
 }
 
-/// A mail address as mail is sent to it (and `check` validates it).
-pub fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
-    address.parse().map_err(|source| NotifyError::Address { address: address.to_string(), source })
-}
-
-fn transport(cfg: &SmtpConfig) -> Result<SmtpTransport, NotifyError> {
-    let tls_params = || {
-        TlsParameters::new(cfg.host.clone())
-            .map_err(|source| NotifyError::Tls { host: cfg.host.clone(), source })
-    };
-    let tls = match cfg.tls {
-        Tls::None => LettreTls::None,
-        Tls::StartTls => LettreTls::Required(tls_params()?),
-        Tls::Wrapper => LettreTls::Wrapper(tls_params()?),
-    };
-    let mut builder = SmtpTransport::builder_dangerous(cfg.host.as_str())
-        .port(cfg.port)
-        .tls(tls)
-        .timeout(Some(cfg.timeout));
-    match (&cfg.username, &cfg.password) {
-        (Some(user), Some(password)) => {
-            builder =
-                builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
-        }
-        (None, None) => {}
-        _ => return Err(NotifyError::Credentials),
-    }
-    Ok(builder.build())
-}
-
-/// Sends one mail now.
-pub fn send(cfg: &SmtpConfig, mail: &OutgoingMail) -> Result<(), NotifyError> {
-    let transport = transport(cfg)?;
-    send_with(&transport, cfg, mail)
-}
-
-fn send_with(
-    transport: &SmtpTransport,
-    cfg: &SmtpConfig,
-    mail: &OutgoingMail,
-) -> Result<(), NotifyError> {
-    if mail.to.is_empty() {
-        return Err(NotifyError::NoRecipient);
-    }
-    let mut builder = lettre::Message::builder()
-        .from(mailbox(&cfg.from)?)
-        .subject(mail.subject.as_str())
-        .header(ContentType::TEXT_PLAIN)
-        // Lets a mail client thread or deduplicate a mail the outbox retried.
-        .message_id(None);
-    for to in &mail.to {
-        builder = builder.to(mailbox(to)?);
-    }
-    // lettre ends the body with CRLF itself; without this the mail would grow a blank line.
-    let body = mail.body.strip_suffix('\n').unwrap_or(&mail.body);
-    let message = builder.body(body.to_string()).map_err(NotifyError::Build)?;
-    transport.send(&message).map(|_| ()).map_err(|source| NotifyError::Send {
-        host: cfg.host.clone(),
-        port: cfg.port,
-        source,
-    })
-}
-
-/// Sends every queued mail, oldest first, marking each sent or failed in the outbox.
-///
-/// A mail the relay refuses for itself (a bad recipient) is marked failed and the next one is
-/// tried; when the relay cannot be reached or fails transiently, the rest are left untouched
-/// for the next cycle rather than each waiting out the timeout against a dead relay.
-pub fn deliver_outbox(store: &StateStore, cfg: &SmtpConfig) -> Result<OutboxReport, NotifyError> {
-    let pending = store.pending_mail()?;
-    let mut report = OutboxReport::default();
-    if pending.is_empty() {
-        return Ok(report);
-    }
-    let transport = transport(cfg)?;
-    let mut relay_down = false;
-    for QueuedMail { id, mail, .. } in pending {
-        if relay_down {
-            report.deferred += 1;
-            continue;
-        }
-        match send_with(&transport, cfg, &mail) {
-            Ok(()) => {
-                store.mark_sent(id)?;
-                report.sent += 1;
-            }
-            Err(e) => {
-                // The error names host, port and the relay's reply; never the password, which
-                // lettre sends but never echoes.
-                store.mark_failed(id, &e.to_string())?;
-                tracing::warn!(mail_id = id.0, error = %e, "mail not sent; kept in the outbox");
-                report.failed += 1;
-                relay_down = !e.is_about_this_mail();
-            }
-        }
-    }
-    Ok(report)
+/// Where the templates come from, for `check`'s message.
+pub fn template_names() -> impl Iterator<Item = &'static str> {
+    BUILTIN_TEMPLATES.iter().map(|(n, _)| *n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -496,7 +419,7 @@ mod tests {
 
     fn summary() -> RunSummary {
         RunSummary {
-            run_id: RunId(42),
+            run_id: 42,
             started: at("2026-11-20T03:00:00Z"),
             dry_run: false,
             delivered: 7,
@@ -508,6 +431,7 @@ mod tests {
                     reason: "ssh: connection refused".into(),
                     since: at("2026-11-19T21:00:00Z"),
                     consecutive: 3,
+                    ..FailureLine::default()
                 },
                 FailureLine {
                     service: "wmagent".into(),
@@ -516,6 +440,7 @@ mod tests {
                     reason: "token refused: scope storage.modify:/ wider than allowed".into(),
                     since: at("2026-11-20T03:00:00Z"),
                     consecutive: 1,
+                    ..FailureLine::default()
                 },
             ],
             expiring: vec![ExpiryLine {
@@ -525,6 +450,7 @@ mod tests {
                 time_left_secs: 2 * 86400 + 3 * 3600 + 60,
                 warning_secs: 3 * 86400,
             }],
+            recovered: vec![],
         }
     }
 
@@ -647,7 +573,7 @@ mod tests {
             .unwrap();
         let err = Templates::load(Some(dir.path())).unwrap_err();
         assert!(
-            matches!(&err, NotifyError::Template { name, .. } if name == ADMIN_TEMPLATE),
+            matches!(&err, NotifyError::Template { at, .. } if at.contains(ADMIN_TEMPLATE)),
             "{err}"
         );
 
@@ -690,40 +616,5 @@ mod tests {
         ] {
             assert_eq!(show_duration(secs), shown);
         }
-    }
-
-    #[test]
-    fn config_debug_hides_the_password() {
-        let cfg = SmtpConfig {
-            host: "smtp.example.org".into(),
-            port: 587,
-            from: "bastion@example.org".into(),
-            tls: Tls::StartTls,
-            username: Some("bastion".into()),
-            password: Some(Secret::new("smtp-pass-0123456789")),
-            timeout: Duration::from_secs(30),
-        };
-        let shown = format!("{cfg:?}");
-        assert!(!shown.contains("smtp-pass-0123456789"), "{shown}");
-        assert!(shown.contains("[redacted]"));
-    }
-
-    #[test]
-    fn half_credentials_are_refused() {
-        let cfg = SmtpConfig {
-            host: "127.0.0.1".into(),
-            port: 25,
-            from: "bastion@example.org".into(),
-            tls: Tls::None,
-            username: Some("bastion".into()),
-            password: None,
-            timeout: Duration::from_secs(1),
-        };
-        let mail = OutgoingMail {
-            to: vec!["a@example.org".into()],
-            subject: "s".into(),
-            body: "b".into(),
-        };
-        assert!(matches!(send(&cfg, &mail), Err(NotifyError::Credentials)));
     }
 }
