@@ -39,7 +39,7 @@ fn logins(stack: &Stack, service: &str) -> usize {
 }
 
 fn alive(stack: &Stack, token: &str) -> bool {
-    stack.bao.lookup(token).is_ok()
+    stack.bao.alive(token)
 }
 
 /// The ledger's row for `token`.

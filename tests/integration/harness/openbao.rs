@@ -479,6 +479,21 @@ impl<'l> OpenBao<'l> {
             .map(|v| v["data"].clone())
     }
 
+    /// Whether OpenBao still accepts `token`: `false` only on its "bad token" answer. Any other
+    /// failure (a CLI cut off on a loaded machine) is asked again, then fails the test, so that it
+    /// never reads as a revoked token.
+    pub fn alive(&self, token: &str) -> bool {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match self.lookup(token) {
+                Ok(_) => return true,
+                Err(e) if e.contains("bad token") => return false,
+                Err(e) => last = e,
+            }
+        }
+        panic!("cannot tell whether a token is alive: {last}");
+    }
+
     /// Revokes a token (and its children) as root.
     pub fn revoke(&self, token: &str) {
         self.write("auth/token/revoke", json!({ "token": token }));

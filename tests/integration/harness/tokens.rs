@@ -60,7 +60,7 @@ pub fn issued(stack: &Stack, service: &str) -> Vec<String> {
 
 /// Whether OpenBao accepts `token` (a lookup as root).
 pub fn alive(stack: &Stack, token: &str) -> bool {
-    stack.bao.lookup(token).is_ok()
+    stack.bao.alive(token)
 }
 
 /// The tokens OpenBao accepts among `tokens`, looked up a few at a time (each lookup is a CLI
@@ -72,7 +72,7 @@ pub fn alive_among<'t>(stack: &Stack, tokens: impl IntoIterator<Item = &'t Strin
         std::thread::scope(|scope| {
             let lookups: Vec<_> = chunk.iter().map(|t| (*t, scope.spawn(|| alive(stack, t)))).collect();
             for (t, lookup) in lookups {
-                if lookup.join().unwrap_or(false) {
+                if lookup.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
                     out.insert(t);
                 }
             }
