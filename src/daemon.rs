@@ -206,7 +206,7 @@ pub fn held_source(state_dir: PathBuf, wanted: Wanted) -> HeldSource {
         Ok(statuses
             .into_iter()
             .filter(|st| wanted.contains(&(st.service.clone(), st.destination.clone())))
-            .filter_map(|st| Some(Held { expiry: st.vault_expiry?, service: st.service, destination: st.destination }))
+            .filter_map(|st| Some(Held { expiry: st.vault_expiry?, credmon: st.credmon, service: st.service, destination: st.destination }))
             .collect())
     })
 }

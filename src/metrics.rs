@@ -36,6 +36,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::credmon::CredmonState;
+
 /// Where `/metrics` and `/healthz` listen unless configured otherwise: loopback only, on the
 /// port registered for this exporter family.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -143,15 +145,20 @@ pub struct Held {
     /// When the credential it depends on expires (the Vault token for credd and Vault-token
     /// files, the access token for access-token files).
     pub expiry: DateTime<Utc>,
+    /// The schedd's credmon as last seen there (credd destinations).
+    pub credmon: Option<CredmonState>,
 }
 
 /// Reads what every destination in the current inventory holds. Blocking (SQLite); the error
 /// is a secret-free sentence to log.
 pub type HeldSource = Arc<dyn Fn() -> Result<Vec<Held>, String> + Send + Sync>;
 
+/// What the snapshot keeps of one destination: its expiry and its credmon.
+type HeldState = (DateTime<Utc>, Option<CredmonState>);
+
 /// The expiry gauges, computed from the last snapshot at every scrape.
 struct HeldCollector {
-    snapshot: Mutex<BTreeMap<(String, String), DateTime<Utc>>>,
+    snapshot: Mutex<BTreeMap<(String, String), HeldState>>,
     now: fn() -> DateTime<Utc>,
 }
 
@@ -168,6 +175,27 @@ impl Collector for HeldCollector {
             return Ok(());
         }
         let now = (self.now)();
+        let expiries: BTreeMap<(String, String), DateTime<Utc>> = held.iter().map(|(k, (e, _))| (k.clone(), *e)).collect();
+        let credmon: Vec<(&(String, String), i64)> = held
+            .iter()
+            .filter_map(|(k, (_, c))| match c {
+                Some(CredmonState::Refreshing) => Some((k, 1)),
+                Some(CredmonState::Stuck | CredmonState::NotRefreshing) => Some((k, 0)),
+                Some(CredmonState::Unknown) | None => None,
+            })
+            .collect();
+        if !credmon.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "credmon_refreshing",
+                "1 while the schedd's credmon was last seen refreshing a credd destination, 0 when it was seen stuck or not refreshing it",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for ((service, destination), v) in credmon {
+                ConstGauge::new(v).encode(family.encode_family(&dest(service, destination))?)?;
+            }
+        }
+        let held = expiries;
         encode_held(
             &mut encoder,
             "expiry_timestamp",
@@ -392,7 +420,7 @@ impl Metrics {
     /// What every destination holds now: replaces the whole snapshot, so a destination not
     /// listed has no expiry series any more.
     pub fn set_held(&self, held: impl IntoIterator<Item = Held>) {
-        let snapshot = held.into_iter().map(|h| ((h.service, h.destination), h.expiry)).collect();
+        let snapshot = held.into_iter().map(|h| ((h.service, h.destination), (h.expiry, h.credmon))).collect();
         *lock(&self.inner.held.snapshot) = snapshot;
     }
 

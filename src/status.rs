@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::credmon::CredmonState;
 use crate::cycle::holders_of;
 use crate::inventory::Inventory;
 use crate::secret::Fingerprint;
@@ -71,6 +72,12 @@ pub struct StatusRow {
     pub last_error: Option<String>,
     /// The paths last written there (`{uid}` resolved).
     pub paths: Vec<String>,
+    /// The schedd's credmon as last seen (credd destinations).
+    pub credmon: Option<CredmonState>,
+    pub credmon_reason: Option<String>,
+    pub credmon_checked_at: Option<DateTime<Utc>>,
+    /// When the credmon was last seen rewriting the destination's `.use`.
+    pub credmon_refreshed_at: Option<DateTime<Utc>>,
 }
 
 impl StatusRow {
@@ -119,6 +126,10 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
             failing_since: st.failing_since,
             last_error: st.last_error.clone(),
             paths: st.paths.clone(),
+            credmon: st.credmon,
+            credmon_reason: st.credmon_reason.clone(),
+            credmon_checked_at: st.credmon_checked_at,
+            credmon_refreshed_at: st.credmon_refreshed_at,
         });
     }
     for spec in inv.iter().flat_map(|inv| inv.services.values()) {
@@ -141,6 +152,10 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
                 failing_since: None,
                 last_error: None,
                 paths: Vec::new(),
+                credmon: None,
+                credmon_reason: None,
+                credmon_checked_at: None,
+                credmon_refreshed_at: None,
             });
         }
     }
@@ -303,16 +318,20 @@ fn render(table: &[Vec<String>]) -> String {
 
 /// The human table.
 pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
-    let header = ["SERVICE", "DESTINATION", "STATE", "LAST SUCCESS", "TIME LEFT", "FAILS", "LAST ERROR"];
+    let header = ["SERVICE", "DESTINATION", "STATE", "CREDMON", "LAST SUCCESS", "TIME LEFT", "FAILS", "LAST ERROR"];
     let mut table: Vec<Vec<String>> = vec![header.map(str::to_string).to_vec()];
     for r in rows {
         let last = r.last_success.map(|t| format!("{} ({} ago)", t.format("%Y-%m-%d %H:%M"), human_duration((now - t).num_seconds())));
         let left = r.time_left_secs.map(human_duration);
-        let error = if r.consecutive_failures > 0 { r.last_error.clone().unwrap_or_default() } else { String::new() };
+        let mut error = if r.consecutive_failures > 0 { r.last_error.clone().unwrap_or_default() } else { String::new() };
+        if let (Some(_), Some(why)) = (r.credmon.filter(|c| c.is_alarm()), &r.credmon_reason) {
+            error = if error.is_empty() { format!("credmon: {why}") } else { format!("{error}; credmon: {why}") };
+        }
         table.push(vec![
             r.service.clone(),
             r.shown_destination(),
             r.health.label().to_string(),
+            r.credmon.map_or("-", CredmonState::as_str).to_string(),
             last.unwrap_or_else(|| "never".into()),
             left.unwrap_or_else(|| "-".into()),
             r.consecutive_failures.to_string(),
@@ -360,6 +379,11 @@ services:
             consecutive_failures: fails,
             failing_since: None,
             last_error: (fails > 0).then(|| "deliver: refused".into()),
+            credmon: None,
+            credmon_reason: None,
+            credmon_checked_at: None,
+            credmon_refreshed_at: None,
+            use_written_at: None,
         }
     }
 

@@ -187,6 +187,17 @@ fn run_summary(inv: &Inventory, statuses: &[DestinationStatus], report: &RunRepo
                 consecutive: 1,
             });
         }
+        // Urgent: a credmon that stopped refreshing is told at once, once per turn for the worse.
+        if let Some(c) = d.credmon.as_ref().filter(|c| c.alarm) {
+            failed.push(FailureLine {
+                service: service.to_string(),
+                destination: d.id.clone(),
+                host: d.host.clone(),
+                reason: format!("credmon {}: {}", c.check.state, c.check.reason),
+                since: now,
+                consecutive: 1,
+            });
+        }
         match &d.result {
             Ok(_) => delivered += 1,
             Err(reason) => {
