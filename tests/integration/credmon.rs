@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::daemon::{service_on, Daemon};
 use crate::harness::credmon::CredmonStandin;
 use crate::harness::openbao::JwtSpec;
 use crate::harness::smtp::ReceivedMail;
@@ -185,5 +186,69 @@ fn a_missing_use_is_written_again() {
     run(&stack, "third");
     assert_eq!(read(&used), second_jwt, "one that is there is left to the credmon");
     assert_ne!(third_jwt, second_jwt);
+    leaks.assert_clean();
+}
+
+/// `status --service prod --host schedd1`: its exit code and what it said.
+fn ready_cli(stack: &Stack, host: &str) -> (Option<i32>, String) {
+    let out = stack.run("ready", &["status", "--service", "prod", "--host", host]);
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `/ready` of the daemon for prod on `host`: status and the JSON body.
+fn ready_http(daemon: &Daemon, service: &str, host: &str) -> (u16, Value) {
+    let (code, body) = daemon.get(&format!("/ready?service={service}&host={host}"));
+    (code, serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {body}")))
+}
+
+#[test]
+fn readiness_by_status_and_by_the_daemon_follows_the_token_and_the_credmon() {
+    let leaks = Leaks::default();
+    let mut stack = Stack::new(&leaks).with_hosts(1);
+    // Scheduled once a year: the daemon only answers, the runs here are by hand.
+    stack.add_service(service_on("prod", "0 0 1 1 *"));
+    stack.put_token("prod", &spec());
+    stack.write_inventory();
+    let spool = stack.host("schedd1").spool.clone();
+    let mut credmon = CredmonStandin::start(&spool, &stack.bao, true);
+    let mut daemon = Daemon::start(&stack, &leaks, "5s");
+    assert!(wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", daemon.metrics_port())).is_ok()));
+
+    let (code, said) = ready_cli(&stack, "schedd1");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("not ready") && said.contains("nothing delivered there yet"), "{said}");
+    let (code, body) = ready_http(&daemon, "prod", "schedd1");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["ready"], false);
+    assert!(body["reason"].as_str().unwrap().contains("nothing delivered"), "{body}");
+    assert!(body["checked_at"].is_string(), "{body}");
+    assert_eq!(ready_http(&daemon, "nope", "schedd1").0, 404);
+    assert_eq!(daemon.get("/ready").0, 400);
+
+    run(&stack, "first");
+    let (code, said) = ready_cli(&stack, "schedd1");
+    assert_eq!(code, Some(1), "the credmon was not seen refreshing yet: {said}");
+    run(&stack, "second");
+    let (code, said) = ready_cli(&stack, "schedd1");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("ready: credd@schedd1:") && said.contains("credmon refreshing"), "{said}");
+    let (code, body) = ready_http(&daemon, "prod", "schedd1");
+    assert_eq!((code, &body["ready"]), (200, &Value::Bool(true)), "{body}");
+
+    credmon.kill();
+    run(&stack, "credmon gone");
+    let (code, said) = ready_cli(&stack, "schedd1");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("credmon stuck"), "{said}");
+    let (code, body) = ready_http(&daemon, "prod", "schedd1");
+    assert_eq!(code, 503, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("credmon stuck"), "{body}");
+
+    let (code, said) = ready_cli(&stack, "schedd9");
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("no destination on host `schedd9`"), "{said}");
+
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
     leaks.assert_clean();
 }

@@ -30,7 +30,7 @@ fn service(name: &str) -> ServiceDef {
     service_on(name, "*/2 * * * * *")
 }
 
-fn service_on(name: &str, schedule: &str) -> ServiceDef {
+pub(crate) fn service_on(name: &str, schedule: &str) -> ServiceDef {
     let mut def = ServiceDef::new(name, &["compute.create"]);
     def.extra = format!("    schedule: \"{schedule}\"\n");
     def
@@ -45,14 +45,14 @@ fn prod_stack(leaks: &Leaks, hosts: usize) -> Stack<'_> {
     stack
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     guard: ChildGuard,
     log: PathBuf,
     metrics_port: u16,
 }
 
 impl Daemon {
-    fn start(stack: &Stack, leaks: &Leaks, grace: &str) -> Daemon {
+    pub(crate) fn start(stack: &Stack, leaks: &Leaks, grace: &str) -> Daemon {
         let log = stack.root().join("daemon.log");
         leaks.path(&log);
         let metrics_port = free_port(false);
@@ -74,13 +74,13 @@ impl Daemon {
         self.log().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill").args([&format!("-{sig}"), &self.guard.pid().to_string()]).status().unwrap().success();
         assert!(ok, "kill -{sig}");
     }
 
     /// Waits for the process to exit; its exit code.
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let mut code = None;
         let exited = wait_until(within, || match self.guard.child.try_wait() {
             Ok(Some(status)) => {
@@ -93,7 +93,7 @@ impl Daemon {
         code
     }
 
-    fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
@@ -102,6 +102,10 @@ impl Daemon {
         let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
+    }
+
+    pub(crate) fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     /// One sample of `/metrics`.
