@@ -111,7 +111,14 @@ fn what_an_older_version_kept_is_imported_and_nothing_a_destination_holds_is_rev
     let out = stack.run("create the database", &["status"]);
     assert!(stack.state_dir.join("state.db").is_file(), "{}", shown(&out));
     let db = rusqlite::Connection::open(stack.state_dir.join("state.db")).unwrap();
-    db.execute_batch("DROP TABLE tokens; DROP TABLE holdings; PRAGMA user_version = 3;").unwrap();
+    db.execute_batch(
+        "DROP TABLE tokens; DROP TABLE holdings;
+         ALTER TABLE status DROP COLUMN credmon; ALTER TABLE status DROP COLUMN credmon_reason;
+         ALTER TABLE status DROP COLUMN credmon_checked_at; ALTER TABLE status DROP COLUMN credmon_refreshed_at;
+         ALTER TABLE status DROP COLUMN use_written_at;
+         PRAGMA user_version = 3;",
+    )
+    .unwrap();
     let now = chrono::Utc::now().timestamp();
     let top_paths = |host: &str| json!([top(&stack, host), top(&stack, host).with_extension("use")]).to_string();
     for (dest, host, root, paths) in [
