@@ -158,7 +158,8 @@ fn the_daemon_delivers_on_schedule_and_its_metrics_count_down_while_a_destinatio
     assert_eq!(rows.len(), 2);
     let one = [("service", "prod"), ("destination", "credd@schedd1")];
     let two = [("service", "prod"), ("destination", "credd@schedd2")];
-    assert!(daemon.sample("token_bastion_deliveries_total", &one).is_some_and(|n| n >= 1.0));
+    // The status row is written during the cycle; the counters when the daemon folds it in.
+    assert!(wait_until(Duration::from_secs(20), || daemon.sample("token_bastion_deliveries_total", &one).is_some_and(|n| n >= 1.0)));
     let left = daemon.sample("token_bastion_time_left_seconds", &one).unwrap();
     assert!((3000.0..=3600.0).contains(&left), "{left}");
     assert!(daemon.sample("token_bastion_last_cycle_timestamp_seconds", &[("service", "prod")]).is_some());
