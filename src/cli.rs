@@ -114,7 +114,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// The token ledger instead: every Vault token, its state and where it may be held.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "service")]
         tokens: bool,
+        /// With `--host`: is this service ready on that host? Exit 0 only when each of its
+        /// destinations there holds a credential with more than the service's minimum left and,
+        /// for a credd destination, a credmon seen refreshing it.
+        #[arg(long, value_name = "NAME", requires = "host")]
+        service: Option<String>,
+        /// The host (inventory name) `--service` is asked about.
+        #[arg(long, value_name = "HOST", requires = "service")]
+        host: Option<String>,
     },
 }

@@ -35,7 +35,7 @@ use tracing::{debug, error, info, warn};
 use crate::cycle::{self, CycleOptions, RunReport};
 use crate::inventory::{self, Inventory, InventoryError};
 use crate::jwks::JwksCache;
-use crate::metrics::{Held, HeldSource, Metrics, MetricsServer};
+use crate::metrics::{Held, HeldSource, Metrics, MetricsServer, ReadyError, ReadySource};
 use crate::notify::{Notice, Templates};
 use crate::outcome::{CycleOutcome, DestinationOutcome, ServiceOutcome, Stage};
 use crate::schedule::{
@@ -202,6 +202,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The inventory `/ready` judges by: the one running.
+type Answering = Arc<Mutex<Arc<Inventory>>>;
+
+/// `/ready`'s answers: the recorded state (read-only connection) judged against the running
+/// inventory.
+pub fn ready_source(state_dir: PathBuf, inventory: Answering) -> ReadySource {
+    Arc::new(move |service, host| {
+        let inv = lock(&inventory).clone();
+        let statuses = if state_dir.join(crate::state::DB_FILE).exists() {
+            StateStore::open_read_only(&state_dir).and_then(|s| s.statuses()).map_err(|e| ReadyError::Unavailable(e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        crate::status::readiness(&inv, &statuses, service, host, Utc::now()).map_err(|e| ReadyError::Unknown(e.to_string()))
+    })
+}
+
 /// What the destinations of the current inventory hold, read from the state database with a
 /// read-only connection. Destinations recorded but no longer in the inventory are left out.
 pub fn held_source(state_dir: PathBuf, wanted: Wanted) -> HeldSource {
@@ -214,7 +231,7 @@ pub fn held_source(state_dir: PathBuf, wanted: Wanted) -> HeldSource {
         Ok(statuses
             .into_iter()
             .filter(|st| wanted.contains(&(st.service.clone(), st.destination.clone())))
-            .filter_map(|st| Some(Held { expiry: st.vault_expiry?, service: st.service, destination: st.destination }))
+            .filter_map(|st| Some(Held { expiry: st.vault_expiry?, credmon: st.credmon, service: st.service, destination: st.destination }))
             .collect())
     })
 }
@@ -315,6 +332,8 @@ pub async fn serve<C: Clock, T: TickSource, R: CycleRunner>(
     let mut current = Arc::new(inv);
     let wanted: Wanted = Arc::new(Mutex::new(wanted_set(&destinations(&current))));
     metrics.set_held_source(held_source(opts.state_dir.clone(), wanted.clone()));
+    let answering: Answering = Arc::new(Mutex::new(current.clone()));
+    metrics.set_ready_source(ready_source(opts.state_dir.clone(), answering.clone()));
     refresh_held(&metrics).await;
 
     let tracker = RunTracker::new();
@@ -365,6 +384,7 @@ pub async fn serve<C: Clock, T: TickSource, R: CycleRunner>(
                     services_tx.send_replace(planner.services());
                     let inventory = destinations(&current);
                     *lock(&wanted) = wanted_set(&inventory);
+                    *lock(&answering) = current.clone();
                     metrics.retain(&inventory);
                     refresh_held(&metrics).await;
                 }

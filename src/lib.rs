@@ -27,6 +27,7 @@ pub(crate) use failpoint;
 
 pub mod broker;
 pub mod cli;
+pub mod credmon;
 pub mod cycle;
 pub mod daemon;
 pub mod deliver;

@@ -87,7 +87,8 @@ fn main() -> ExitCode {
             pushgateway.as_deref().map(|url| (url, push_job.as_str())),
         ),
         Command::Revoke { service, host, wait } => revoke(&cli, service.as_deref(), host.as_deref(), *wait),
-        Command::Status { json, tokens } => status(&cli, *json, *tokens),
+        Command::Status { json, service: Some(service), host: Some(host), .. } => ready(&cli, *json, service, host),
+        Command::Status { json, tokens, .. } => status(&cli, *json, *tokens),
         Command::Notify { test: _ } => notify_test(&cli),
         Command::Daemon { metrics_listen, no_metrics, grace, splay_max, window } => daemon(
             &cli,
@@ -484,6 +485,36 @@ fn print_report(report: &RunReport) {
         total,
         if report.dry_run { "reachable" } else { "delivered" }
     );
+}
+
+/// `status --service S --host H`: 0 ready, 1 not ready, 2 no such service or destination, or
+/// no inventory or state to judge by.
+fn ready(cli: &Cli, json: bool, service: &str, host: &str) -> u8 {
+    let Some(inv) = load_inventory(cli) else {
+        eprintln!("status: the inventory is invalid; readiness cannot be judged");
+        return EXIT_SETUP;
+    };
+    let statuses = match StateStore::open(&cli.state_dir).and_then(|s| s.statuses()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
+    match token_bastion::status::readiness(&inv, &statuses, service, host, chrono::Utc::now()) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_SETUP
+        }
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!("{} on {}: {}: {}", r.service, r.host, if r.ready { "ready" } else { "not ready" }, r.reason);
+            }
+            if r.ready { EXIT_OK } else { EXIT_NOT_DELIVERED }
+        }
+    }
 }
 
 fn status(cli: &Cli, json: bool, tokens: bool) -> u8 {

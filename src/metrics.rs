@@ -36,6 +36,9 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::credmon::CredmonState;
+use crate::status::Readiness;
+
 /// Where `/metrics` and `/healthz` listen unless configured otherwise: loopback only, on the
 /// port registered for this exporter family.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -143,15 +146,33 @@ pub struct Held {
     /// When the credential it depends on expires (the Vault token for credd and Vault-token
     /// files, the access token for access-token files).
     pub expiry: DateTime<Utc>,
+    /// The schedd's credmon as last seen there (credd destinations).
+    pub credmon: Option<CredmonState>,
 }
 
 /// Reads what every destination in the current inventory holds. Blocking (SQLite); the error
 /// is a secret-free sentence to log.
 pub type HeldSource = Arc<dyn Fn() -> Result<Vec<Held>, String> + Send + Sync>;
 
+/// What the snapshot keeps of one destination: its expiry and its credmon.
+type HeldState = (DateTime<Utc>, Option<CredmonState>);
+
+/// Why `/ready` cannot answer yes or no.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadyError {
+    /// The question names no service, or no destination of it on that host (404).
+    Unknown(String),
+    /// The state cannot be read (503).
+    Unavailable(String),
+}
+
+/// Answers `/ready?service=S&host=H` from the state database and the current inventory.
+/// Blocking (SQLite).
+pub type ReadySource = Arc<dyn Fn(&str, &str) -> Result<Readiness, ReadyError> + Send + Sync>;
+
 /// The expiry gauges, computed from the last snapshot at every scrape.
 struct HeldCollector {
-    snapshot: Mutex<BTreeMap<(String, String), DateTime<Utc>>>,
+    snapshot: Mutex<BTreeMap<(String, String), HeldState>>,
     now: fn() -> DateTime<Utc>,
 }
 
@@ -168,6 +189,27 @@ impl Collector for HeldCollector {
             return Ok(());
         }
         let now = (self.now)();
+        let expiries: BTreeMap<(String, String), DateTime<Utc>> = held.iter().map(|(k, (e, _))| (k.clone(), *e)).collect();
+        let credmon: Vec<(&(String, String), i64)> = held
+            .iter()
+            .filter_map(|(k, (_, c))| match c {
+                Some(CredmonState::Refreshing) => Some((k, 1)),
+                Some(CredmonState::Stuck | CredmonState::NotRefreshing) => Some((k, 0)),
+                Some(CredmonState::Unknown) | None => None,
+            })
+            .collect();
+        if !credmon.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "credmon_refreshing",
+                "1 while the schedd's credmon was last seen refreshing a credd destination, 0 when it was seen stuck or not refreshing it",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for ((service, destination), v) in credmon {
+                ConstGauge::new(v).encode(family.encode_family(&dest(service, destination))?)?;
+            }
+        }
+        let held = expiries;
         encode_held(
             &mut encoder,
             "expiry_timestamp",
@@ -219,6 +261,7 @@ struct Inner {
     broker_duration: HistogramFamily<BrokerLabels>,
     held: Arc<HeldCollector>,
     held_source: Mutex<Option<HeldSource>>,
+    ready_source: Mutex<Option<ReadySource>>,
     /// The last error of the held source, so that a lasting one is logged once.
     held_error: Mutex<Option<String>>,
     last_cycle: Family<ServiceLabels, Gauge>,
@@ -315,6 +358,7 @@ impl Metrics {
                 broker_duration,
                 held,
                 held_source: Mutex::default(),
+                ready_source: Mutex::default(),
                 held_error: Mutex::default(),
                 last_cycle,
                 overdue,
@@ -392,8 +436,13 @@ impl Metrics {
     /// What every destination holds now: replaces the whole snapshot, so a destination not
     /// listed has no expiry series any more.
     pub fn set_held(&self, held: impl IntoIterator<Item = Held>) {
-        let snapshot = held.into_iter().map(|h| ((h.service, h.destination), h.expiry)).collect();
+        let snapshot = held.into_iter().map(|h| ((h.service, h.destination), (h.expiry, h.credmon))).collect();
         *lock(&self.inner.held.snapshot) = snapshot;
+    }
+
+    /// Where `/ready` gets its answers.
+    pub fn set_ready_source(&self, source: ReadySource) {
+        *lock(&self.inner.ready_source) = Some(source);
     }
 
     /// Where [`Metrics::refresh_held`] reads what destinations hold.
@@ -621,7 +670,43 @@ async fn respond(metrics: &Metrics, req: &Request<hyper::body::Incoming>) -> Res
             let body = serde_json::to_string(&health).unwrap_or_default();
             reply(status, "application/json", body + "\n")
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".into()),
+        "/ready" => {
+            let (status, body) = ready(metrics, req.uri().query().unwrap_or_default()).await;
+            reply(status, "application/json", body.to_string() + "\n")
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /ready\n".into()),
+    }
+}
+
+/// `/ready?service=S&host=H`: 200 when ready, 503 when not (or the state cannot be read), 404
+/// for a service or host the inventory does not pair, 400 without both parameters; always a
+/// JSON object with `reason` and `checked_at`.
+async fn ready(metrics: &Metrics, query: &str) -> (StatusCode, serde_json::Value) {
+    let checked_at = Utc::now();
+    let answer = |status: StatusCode, reason: String| (status, serde_json::json!({"ready": false, "reason": reason, "checked_at": checked_at}));
+    let mut service = None;
+    let mut host = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "service" => service = Some(v.into_owned()),
+            "host" => host = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let (Some(service), Some(host)) = (service, host) else {
+        return answer(StatusCode::BAD_REQUEST, "ask /ready?service=NAME&host=HOST".into());
+    };
+    let Some(source) = lock(&metrics.inner.ready_source).clone() else {
+        return answer(StatusCode::SERVICE_UNAVAILABLE, "readiness is not known yet".into());
+    };
+    match tokio::task::spawn_blocking(move || source(&service, &host)).await {
+        Ok(Ok(r)) => {
+            let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (status, serde_json::to_value(&r).unwrap_or_default())
+        }
+        Ok(Err(ReadyError::Unknown(reason))) => answer(StatusCode::NOT_FOUND, reason),
+        Ok(Err(ReadyError::Unavailable(reason))) => answer(StatusCode::SERVICE_UNAVAILABLE, reason),
+        Err(e) => answer(StatusCode::SERVICE_UNAVAILABLE, format!("reading the state ended abnormally: {e}")),
     }
 }
 

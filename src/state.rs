@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use crate::credmon::CredmonState;
 use crate::notify::{Channel, OutgoingMail};
 use crate::secret::Fingerprint;
 
@@ -163,10 +164,26 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE outbox ADD COLUMN channel TEXT NOT NULL DEFAULT 'mail' CHECK (channel IN ('mail', 'webhook'));
     "#,
+    // 6: the schedd's credmon as last seen at each credd destination, and when the bastion
+    // itself last wrote the `.use` (a newer one is the credmon's work).
+    r#"
+    ALTER TABLE status ADD COLUMN credmon TEXT;
+    ALTER TABLE status ADD COLUMN credmon_reason TEXT;
+    ALTER TABLE status ADD COLUMN credmon_checked_at INTEGER;
+    ALTER TABLE status ADD COLUMN credmon_refreshed_at INTEGER;
+    ALTER TABLE status ADD COLUMN use_written_at INTEGER;
+    "#,
 ];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The schema as the version of the product at schema `version` created it, as SQL (no
+/// header fields): what upgrade tests start from.
+#[doc(hidden)]
+pub fn schema_sql_up_to(version: usize) -> String {
+    MIGRATIONS[..version.min(MIGRATIONS.len())].concat()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -320,6 +337,29 @@ pub struct DestinationStatus {
     /// Time of the first failure of the current streak; `None` while healthy.
     pub failing_since: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// The credmon as last seen before a delivery (credd destinations only).
+    pub credmon: Option<CredmonState>,
+    pub credmon_reason: Option<String>,
+    pub credmon_checked_at: Option<DateTime<Utc>>,
+    /// When the credmon was last seen rewriting this destination's `.use`.
+    pub credmon_refreshed_at: Option<DateTime<Utc>>,
+    /// When the bastion itself last wrote the `.use` (the host's mtime of what it wrote).
+    #[serde(skip)]
+    pub use_written_at: Option<DateTime<Utc>>,
+}
+
+/// What a cycle saw of a credd destination's credmon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredmonRecord {
+    pub service: String,
+    pub destination: String,
+    pub state: CredmonState,
+    pub reason: String,
+    pub checked_at: DateTime<Utc>,
+    /// Replaces the recorded time only when later.
+    pub refreshed_at: Option<DateTime<Utc>>,
+    /// The host's mtime of the `.use` this cycle wrote, if it wrote one.
+    pub use_written_at: Option<DateTime<Utc>>,
 }
 
 impl DestinationStatus {
@@ -590,6 +630,29 @@ impl StateStore {
         Ok(())
     }
 
+    /// Records what the credmon of a destination that has a status row was seen doing.
+    pub fn record_credmon(&self, rec: &CredmonRecord) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "UPDATE status SET credmon = ?3, credmon_reason = ?4, credmon_checked_at = ?5,
+                     credmon_refreshed_at = CASE WHEN ?6 IS NOT NULL AND (credmon_refreshed_at IS NULL OR ?6 > credmon_refreshed_at)
+                                                 THEN ?6 ELSE credmon_refreshed_at END,
+                     use_written_at = COALESCE(?7, use_written_at)
+                 WHERE service = ?1 AND destination = ?2",
+                params![
+                    rec.service,
+                    rec.destination,
+                    rec.state.as_str(),
+                    crate::redact::scrub(&rec.reason),
+                    ts(rec.checked_at),
+                    rec.refreshed_at.map(ts),
+                    rec.use_written_at.map(ts),
+                ],
+            )
+            .map_err(self.q("record credmon"))?;
+        Ok(())
+    }
+
     /// Every service × destination ever delivered to (and not forgotten), ordered by service
     /// then destination.
     pub fn statuses(&self) -> Result<Vec<DestinationStatus>, StateError> {
@@ -598,7 +661,8 @@ impl StateStore {
             .prepare(
                 "SELECT service, destination, host, last_attempt, last_success, vault_expiry,
                         access_jti, access_exp, access_hash, consecutive_failures,
-                        failing_since, last_error, vault_root, paths
+                        failing_since, last_error, vault_root, paths, credmon, credmon_reason,
+                        credmon_checked_at, credmon_refreshed_at, use_written_at
                  FROM status ORDER BY service, destination",
             )
             .map_err(self.q("read status"))?;
@@ -626,6 +690,11 @@ impl StateStore {
                         .get::<_, Option<String>>(13)?
                         .and_then(|p| serde_json::from_str(&p).ok())
                         .unwrap_or_default(),
+                    credmon: r.get::<_, Option<String>>(14)?.as_deref().and_then(CredmonState::parse),
+                    credmon_reason: r.get(15)?,
+                    credmon_checked_at: from_ts(r.get(16)?),
+                    credmon_refreshed_at: from_ts(r.get(17)?),
+                    use_written_at: from_ts(r.get(18)?),
                 })
             })
             .map_err(self.q("read status"))?;

@@ -11,8 +11,9 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::credmon::CredmonState;
 use crate::cycle::holders_of;
-use crate::inventory::Inventory;
+use crate::inventory::{Destination, DestinationKind, FileContent, Inventory};
 use crate::secret::Fingerprint;
 use crate::state::{DestinationStatus, HoldState, Holding, LedgerToken, TokenKind};
 
@@ -71,6 +72,12 @@ pub struct StatusRow {
     pub last_error: Option<String>,
     /// The paths last written there (`{uid}` resolved).
     pub paths: Vec<String>,
+    /// The schedd's credmon as last seen (credd destinations).
+    pub credmon: Option<CredmonState>,
+    pub credmon_reason: Option<String>,
+    pub credmon_checked_at: Option<DateTime<Utc>>,
+    /// When the credmon was last seen rewriting the destination's `.use`.
+    pub credmon_refreshed_at: Option<DateTime<Utc>>,
 }
 
 impl StatusRow {
@@ -119,6 +126,10 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
             failing_since: st.failing_since,
             last_error: st.last_error.clone(),
             paths: st.paths.clone(),
+            credmon: st.credmon,
+            credmon_reason: st.credmon_reason.clone(),
+            credmon_checked_at: st.credmon_checked_at,
+            credmon_refreshed_at: st.credmon_refreshed_at,
         });
     }
     for spec in inv.iter().flat_map(|inv| inv.services.values()) {
@@ -141,6 +152,10 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
                 failing_since: None,
                 last_error: None,
                 paths: Vec::new(),
+                credmon: None,
+                credmon_reason: None,
+                credmon_checked_at: None,
+                credmon_refreshed_at: None,
             });
         }
     }
@@ -301,18 +316,87 @@ fn render(table: &[Vec<String>]) -> String {
     out
 }
 
+/// Whether one service can submit on one host: what `status --service S --host H` and the
+/// daemon's `/ready` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub service: String,
+    pub host: String,
+    pub ready: bool,
+    /// Why, naming the destination that is not ready (or what makes them all ready).
+    pub reason: String,
+    pub checked_at: DateTime<Utc>,
+}
+
+/// Why readiness cannot be answered: the question names nothing in the inventory.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadinessError {
+    #[error("no service `{0}` in the inventory")]
+    UnknownService(String),
+    #[error("service `{service}` has no destination on host `{host}`")]
+    NoDestination { service: String, host: String },
+}
+
+/// Ready when every destination of `service` on `host` holds a credential with more than the
+/// service's minimum left (`min_vault_lifetime`, or `min_access_lifetime` for an access-token
+/// file) and, for a credd destination, a credmon last seen refreshing it.
+pub fn readiness(inv: &Inventory, statuses: &[DestinationStatus], service: &str, host: &str, now: DateTime<Utc>) -> Result<Readiness, ReadinessError> {
+    let spec = inv.services.get(service).ok_or_else(|| ReadinessError::UnknownService(service.to_string()))?;
+    let dests: Vec<&Destination> = spec.destinations.iter().filter(|d| d.host == host).collect();
+    if dests.is_empty() {
+        return Err(ReadinessError::NoDestination { service: service.to_string(), host: host.to_string() });
+    }
+    let mut fine = Vec::new();
+    let mut problem = None;
+    for d in dests {
+        let st = statuses.iter().find(|st| st.service == service && st.destination == d.id);
+        let minimum = match &d.kind {
+            DestinationKind::File { content: FileContent::AccessToken, .. } => spec.min_access_lifetime,
+            _ => spec.min_vault_lifetime,
+        };
+        let minimum = minimum.as_secs() as i64;
+        let verdict = match st.and_then(|st| st.vault_time_left_secs(now).map(|left| (st, left))) {
+            None => Err(format!("{}: nothing delivered there yet", d.id)),
+            Some((_, left)) if left <= minimum => {
+                Err(format!("{}: the token there has {} left, not more than the minimum {}", d.id, human_duration(left), human_duration(minimum)))
+            }
+            Some((st, left)) if matches!(d.kind, DestinationKind::Credd) => match st.credmon {
+                Some(CredmonState::Refreshing) => Ok(format!("{}: {} left, credmon refreshing", d.id, human_duration(left))),
+                Some(state) => Err(format!("{}: credmon {state}: {}", d.id, st.credmon_reason.as_deref().unwrap_or("no reason recorded"))),
+                None => Err(format!("{}: the credmon has not been looked at yet", d.id)),
+            },
+            Some((_, left)) => Ok(format!("{}: {} left", d.id, human_duration(left))),
+        };
+        match verdict {
+            Ok(line) => fine.push(line),
+            Err(why) => {
+                problem.get_or_insert(why);
+            }
+        }
+    }
+    let (ready, reason) = match problem {
+        Some(why) => (false, why),
+        None => (true, fine.join("; ")),
+    };
+    Ok(Readiness { service: service.to_string(), host: host.to_string(), ready, reason, checked_at: now })
+}
+
 /// The human table.
 pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
-    let header = ["SERVICE", "DESTINATION", "STATE", "LAST SUCCESS", "TIME LEFT", "FAILS", "LAST ERROR"];
+    let header = ["SERVICE", "DESTINATION", "STATE", "CREDMON", "LAST SUCCESS", "TIME LEFT", "FAILS", "LAST ERROR"];
     let mut table: Vec<Vec<String>> = vec![header.map(str::to_string).to_vec()];
     for r in rows {
         let last = r.last_success.map(|t| format!("{} ({} ago)", t.format("%Y-%m-%d %H:%M"), human_duration((now - t).num_seconds())));
         let left = r.time_left_secs.map(human_duration);
-        let error = if r.consecutive_failures > 0 { r.last_error.clone().unwrap_or_default() } else { String::new() };
+        let mut error = if r.consecutive_failures > 0 { r.last_error.clone().unwrap_or_default() } else { String::new() };
+        if let (Some(_), Some(why)) = (r.credmon.filter(|c| c.is_alarm()), &r.credmon_reason) {
+            error = if error.is_empty() { format!("credmon: {why}") } else { format!("{error}; credmon: {why}") };
+        }
         table.push(vec![
             r.service.clone(),
             r.shown_destination(),
             r.health.label().to_string(),
+            r.credmon.map_or("-", CredmonState::as_str).to_string(),
             last.unwrap_or_else(|| "never".into()),
             left.unwrap_or_else(|| "-".into()),
             r.consecutive_failures.to_string(),
@@ -360,6 +444,11 @@ services:
             consecutive_failures: fails,
             failing_since: None,
             last_error: (fails > 0).then(|| "deliver: refused".into()),
+            credmon: None,
+            credmon_reason: None,
+            credmon_checked_at: None,
+            credmon_refreshed_at: None,
+            use_written_at: None,
         }
     }
 
@@ -479,6 +568,38 @@ services:
         }
         assert!(table.contains("file@s1:/tmp/vt_u1000-cms "), "{table}");
         assert_eq!(json[1]["paths"][0], "/tmp/vt_u1000-cms");
+    }
+
+    #[test]
+    fn ready_only_with_more_than_the_minimum_left_and_a_credmon_seen_refreshing() {
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
+        let now = Utc::now();
+        let day = 86_400;
+        let credd = |left: i64, credmon: Option<CredmonState>| DestinationStatus {
+            credmon,
+            credmon_reason: credmon.map(|c| format!("because {c}")),
+            ..status("a", "credd@s1", Some(left), 0, now)
+        };
+        let file = |left: i64| status("a", "file@s1:/tmp/vt_u{uid}-cms", Some(left), 0, now);
+        let check = |statuses: &[DestinationStatus], ready: bool, says: &str| {
+            let r = readiness(&inv, statuses, "a", "s1", now).unwrap();
+            assert_eq!(r.ready, ready, "{r:?}");
+            assert!(r.reason.contains(says), "{:?} does not say {says:?}", r.reason);
+            assert_eq!(r.checked_at, now);
+        };
+        let good = Some(CredmonState::Refreshing);
+        check(&[credd(3 * day, good), file(3 * day)], true, "credd@s1: 3d 0h left, credmon refreshing");
+        check(&[file(3 * day)], false, "credd@s1: nothing delivered there yet");
+        check(&[credd(3 * day, good)], false, "nothing delivered there yet");
+        check(&[credd(3 * day, Some(CredmonState::Stuck)), file(3 * day)], false, "credd@s1: credmon stuck: because stuck");
+        check(&[credd(3 * day, Some(CredmonState::NotRefreshing)), file(3 * day)], false, "credmon not_refreshing");
+        check(&[credd(3 * day, None), file(3 * day)], false, "not been looked at");
+        // min_vault_lifetime's default is an hour.
+        check(&[credd(3600, good), file(3 * day)], false, "has 1h 0m left, not more than the minimum 1h 0m");
+        check(&[credd(3601, good), file(3 * day)], true, "");
+        check(&[credd(3 * day, good), file(-5)], false, "file@s1");
+        assert_eq!(readiness(&inv, &[], "zz", "s1", now), Err(ReadinessError::UnknownService("zz".into())));
+        assert!(matches!(readiness(&inv, &[], "a", "s9", now), Err(ReadinessError::NoDestination { .. })));
     }
 
     #[test]

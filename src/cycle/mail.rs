@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::ledger::Ledger;
 use super::lifecycle::Orphan;
 use super::{RunReport, error_chain};
+use crate::credmon::CredmonState;
 use crate::inventory::{Inventory, SmtpTls};
 use crate::notify::{AlertKind, Channel, Channels, ExpiryLine, FailureLine, Notice, OutboxReport, OutgoingMail, RecoveryLine, RunSummary, SendOutcome, SmtpConfig, Templates, Tls, WebhookConfig};
 use crate::secret::Secret;
@@ -197,7 +198,7 @@ fn decide(
         }
         AlertKind::CredmonStale => {
             f.urgent = true;
-            due(format!("credmon {} {}", f.service, f.destination))
+            due(credmon_key(&f.service, &f.destination))
         }
         AlertKind::Orphan => due(format!("orphan {} {}", f.service, f.destination)),
     });
@@ -205,6 +206,10 @@ fn decide(
     let mut over = Vec::new();
     if !report.dry_run {
         for (service, d) in report.destinations() {
+            // A credmon seen refreshing again: a later relapse is told at once.
+            if d.credmon.as_ref().is_some_and(|c| c.check.state == CredmonState::Refreshing) {
+                over.extend(told_with_prefix(&credmon_key(service, &d.id)).into_iter().map(|(key, _)| key));
+            }
             if d.result.is_err() {
                 continue;
             }
@@ -224,6 +229,10 @@ fn decide(
         }
     }
     (told, over)
+}
+
+fn credmon_key(service: &str, destination: &str) -> String {
+    format!("credmon {service} {destination}")
 }
 
 fn streak_prefix(service: &str, destination: &str) -> String {
@@ -354,6 +363,11 @@ fn run_summary(inv: &Inventory, statuses: &[DestinationStatus], report: &RunRepo
                 ..FailureLine::default()
             });
         }
+        // Urgent while it lasts (told at once, then every `remind_every`): a credmon that is
+        // stuck or does not refresh this destination's access token.
+        if let Some(c) = d.credmon.as_ref().filter(|c| matches!(c.check.state, CredmonState::Stuck | CredmonState::NotRefreshing)) {
+            failed.push(credmon_not_refreshing(service, &d.id, &d.host, &format!("credmon {}: {}", c.check.state, c.check.reason), now));
+        }
         match &d.result {
             Ok(_) => delivered += 1,
             Err(reason) => {
@@ -416,7 +430,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::cycle::{DestinationReport, ServiceReport, StageFailure};
+    use crate::cycle::{CredmonReport, DestinationReport, ServiceReport, StageFailure};
     use crate::outcome::Stage;
     use crate::state::Delivered;
 
@@ -466,6 +480,7 @@ services:
                     host: "s1".into(),
                     result: Ok(Delivered { vault_expiry: None, access: None, vault_root: None, paths: vec![] }),
                     warning: None,
+                    credmon: None,
                 }],
                 timings: vec![],
             })
@@ -479,6 +494,10 @@ services:
 
     impl Told {
         fn run(&self, at: DateTime<Utc>, failed: Vec<FailureLine>, expiring: bool, delivered: &[&str]) -> RunSummary {
+            self.run_report(at, failed, expiring, report(at, delivered))
+        }
+
+        fn run_report(&self, at: DateTime<Utc>, failed: Vec<FailureLine>, expiring: bool, report: RunReport) -> RunSummary {
             let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
             let expiring = if expiring {
                 vec![ExpiryLine { service: "a".into(), destination: "credd@s1".into(), host: "s1".into(), time_left_secs: 60, warning_secs: 3600 }]
@@ -486,7 +505,6 @@ services:
                 vec![]
             };
             let mut summary = RunSummary { started: at, failed, expiring, ..RunSummary::default() };
-            let report = report(at, delivered);
             let (told, over) = decide(&inv, &report, &mut summary, |k| self.0.borrow().get(k).copied(), |p| {
                 self.0.borrow().iter().filter(|(k, _)| k.starts_with(p)).map(|(k, v)| (k.clone(), *v)).collect()
             });
@@ -531,6 +549,25 @@ services:
         // An event is told every time; a lasting condition at most every remind_every.
         assert_eq!(state.run(t(1), vec![FailureLine { kind: AlertKind::CredmonRefused, ..failure("a", 0, t(1)) }], false, &[]).failed.len(), 1);
         assert_eq!(state.run(t(1), vec![credmon_not_refreshing("a", "credd@s1", "s1", "stale", t(0))], false, &[]).failed.len(), 0);
+    }
+
+    #[test]
+    fn a_credmon_seen_refreshing_again_is_told_at_once_when_it_relapses() {
+        let state = told();
+        let stale = |h: i64| vec![credmon_not_refreshing("a", "credd@s1", "s1", "stale", t(h))];
+        let with_credmon = |at: DateTime<Utc>, credmon: CredmonState| {
+            let mut r = report(at, &["a"]);
+            r.services[0].destinations[0].credmon = Some(CredmonReport {
+                check: crate::credmon::CredmonCheck { state: credmon, reason: String::new(), refreshed_at: None },
+                alarm: false,
+                wrote_use: None,
+            });
+            r
+        };
+        assert_eq!(state.run_report(t(0), stale(0), false, with_credmon(t(0), CredmonState::Stuck)).failed.len(), 1);
+        assert_eq!(state.run_report(t(1), stale(1), false, with_credmon(t(1), CredmonState::Stuck)).failed.len(), 0, "not again within remind_every");
+        state.run_report(t(2), vec![], false, with_credmon(t(2), CredmonState::Refreshing));
+        assert_eq!(state.run_report(t(3), stale(3), false, with_credmon(t(3), CredmonState::Stuck)).failed.len(), 1, "a relapse is told at once");
     }
 
     #[test]

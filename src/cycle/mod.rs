@@ -153,6 +153,18 @@ pub struct DestinationReport {
     /// Something found wrong at the destination even though this cycle delivered (the credmon
     /// deleted what the last cycle put there).
     pub warning: Option<String>,
+    /// The credmon as seen before this cycle wrote anything (credd destinations).
+    pub credmon: Option<CredmonReport>,
+}
+
+/// A credd destination's credmon, as this cycle saw it.
+#[derive(Clone, Debug)]
+pub struct CredmonReport {
+    pub check: crate::credmon::CredmonCheck,
+    /// It turned stuck or not refreshing with this cycle: on-call is told once.
+    pub alarm: bool,
+    /// The host's mtime of the `.use` this cycle wrote (there was none).
+    pub wrote_use: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -405,6 +417,24 @@ pub fn run_once(
             retry.push(record);
         }
     }
+    let mut credmon_errors = Vec::new();
+    for (service, d) in report.destinations() {
+        let Some(c) = d.credmon.as_ref().filter(|_| !opts.dry_run) else { continue };
+        let at = |secs: i64| DateTime::from_timestamp(secs, 0);
+        let record = crate::state::CredmonRecord {
+            service: service.to_string(),
+            destination: d.id.clone(),
+            state: c.check.state,
+            reason: c.check.reason.clone(),
+            checked_at: started,
+            refreshed_at: c.check.refreshed_at.and_then(at),
+            use_written_at: c.wrote_use.and_then(at),
+        };
+        if let Err(e) = ledger.write(|s| s.record_credmon(&record)) {
+            credmon_errors.push(format!("{service}/{}: the credmon's state could not be recorded: {}", d.id, error_chain(&e)));
+        }
+    }
+    report.state_errors.extend(credmon_errors);
     for u in unrecorded {
         match ledger.write(|s| s.record_settled(Some(run_id), &u.settled)) {
             Ok(()) => info!(host = %u.host, "what the host's files hold is recorded after all"),
@@ -525,7 +555,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
     let stopping = ctx.cancel.is_cancelled();
     let children = if stopping { lifecycle::Children::new() } else { lifecycle::mint_children(ctx, services, &reports).await };
     let delivering = std::time::Instant::now();
-    let plan::Delivery { mut results, mut warnings, hosts, unrecorded } =
+    let plan::Delivery { mut results, mut warnings, mut credmon, hosts, unrecorded } =
         if stopping { plan::Delivery::default() } else { plan::deliver_all(ctx, services, &reports, &children).await };
     let took = delivering.elapsed();
     for r in reports.iter_mut().filter(|r| r.tokens.is_ok() && !stopping) {
@@ -545,7 +575,8 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
                         .unwrap_or_else(|| Err(if stopping { format!("deliver: {NOT_STARTED}") } else { "deliver: no outcome for this destination".into() })),
                 };
                 let warning = warnings.remove(&(spec.name.clone(), d.id.clone()));
-                DestinationReport { id: d.id.clone(), host: d.host.clone(), result, warning }
+                let credmon = credmon.remove(&(spec.name.clone(), d.id.clone()));
+                DestinationReport { id: d.id.clone(), host: d.host.clone(), result, warning, credmon }
             })
             .collect();
     }
@@ -631,6 +662,7 @@ mod tests {
                     host: "s1".into(),
                     result: Ok(Delivered { vault_expiry: Some(1), access: None, vault_root: None, paths: vec![] }),
                     warning: None,
+                    credmon: None,
                 }],
             }],
             mail: OutboxReport::default(),
@@ -648,7 +680,7 @@ mod tests {
             password: Some(Secret::new(PASSWORD)),
             timeout: Duration::from_secs(1),
         };
-        let file = RemoteFile { id: "x".into(), path: "/p".into(), root: "/".into(), uid_of: None, content: top.to_json(), mode: 0o600, owner: None };
+        let file = RemoteFile { id: "x".into(), path: "/p".into(), root: "/".into(), uid_of: None, content: top.to_json(), mode: 0o600, owner: None, only_if_absent: false };
         let shown = format!("{report:?}\n{top:?}\n{smtp:?}\n{file:?}\n{:?}", t.access_token);
         for secret in [VAULT, JWT, PASSWORD, "fixturevaulttoken", "fixture-signature"] {
             assert!(!shown.contains(secret), "{secret} shown in {shown}");

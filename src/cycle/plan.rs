@@ -15,7 +15,8 @@ use tracing::{info, warn, Instrument};
 
 use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
 use super::lifecycle::Children;
-use super::{access_request, error_chain, Ctx, DestinationKind, FileContent, ServiceReport};
+use super::{access_request, error_chain, CredmonReport, Ctx, DestinationKind, FileContent, ServiceReport};
+use crate::credmon::{self, CredmonCheck, CredmonState, Rules};
 use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, RemoteFile, TopFile};
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
 use crate::secret::Secret;
@@ -29,6 +30,9 @@ pub(super) type Results = BTreeMap<(String, String), Result<Delivered, String>>;
 
 /// Warnings about destinations, keyed by (service, destination id).
 pub(super) type Warnings = BTreeMap<(String, String), String>;
+
+/// What was seen of credd destinations' credmons, keyed by (service, destination id).
+pub(super) type Credmons = BTreeMap<(String, String), CredmonReport>;
 
 /// A file's id in a host plan: the service, the destination and the file's role there.
 fn file_id(service: &str, destination: &str, part: &str) -> String {
@@ -90,7 +94,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
             if !plans.hosts.contains_key(&host.name) {
                 match host_target(host) {
                     Ok(target) => {
-                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new(), read_back: Vec::new() });
+                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new(), read_back: Vec::new(), probe_credmon: Vec::new() });
                     }
                     Err(e) => {
                         host_errors.insert(host.name.clone(), e.clone());
@@ -118,6 +122,13 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     // A `.top` the last cycle delivered (and nothing failed since) must still be
                     // there: the credmon deletes one whose Vault token is refused.
                     let top_path = files[0].path.clone();
+                    if !ctx.dry_run {
+                        let probe = deliver::ProbeFile { id: file_id(&spec.name, &dest.id, "credmon"), top: top_path.clone(), use_file: files[1].path.clone() };
+                        match plan.probe_credmon.iter_mut().find(|p| p.spool == spool) {
+                            Some(p) => p.files.push(probe),
+                            None => plan.probe_credmon.push(deliver::CredmonProbe { spool: spool.to_string(), files: vec![probe] }),
+                        }
+                    }
                     let healthy = ctx.prior.get(&key).is_some_and(|st| st.last_success.is_some() && st.consecutive_failures == 0 && st.paths.contains(&top_path));
                     if healthy && !ctx.dry_run {
                         plan.expect_present.push(top_path.clone());
@@ -156,6 +167,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                         content: Secret::new(format!("{}\n", body.expose())),
                         mode: *mode,
                         owner: Some(owner(o)),
+                        only_if_absent: false,
                     };
                     if matches!(content, FileContent::VaultToken) && !ctx.dry_run {
                         plans.tracked.entry(host.name.clone()).or_default().push(Tracked::of(&file, &spec.name, &dest.id, &host.name, body));
@@ -212,6 +224,7 @@ pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
 pub(super) struct Delivery {
     pub results: Results,
     pub warnings: Warnings,
+    pub credmon: Credmons,
     /// Hosts a push was attempted on (their files were read back then, if they answered).
     pub hosts: std::collections::BTreeSet<String>,
     /// Outcomes the ledger could not take when they were known: retried before the cycle ends
@@ -285,8 +298,8 @@ fn push_recorded(ledger: &Ledger, run: RunId, mut plan: HostPlan, tracked: &[Tra
 fn not_started(plan: &HostPlan) -> deliver::HostOutcome {
     let host = plan.target.name.clone();
     let abandoned = |path: &str| deliver::DeliverError::Abandoned { host: host.clone(), path: path.to_string() };
-    let files = plan.files.iter().map(|f| deliver::FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(abandoned(&f.path)) }).collect();
-    deliver::HostOutcome { host: host.clone(), connected: Ok(()), files, signalled: Vec::new(), missing: Vec::new(), read_back: Vec::new() }
+    let files = plan.files.iter().map(|f| deliver::FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(abandoned(&f.path)), kept: false, landed_mtime: None }).collect();
+    deliver::HostOutcome { host: host.clone(), connected: Ok(()), files, signalled: Vec::new(), missing: Vec::new(), read_back: Vec::new(), credmon: Vec::new() }
 }
 
 /// Pushes every host's plan, hosts in parallel on blocking threads, and returns each
@@ -294,6 +307,7 @@ fn not_started(plan: &HostPlan) -> deliver::HostOutcome {
 pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Delivery {
     let Plans { hosts, mut tracked, mut will_hold, failed, expected } = plan_hosts(ctx, services, reports, children);
     let mut warnings = Warnings::new();
+    let mut credmons = Credmons::new();
     let mut unrecorded = Vec::new();
     let dry_run = ctx.dry_run;
     let abandon = ctx.abandon.clone();
@@ -370,6 +384,7 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
                 }
             }
         }
+        judge_credmons(ctx, &host, &outcome, &mut credmons);
         for (spool, signalled) in outcome.signalled.iter().filter(|_| outcome.connected.is_ok()) {
             if let Err(e) = signalled {
                 warn!(host = %host, spool = %spool, error = %error_chain(e), "cannot signal the credmon");
@@ -411,7 +426,40 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         info!(service = %key.0, host = %host, destination = %key.1, dry_run, "{}", if dry_run { "deliverable" } else { "delivered" });
         results.insert(key, Ok(held));
     }
-    Delivery { results, warnings, hosts: attempted, unrecorded }
+    Delivery { results, warnings, credmon: credmons, hosts: attempted, unrecorded }
+}
+
+/// Judges every credd destination's credmon from what the host showed before the writes, and
+/// logs a change of state once.
+fn judge_credmons(ctx: &Ctx<'_>, host: &str, outcome: &HostOutcome, into: &mut Credmons) {
+    let now = super::now_unix();
+    for seen in &outcome.credmon {
+        for f in &seen.files {
+            let Some((service, dest)) = split_file_id(&f.id) else { continue };
+            let key = (service.to_string(), dest.to_string());
+            let prior = ctx.prior.get(&key);
+            // Before this version recorded its own `.use` writes, it rewrote the `.use` at every
+            // delivery.
+            let bastion_wrote = prior
+                .and_then(|p| if p.credmon_checked_at.is_some() { p.use_written_at } else { p.last_success })
+                .map(|t| t.timestamp());
+            let check: CredmonCheck = credmon::assess(seen, f, now, bastion_wrote, &Rules::default());
+            let was = prior.and_then(|p| p.credmon);
+            let alarm = check.state.is_alarm() && !was.is_some_and(CredmonState::is_alarm);
+            if alarm {
+                warn!(service, host = %host, destination = dest, credmon = %check.state, reason = %check.reason, "the credmon is not refreshing this destination");
+            } else if check.state == CredmonState::Refreshing && was.is_some_and(CredmonState::is_alarm) {
+                info!(service, host = %host, destination = dest, reason = %check.reason, "the credmon is refreshing this destination again");
+            }
+            let use_id = file_id(service, dest, "use");
+            let wrote_use = outcome
+                .files
+                .iter()
+                .find(|o| o.id == use_id && o.result.is_ok() && !o.kept && outcome.connected.is_ok())
+                .and_then(|o| o.landed_mtime);
+            into.insert(key, CredmonReport { check, alarm, wrote_use });
+        }
+    }
 }
 
 #[cfg(test)]

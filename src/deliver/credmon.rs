@@ -1,10 +1,14 @@
-//! Waking the credmon after a delivery: read `<spool>/pid`, and SIGHUP that pid only if the
-//! process behind it is owned by the credd's user and its command line is a credmon's, so that
-//! it rescans the spool at once instead of at its next periodic pass. Owner and command line are
-//! read over SFTP (`/proc/<pid>`); only the `kill` itself is a command.
+//! The credmon seen over SSH. Before a delivery, [`probe`] looks at what says whether it works:
+//! `<spool>/CREDMON_COMPLETE` (touched at the end of every scan), `<spool>/pid` and whether that
+//! process exists, and the mtimes of each credd destination's `.top` and `.use`. After a
+//! delivery, [`signal`] wakes it: SIGHUP to the pid only if the process behind it is owned by
+//! the credd's user and its command line is a credmon's, so that it rescans the spool at once
+//! instead of at its next periodic pass. Everything is read over SFTP (`/proc/<pid>`); only the
+//! `kill` itself is a command.
 //!
 //! Must never signal a process owned by anyone else or whose command line does not name a
-//! credmon: a pid file left over from a dead credmon may point at any process by now.
+//! credmon: a pid file left over from a dead credmon may point at any process by now. Never
+//! reads a `.use` or `.top` (only their attributes): judging what was seen is the caller's.
 
 use super::DeliverError;
 use super::session::Remote;
@@ -13,6 +17,87 @@ use super::session::Remote;
 const MAX_PID_FILE: u64 = 64;
 /// Enough of a command line to see the program and its script.
 const MAX_CMDLINE: u64 = 4096;
+
+/// A spool whose credmon is looked at before anything is written, and the credd files in it.
+#[derive(Clone, Debug)]
+pub struct CredmonProbe {
+    pub spool: String,
+    pub files: Vec<ProbeFile>,
+}
+
+/// One credd destination's pair of files.
+#[derive(Clone, Debug)]
+pub struct ProbeFile {
+    /// The caller's own id for the destination, handed back in [`FileSeen`].
+    pub id: String,
+    pub top: String,
+    pub use_file: String,
+}
+
+/// What a probe saw of one spool (times are the host's, seconds since the epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredmonSeen {
+    pub spool: String,
+    /// mtime of `CREDMON_COMPLETE`; `Ok(None)` when there is none.
+    pub complete: Result<Option<i64>, String>,
+    pub process: Liveness,
+    pub files: Vec<FileSeen>,
+}
+
+/// Whether `<spool>/pid` names a running process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Running(u32),
+    Gone(u32),
+    NoPidFile,
+    /// The pid file or `/proc` could not be read, or the file holds no pid.
+    Unknown(String),
+}
+
+/// mtimes of one destination's files; `None` when the file is not there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileSeen {
+    pub id: String,
+    pub top: Result<Option<i64>, String>,
+    pub use_file: Result<Option<i64>, String>,
+}
+
+/// Looks at a spool's credmon without changing anything.
+pub(crate) fn probe(remote: &Remote, p: &CredmonProbe) -> CredmonSeen {
+    let spool = p.spool.trim_end_matches('/');
+    let process = match read_pid(remote, spool) {
+        Err(detail) => Liveness::Unknown(detail),
+        Ok(None) => Liveness::NoPidFile,
+        Ok(Some(pid)) => match remote.lstat(&format!("/proc/{pid}")) {
+            Ok(_) => Liveness::Running(pid),
+            Err(e) if is_no_such_file(&e) => Liveness::Gone(pid),
+            Err(e) => Liveness::Unknown(format!("cannot look at process {pid}: {e}")),
+        },
+    };
+    let files = p
+        .files
+        .iter()
+        .map(|f| FileSeen { id: f.id.clone(), top: mtime(remote, &f.top), use_file: mtime(remote, &f.use_file) })
+        .collect();
+    CredmonSeen { spool: p.spool.clone(), complete: mtime(remote, &format!("{spool}/CREDMON_COMPLETE")), process, files }
+}
+
+fn mtime(remote: &Remote, path: &str) -> Result<Option<i64>, String> {
+    match remote.lstat(path) {
+        Ok(st) => st.mtime.map(|t| Some(t as i64)).ok_or_else(|| format!("{path}: the server sent no mtime")),
+        Err(e) if is_no_such_file(&e) => Ok(None),
+        Err(e) => Err(format!("cannot lstat {path}: {e}")),
+    }
+}
+
+/// The pid in `<spool>/pid`; `Ok(None)` when there is no pid file.
+fn read_pid(remote: &Remote, spool: &str) -> Result<Option<u32>, String> {
+    let pid_path = format!("{spool}/pid");
+    let Some(text) = super::read_regular(remote, &pid_path, MAX_PID_FILE).map_err(|e| format!("{pid_path}: {e}"))? else {
+        return Ok(None);
+    };
+    parse_pid(&text).map(Some).ok_or_else(|| format!("{pid_path} does not hold a process id"))
+}
 
 /// Reads the pid file, checks the process, and (unless `dry_run`) signals it. `Ok(false)` means
 /// nothing was signalled: no pid file, no such process, or not the credd user's credmon.

@@ -1,7 +1,7 @@
 //! Where and how a credd destination's files lie in the credential spool that the HTCondor Vault
 //! credmon reads: `<spool>/<user>/` (0700, its `<user>.mark` removed), `<service>.top` (JSON with the Vault token, 0600 —
 //! the credd rejects any group/other bit) and `<service>.use` (the bare access token and a
-//! newline, 0400).
+//! newline, 0400, written only where there is none: afterwards it is the credmon's).
 //!
 //! Pure: builds [`RemoteDir`]/[`RemoteFile`] values, touches nothing. Must never give the `.top`
 //! document a `Serialize` or `Debug` path out: it is built straight into a [`Secret`].
@@ -58,7 +58,7 @@ pub fn credd_layout(
 ) -> (RemoteDir, Vec<RemoteFile>) {
     let spool = spool.trim_end_matches('/');
     let dir = format!("{spool}/{user}");
-    let file = |suffix: &str, content: Secret, mode: u32| RemoteFile {
+    let file = |suffix: &str, content: Secret, mode: u32, only_if_absent: bool| RemoteFile {
         id: format!("{user}/{service}.{suffix}"),
         path: format!("{dir}/{service}.{suffix}"),
         root: spool.to_string(),
@@ -66,10 +66,14 @@ pub fn credd_layout(
         content,
         mode,
         owner: Some(owner.clone()),
+        only_if_absent,
     };
+    // The credmon owns a `.use` once there is one: a new `.top` is newer than it, so the
+    // credmon rewrites it at its next scan; writing it here as well would hide a credmon that
+    // no longer refreshes.
     let files = vec![
-        file("top", top.to_json(), TOP_MODE),
-        file("use", Secret::new(format!("{}\n", access_token.expose())), USE_MODE),
+        file("top", top.to_json(), TOP_MODE, false),
+        file("use", Secret::new(format!("{}\n", access_token.expose())), USE_MODE, true),
     ];
     (RemoteDir { path: dir, mode: SPOOL_DIR_MODE, owner: Some(owner.clone()), clear_mark: true }, files)
 }
@@ -101,6 +105,7 @@ mod tests {
         assert_eq!(files[1].path, "/var/lib/condor/oauth_credentials/cmsprod/cms_wmagent.use");
         assert_eq!(files[1].mode, 0o400);
         assert_eq!(files[1].content.expose(), "eyJ.a.b\n");
+        assert!(files[1].only_if_absent && !files[0].only_if_absent, "the .use is the credmon's once it exists");
         assert_eq!(files[0].owner.as_ref().unwrap().user, "root");
         assert!(files.iter().all(|f| f.root == "/var/lib/condor/oauth_credentials"), "the rule starts at the spool");
         assert!(dir.clear_mark);

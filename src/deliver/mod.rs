@@ -40,6 +40,7 @@ use std::time::Duration;
 use ssh2::{FileStat, OpenFlags, OpenType};
 
 pub use error::DeliverError;
+pub use credmon::{CredmonProbe, CredmonSeen, FileSeen, Liveness, ProbeFile};
 pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout};
 pub use remove::{PathOutcome, Removal, remove_from_host};
 
@@ -128,6 +129,9 @@ pub struct RemoteFile {
     pub mode: u32,
     /// `None` leaves the file to the login user.
     pub owner: Option<Owner>,
+    /// Write the file only where there is none, and never replace one: a credd `.use` belongs
+    /// to the credmon once it exists.
+    pub only_if_absent: bool,
 }
 
 /// A directory the delivery manages: created with `mode` and `owner` when missing (its parent
@@ -163,6 +167,8 @@ pub struct HostPlan {
     pub expect_present: Vec<String>,
     /// Files whose content digest is read before anything is written (see [`read_back`]).
     pub read_back: Vec<String>,
+    /// Credmons looked at before anything is written.
+    pub probe_credmon: Vec<CredmonProbe>,
 }
 
 /// What happened to one file.
@@ -172,6 +178,10 @@ pub struct FileOutcome {
     /// The path with `{uid}` resolved (the template if it could not be).
     pub path: String,
     pub result: Result<(), DeliverError>,
+    /// An [`RemoteFile::only_if_absent`] file was already there: nothing was written.
+    pub kept: bool,
+    /// The host's mtime of the file this push put in place (seconds since the epoch).
+    pub landed_mtime: Option<i64>,
 }
 
 /// Per path: `Some(short hash)` of what the file holds, `None` when there is no such file.
@@ -210,6 +220,8 @@ pub struct HostOutcome {
     pub missing: Vec<Missing>,
     /// [`HostPlan::read_back`], as read before anything was written.
     pub read_back: ReadBack,
+    /// [`HostPlan::probe_credmon`], as seen before anything was written.
+    pub credmon: Vec<CredmonSeen>,
 }
 
 impl HostOutcome {
@@ -248,6 +260,7 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
         }
     };
     let read_back = read_back_on(&remote, &plan.read_back);
+    let credmon: Vec<CredmonSeen> = plan.probe_credmon.iter().map(|p| credmon::probe(&remote, p)).collect();
 
     let gone = |p: &str| matches!(remote.lstat(p), Err(ref e) if is_no_such_file(e));
     let missing: Vec<Missing> = plan
@@ -268,8 +281,9 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
     resolve_paths(&remote, &ids, &mut work);
     let mut dirs = Dirs::new(plan, &ids);
     dirs.judge_all(&remote, &mut work, dry_run);
+    keep_present(&remote, &mut work);
     if !dry_run {
-        sweep_stale(&remote, work.iter().filter(|w| w.pending()).map(|w| w.path.as_str()));
+        sweep_stale(&remote, work.iter().filter(|w| w.pending() || w.kept).map(|w| w.path.as_str()));
         if work.iter().any(Work::pending) {
             remote.prepare_rename();
         }
@@ -299,7 +313,7 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
                 None => tracing::debug!(host = %host, path = %w.path, sha256 = %w.file.content.short_hash(), "delivered"),
                 Some(e) => tracing::debug!(host = %host, path = %w.path, error = %e, "not delivered"),
             }
-            FileOutcome { id: w.file.id.clone(), path: w.path, result: w.failed.map_or(Ok(()), Err) }
+            FileOutcome { id: w.file.id.clone(), path: w.path, result: w.failed.map_or(Ok(()), Err), kept: w.kept, landed_mtime: w.landed_mtime }
         })
         .collect();
 
@@ -308,7 +322,7 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
         .iter()
         .map(|c| {
             let root = format!("{}/", c.spool.trim_end_matches('/'));
-            let touched = files.iter().any(|f| f.result.is_ok() && f.path.starts_with(&root));
+            let touched = files.iter().any(|f| f.result.is_ok() && !f.kept && f.path.starts_with(&root));
             let result = if !remote.alive() {
                 Err(DeliverError::SessionLost { host: host.clone(), path: format!("{root}pid") })
             } else if dry_run || touched {
@@ -321,7 +335,7 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
         })
         .collect();
 
-    HostOutcome { host, connected: Ok(()), files, signalled, missing, read_back }
+    HostOutcome { host, connected: Ok(()), files, signalled, missing, read_back, credmon }
 }
 
 fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
@@ -332,7 +346,7 @@ fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
         files: plan
             .files
             .iter()
-            .map(|f| FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(not_attempted(f.path.clone())) })
+            .map(|f| FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(not_attempted(f.path.clone())), kept: false, landed_mtime: None })
             .collect(),
         signalled: plan
             .signal_credmon
@@ -342,6 +356,7 @@ fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
         read_back: plan.read_back.iter().map(|p| (p.clone(), Err(not_attempted(p.clone())))).collect(),
         connected: Err(e),
         missing: Vec::new(),
+        credmon: Vec::new(),
     }
 }
 
@@ -428,15 +443,19 @@ struct Work<'a> {
     owner_ids: Option<(u32, u32)>,
     temp: Option<String>,
     failed: Option<DeliverError>,
+    /// Already there and not to be replaced.
+    kept: bool,
+    /// mtime of the final path once it was checked after the rename.
+    landed_mtime: Option<i64>,
 }
 
 impl<'a> Work<'a> {
     fn new(file: &'a RemoteFile) -> Self {
-        Work { file, path: file.path.clone(), root: file.root.clone(), owner_ids: None, temp: None, failed: None }
+        Work { file, path: file.path.clone(), root: file.root.clone(), owner_ids: None, temp: None, failed: None, kept: false, landed_mtime: None }
     }
 
     fn pending(&self) -> bool {
-        self.failed.is_none()
+        self.failed.is_none() && !self.kept
     }
 
     /// What the temp file and, after the rename, the final path must look like.
@@ -605,6 +624,20 @@ fn sweep_stale<'a>(remote: &Remote, paths: impl Iterator<Item = &'a str>) {
     }
 }
 
+/// Marks every [`RemoteFile::only_if_absent`] file that is already there as kept.
+fn keep_present(remote: &Remote, work: &mut [Work]) {
+    for w in work.iter_mut().filter(|w| w.pending() && w.file.only_if_absent) {
+        match remote.lstat(&w.path) {
+            Ok(_) => {
+                tracing::debug!(host = %remote.host, path = %w.path, "already there; left to the credmon");
+                w.kept = true;
+            }
+            Err(e) if is_no_such_file(&e) => {}
+            Err(e) => w.failed = Some(DeliverError::Sftp { host: remote.host.clone(), op: "lstat of", path: w.path.clone(), source: e.into() }),
+        }
+    }
+}
+
 /// Creates `w`'s temp file exclusively with its final mode, checks it is where it was meant to
 /// be, writes, fsyncs and sets its owner on the open handle.
 fn write_temp(remote: &Remote, dirs: &Dirs, w: &mut Work) {
@@ -738,6 +771,10 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
         }
         failpoint!("deliver::before_rename", remote.host, w.path);
         let temp = w.temp.clone().expect("pending files have a temp file");
+        if w.file.only_if_absent {
+            rename_if_absent(remote, w, &temp);
+            continue;
+        }
         if !fallback.is_empty() {
             fallback.push(i);
             continue;
@@ -808,6 +845,26 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
     }
 }
 
+/// Puts an [`RemoteFile::only_if_absent`] file in place without replacing anything: if one
+/// appeared since it was looked for (the credmon wrote it), that one stays.
+fn rename_if_absent(remote: &Remote, w: &mut Work, temp: &str) {
+    match remote.rename_no_replace(temp, &w.path) {
+        Ok(()) => {
+            w.temp = None;
+            check_landed(remote, w);
+        }
+        Err(e) => {
+            if remote.alive() && remote.lstat(&w.path).is_ok() {
+                tracing::debug!(host = %remote.host, path = %w.path, "appeared meanwhile; left to the credmon");
+                w.kept = true;
+            } else {
+                w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail: e.to_string() });
+            }
+            remove_temp(remote, w);
+        }
+    }
+}
+
 /// Failpoint `deliver::after_rename_before_reply`: the server renamed the file; `panic` kills
 /// the process before the answer is used, `return` loses the answer (the rename's outcome is
 /// then unknown, as when a connection drops at that moment).
@@ -843,7 +900,10 @@ fn temp_intact(remote: &Remote, w: &mut Work) -> bool {
 fn check_landed(remote: &Remote, w: &mut Work) {
     failpoint!("deliver::after_rename", remote.host, w.path);
     let verdict = match remote.lstat(&w.path) {
-        Ok(st) => verify(&st, &w.expected()),
+        Ok(st) => {
+            w.landed_mtime = st.mtime.map(|t| t as i64);
+            verify(&st, &w.expected())
+        }
         Err(e) => Err(format!("cannot lstat it: {e}")),
     };
     if let Err(detail) = verdict {
@@ -1001,8 +1061,10 @@ mod tests {
                 content: Secret::new("eyJTOKENsecret"),
                 mode: 0o600,
                 owner: None,
+                only_if_absent: false,
             }],
             signal_credmon: vec![Credmon { spool: "/spool".into(), user: "root".into() }],
+            probe_credmon: vec![],
         };
         let out = push_to_host(&plan, false);
         let err = out.connected.as_ref().unwrap_err();

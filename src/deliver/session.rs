@@ -218,6 +218,16 @@ impl Remote {
         }
     }
 
+    /// Renames `from` to `to` only if nothing is at `to`: the plain SFTP v3 rename, which
+    /// OpenSSH's sftp-server carries out with `link(2)` and so never replaces a file.
+    pub fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), ssh2::Error> {
+        let r = self.sftp()?.rename(rpath(from), rpath(to), None);
+        if let Err(e) = &r {
+            self.note(e);
+        }
+        r
+    }
+
     /// Runs `script` under `sh -c` (whatever the login shell is) on a fresh exec channel. A
     /// non-zero exit status is returned, not turned into an error:
     /// callers decide what it means.

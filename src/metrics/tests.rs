@@ -12,7 +12,7 @@ fn check(text: &str, line: &str) {
 const NOW: &str = "2026-11-24T11:00:05Z";
 
 fn held(service: &str, destination: &str, expiry: DateTime<Utc>) -> Held {
-    Held { service: service.into(), destination: destination.into(), expiry }
+    Held { service: service.into(), destination: destination.into(), expiry, credmon: None }
 }
 
 fn recorded() -> Metrics {
@@ -27,8 +27,9 @@ fn recorded() -> Metrics {
     m.observe_stage("wmagent", Stage::Deliver, Duration::from_secs(3));
     m.observe_broker_request(BrokerRequest::AccessToken, Duration::from_millis(30));
     m.set_held([
-        held("wmagent", "credd@vocms0250", utc(NOW) + chrono::TimeDelta::days(6)),
-        held("crab", "credd@crab-sched-903", utc(NOW) - chrono::TimeDelta::seconds(30)),
+        Held { credmon: Some(CredmonState::Refreshing), ..held("wmagent", "credd@vocms0250", utc(NOW) + chrono::TimeDelta::days(6)) },
+        Held { credmon: Some(CredmonState::Stuck), ..held("crab", "credd@crab-sched-903", utc(NOW) - chrono::TimeDelta::seconds(30)) },
+        Held { credmon: Some(CredmonState::Unknown), ..held("tier0", "credd@vocms0314", utc(NOW)) },
     ]);
     m.record_missed_wakeups("tier0", 2);
     m.record_cycle_completed("wmagent", utc(NOW));
@@ -54,6 +55,10 @@ fn every_metric_is_rendered_with_its_labels() {
     check(&text, r#"token_bastion_time_left_seconds{service="wmagent",destination="credd@vocms0250"} 518400"#);
     check(&text, r#"token_bastion_time_left_seconds{service="crab",destination="credd@crab-sched-903"} -30"#);
     check(&text, r#"token_bastion_missed_wakeups_total{service="tier0"} 2"#);
+    check(&text, "# TYPE token_bastion_credmon_refreshing gauge");
+    check(&text, r#"token_bastion_credmon_refreshing{service="wmagent",destination="credd@vocms0250"} 1"#);
+    check(&text, r#"token_bastion_credmon_refreshing{service="crab",destination="credd@crab-sched-903"} 0"#);
+    assert!(!text.contains(r#"credmon_refreshing{service="tier0""#), "an unknown credmon has no sample");
     check(&text, r#"token_bastion_last_cycle_timestamp_seconds{service="wmagent"} 1795518005"#);
     assert!(text.ends_with("# EOF\n"));
 }

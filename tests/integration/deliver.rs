@@ -72,6 +72,7 @@ pub(crate) fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, own
         content: content.clone(),
         mode,
         owner,
+        only_if_absent: false,
     }
 }
 
@@ -83,6 +84,7 @@ pub(crate) fn plan(sshd: &Sshd, user: &str, dirs: Vec<RemoteDir>, files: Vec<Rem
         expect_present: Vec::new(),
         read_back: Vec::new(),
         signal_credmon: spools.iter().map(|p| Credmon { spool: p.to_str().unwrap().to_string(), user: "root".into() }).collect(),
+        probe_credmon: Vec::new(),
     }
 }
 
@@ -237,6 +239,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
         content: Secret::new(format!("{}\n", token.expose())),
         mode: 0o600,
         owner: Some(test_owner()),
+        only_if_absent: false,
     };
     let unknown_account = RemoteFile {
         id: "ghost/bearer@schedd-test".into(),
@@ -246,6 +249,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
         content: token.clone(),
         mode: 0o600,
         owner: None,
+        only_if_absent: false,
     };
     let outcome = push(&leaks, &plan(&sshd, "root", vec![], vec![good, unknown_account], vec![]), false);
 
@@ -557,6 +561,7 @@ fn dry_run_checks_everything_and_writes_nothing() {
         content: access.clone(),
         mode: 0o600,
         owner: None,
+        only_if_absent: false,
     });
     let mut credmon = fake_process(tmp.path(), "condor_credmon_vault");
     std::fs::write(sshd.spool.join("pid"), format!("{}\n", credmon.pid())).unwrap();
@@ -665,6 +670,7 @@ fn a_host_that_never_speaks_ssh_fails_within_the_timeout() {
         expect_present: Vec::new(),
         read_back: Vec::new(),
         signal_credmon: vec![],
+        probe_credmon: Vec::new(),
     };
     let started = std::time::Instant::now();
     let outcome = push(&leaks, &host_plan, false);

@@ -69,12 +69,17 @@ fn the_sftp_log_shows_each_file_written_on_its_handle_and_renamed_atomically() {
             &["fsetstat handle"],
             &["set ", &q(&temp), &format!("owner {uid} group {gid}")],
             &["lstat name ", &q(&temp)],
-            &["posix-rename old ", &q(&temp), &format!("new {}", q(&f.path))],
+            // A `.use` is put in place only where there is none: the plain SFTP rename, which
+            // sftp-server carries out with link(2) and so never replaces a file.
+            &[if f.only_if_absent { "rename old " } else { "posix-rename old " }, &q(&temp), &format!("new {}", q(&f.path))],
             &["lstat name ", &q(&f.path)],
         ];
         let mut at = open;
         for step in steps {
             at = line_with(&lines, at + 1, step).unwrap_or_else(|| panic!("{step:?} not after line {at} for {name}:\n{log}"));
+            if f.only_if_absent && step[0] == "rename old " {
+                assert!(!lines[at].contains("posix-rename"), "{}", lines[at]);
+            }
         }
         // Nothing is ever changed by name.
         assert!(!lines.iter().any(|l| l.contains("setstat name") && (l.contains(&temp) || l.contains(&f.path))), "{log}");
@@ -83,8 +88,17 @@ fn the_sftp_log_shows_each_file_written_on_its_handle_and_renamed_atomically() {
     // directories. Once they exist, one.
     assert_eq!(exec_count(&sshd), 2, "{}", sshd.log_text());
     let again = credd_plan(&sshd, &leaks, &accounts);
-    assert_all_delivered(&push(&leaks, &again, false));
+    let before = sshd.sftp_log().len();
+    let outcome = push(&leaks, &again, false);
+    assert_all_delivered(&outcome);
     assert_eq!(exec_count(&sshd), 3, "one exec per host and push, none per file");
+    // The second push replaces each `.top` and leaves each `.use` that is there alone.
+    let second = sshd.sftp_log()[before..].to_string();
+    for (f, o) in again.files.iter().zip(&outcome.files) {
+        let (dir, name) = f.path.rsplit_once('/').unwrap();
+        let opened = second.contains(&format!("{dir}/.{name}.tb-"));
+        assert_eq!((opened, o.kept), (!f.only_if_absent, f.only_if_absent), "{name}:\n{second}");
+    }
     leaks.assert_clean();
 }
 

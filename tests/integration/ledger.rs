@@ -110,8 +110,14 @@ fn what_an_older_version_kept_is_imported_and_nothing_a_destination_holds_is_rev
 
     let out = stack.run("create the database", &["status"]);
     assert!(stack.state_dir.join("state.db").is_file(), "{}", shown(&out));
+    // The database of the version before the ledger (schema 3), made afresh.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(stack.state_dir.join(format!("state.db{suffix}")));
+    }
     let db = rusqlite::Connection::open(stack.state_dir.join("state.db")).unwrap();
-    db.execute_batch("DROP TABLE tokens; DROP TABLE holdings; PRAGMA user_version = 3;").unwrap();
+    db.execute_batch(&token_bastion::state::schema_sql_up_to(3)).unwrap();
+    db.pragma_update(None, "application_id", token_bastion::state::APPLICATION_ID).unwrap();
+    db.pragma_update(None, "user_version", 3).unwrap();
     let now = chrono::Utc::now().timestamp();
     let top_paths = |host: &str| json!([top(&stack, host), top(&stack, host).with_extension("use")]).to_string();
     for (dest, host, root, paths) in [

@@ -7,6 +7,7 @@ mod harness;
 mod broker;
 mod chaos;
 mod check;
+mod credmon;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod hostile;

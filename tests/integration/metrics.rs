@@ -99,7 +99,7 @@ fn recorded() -> Metrics {
     m.record_failure("crab", "credd@crab-sched-903", Stage::Login);
     m.observe_stage("wmagent", Stage::Fetch, Duration::from_millis(300));
     m.observe_broker_request(BrokerRequest::Login, Duration::from_millis(40));
-    m.set_held([Held { service: "wmagent".into(), destination: "credd@vocms0250".into(), expiry: Utc::now() + TimeDelta::hours(36) }]);
+    m.set_held([Held { service: "wmagent".into(), destination: "credd@vocms0250".into(), expiry: Utc::now() + TimeDelta::hours(36), credmon: None }]);
     m.record_cycle_completed("wmagent", Utc::now());
     m
 }

@@ -225,6 +225,8 @@ fn a_run_validates_through_an_issuer_outage_on_persisted_keys() {
     assert!(std::fs::read_to_string(&cache).unwrap().contains(&stack.bao.issuer_url()));
 
     relay.stop();
+    // Only a missing `.use` is written (one that is there is the credmon's).
+    std::fs::remove_file(stack.host("schedd1").spool.join("acctprod/cms_prod.use")).unwrap();
     let jwt = stack.put_token("prod", &spec("compute.create"));
     let out = stack.run("issuer down", &["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));

@@ -15,6 +15,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod hostile;
+pub mod credmon;
 pub mod kdc;
 pub mod openbao;
 pub mod proxy;
