@@ -32,8 +32,10 @@ use serde::Serialize;
 use crate::notify::OutgoingMail;
 use crate::secret::Fingerprint;
 
+mod idtoken;
 mod ledger;
 
+pub use idtoken::{IdTokenRecord, IdTokenState};
 pub use ledger::{HoldState, Holding, Intent, LedgerToken, NewToken, Settled, TokenKind, TokenState};
 
 /// SQLite `application_id` of a token-bastion state database: ASCII "TkBs".
@@ -157,6 +159,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (service, destination, template, content)
     );
     CREATE INDEX holdings_by_token ON holdings (token);
+    "#,
+    // 5: every HTCondor IDToken minted: its claims (jti, sub, iat, exp, kid), the request it
+    // answered, and whether it is the service's current one, superseded, or denied by a drill.
+    // Token bytes stay in <state-dir>/idtoken/<hash>.token.
+    r#"
+    CREATE TABLE idtokens (
+        hash     TEXT PRIMARY KEY,      -- short hash of the token
+        service  TEXT NOT NULL,
+        jti      TEXT NOT NULL,
+        sub      TEXT NOT NULL,
+        iat      INTEGER NOT NULL,
+        exp      INTEGER NOT NULL,
+        kid      TEXT NOT NULL,
+        request  TEXT NOT NULL,         -- what condor_token_create was asked for
+        state    TEXT NOT NULL CHECK (state IN ('current', 'superseded', 'denied')),
+        run_id   INTEGER,
+        created  INTEGER NOT NULL,
+        updated  INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX idtokens_current ON idtokens (service) WHERE state = 'current';
     "#,
 ];
 

@@ -6,6 +6,7 @@
 //! meaningless (no usable broker client, an unknown `--service`) are the only errors returned;
 //! everything else is a line in the [`RunReport`].
 
+mod idtoken;
 mod ledger;
 mod lifecycle;
 mod mail;
@@ -524,6 +525,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
     let delivering = std::time::Instant::now();
     let plan::Delivery { mut results, mut warnings, hosts, unrecorded } =
         if stopping { plan::Delivery::default() } else { plan::deliver_all(ctx, services, &reports, &children).await };
+    let mut idtokens = if stopping { BTreeMap::new() } else { idtoken::deliver_idtokens(ctx, services).await };
     let took = delivering.elapsed();
     for r in reports.iter_mut().filter(|r| r.tokens.is_ok() && !stopping) {
         r.timings.push((Stage::Deliver, took));
@@ -535,7 +537,10 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
             .iter()
             .filter(|d| !ctx.skip_hosts.contains(&d.host))
             .map(|d| {
+                let idtoken = idtokens.remove(&(spec.name.clone(), d.id.clone()));
                 let result = match &report.tokens {
+                    // An IDToken does not depend on the service's Vault tokens.
+                    _ if idtoken.is_some() => idtoken.unwrap_or_else(|| Err("idtoken: no outcome".into())),
                     Err(f) => Err(format!("{}: {}", f.stage, f.reason)),
                     Ok(_) => results
                         .remove(&(spec.name.clone(), d.id.clone()))

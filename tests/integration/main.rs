@@ -10,6 +10,7 @@ mod check;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod hostile;
+mod idtoken;
 mod daemon;
 mod deliver;
 #[cfg(feature = "failpoints")]
