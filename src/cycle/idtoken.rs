@@ -223,3 +223,159 @@ impl Job {
         out
     }
 }
+
+/// What the IDToken drill did.
+#[derive(Debug, Default)]
+pub struct IdTokenDrillReport {
+    /// (destination, host, outcome) for every recorded IDToken file.
+    pub removed: Vec<(String, String, Result<(), String>)>,
+    /// The `jti`s now denied.
+    pub denied: Vec<String>,
+    /// (host, outcome) of the revocation file and `condor_reconfig` on each accepting host.
+    pub configured: Vec<(String, Result<(), String>)>,
+    /// The cycle that minted and delivered a new token.
+    pub redelivered: Option<super::RunReport>,
+}
+
+impl IdTokenDrillReport {
+    pub fn all_ok(&self) -> bool {
+        self.removed.iter().all(|(_, _, r)| r.is_ok())
+            && self.configured.iter().all(|(_, r)| r.is_ok())
+            && self.redelivered.as_ref().is_none_or(super::RunReport::all_ok)
+    }
+}
+
+/// The IDToken drill for `service`: removes the token files recorded as delivered; on every
+/// host whose daemons accept the token, writes (atomically, merged with what was there) a
+/// `config.d` file whose `SEC_TOKEN_REVOCATION_EXPR` denies every recorded `jti` and any token
+/// for the identity issued before now, and runs `condor_reconfig`; records the tokens denied;
+/// then runs a cycle for the service, which mints and distributes a new token.
+pub fn revoke_idtoken(
+    inv: &crate::inventory::Inventory,
+    state_dir: &std::path::Path,
+    service: &str,
+    runtime: &tokio::runtime::Handle,
+    lock_wait: std::time::Duration,
+) -> Result<IdTokenDrillReport, super::CycleSetupError> {
+    let spec = inv.services.get(service).ok_or_else(|| super::CycleError::UnknownService(service.into(), inv.services.keys().cloned().collect::<Vec<_>>().join(", ")))?;
+    let want = spec.idtoken.as_ref().ok_or_else(|| super::CycleError::NoIdToken(service.into()))?;
+    let mut report = IdTokenDrillReport::default();
+    {
+        let _lock = super::take_lock(state_dir, lock_wait)?;
+        let store = crate::state::StateStore::open(state_dir)?;
+        let keeper = TokenKeeper::open_idtokens(state_dir)?;
+        let before = super::now_unix();
+        let records = store.idtokens(Some(service))?;
+        let statuses: Vec<_> = store.statuses()?.into_iter().filter(|s| s.service == service && s.destination.starts_with("idtoken@")).collect();
+
+        let owner = deliver::Owner { user: spec.account.clone(), group: String::new() };
+        let mut by_host: BTreeMap<&str, Vec<&crate::state::DestinationStatus>> = BTreeMap::new();
+        for st in &statuses {
+            by_host.entry(st.host.as_str()).or_default().push(st);
+        }
+        for (host, rows) in by_host {
+            let removals: Vec<deliver::Removal> = rows
+                .iter()
+                .flat_map(|st| {
+                    let template = spec.destinations.iter().find(|d| d.id == st.destination).and_then(|d| match &d.kind {
+                        DestinationKind::IdToken { path } => Some(path.clone()),
+                        _ => None,
+                    });
+                    st.paths.iter().map(move |p| (p.clone(), template.clone()))
+                })
+                .map(|(path, template)| {
+                    let root = removal_root(inv.hosts.get(host), &spec.account, &path, template.as_deref());
+                    deliver::Removal { path, root, dir_owner: Some(owner.clone()) }
+                })
+                .collect();
+            let outcome = match inv.hosts.get(host).ok_or_else(|| format!("host `{host}` is not in the inventory: cannot reach it")).and_then(host_target) {
+                Err(e) => Err(e),
+                Ok(target) => runtime
+                    .block_on(runtime.spawn_blocking(move || deliver::remove_from_host(&target, &removals)))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| error_chain(&e))),
+            };
+            for st in rows {
+                let result = match &outcome {
+                    Err(e) => Err(e.clone()),
+                    Ok(per_path) => match per_path.iter().find(|(p, r)| st.paths.contains(p) && r.is_err()) {
+                        Some((_, Err(e))) => Err(error_chain(e)),
+                        _ => Ok(()),
+                    },
+                };
+                if result.is_ok() {
+                    store.forget_destination(&st.service, &st.destination)?;
+                }
+                report.removed.push((st.destination.clone(), host.to_string(), result));
+            }
+        }
+
+        let denial = idtoken::revocation::Denial { jtis: records.iter().map(|r| r.jti.clone()).collect(), sub: want.identity.clone(), before };
+        report.denied = denial.jtis.clone();
+        let config_path = format!("{}/{}", want.config_dir, idtoken::revocation::file_name(service));
+        for host in &want.revocation_hosts {
+            let result = inv.hosts.get(host).ok_or_else(|| format!("host `{host}` is not in the inventory")).and_then(host_target).and_then(|target| {
+                let (denial, path, root) = (denial.clone(), config_path.clone(), want.config_dir.clone());
+                runtime
+                    .block_on(runtime.spawn_blocking(move || configure_host(target, &path, &root, &denial)))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+            });
+            match &result {
+                Ok(()) => info!(service, host = %host, path = %config_path, "IDTokens denied; daemons reconfigured"),
+                Err(e) => warn!(service, host = %host, error = %e, "IDTokens NOT denied on this host"),
+            }
+            report.configured.push((host.clone(), result));
+        }
+        store.deny_idtokens(service)?;
+        for r in &records {
+            if let Err(e) = keeper.forget(&r.hash) {
+                warn!(service, error = %e, "cannot delete a denied IDToken's bytes");
+            }
+        }
+    }
+    let opts = super::CycleOptions::services(vec![service.to_string()]);
+    report.redelivered = Some(super::run_once(inv, state_dir, &opts, runtime, lock_wait)?);
+    Ok(report)
+}
+
+/// Where a recorded IDToken file is judged from for removal: the directory holding the
+/// account's home for a `~` path (the home and what is below it may be the account's), else
+/// the host's file root.
+fn removal_root(host: Option<&HostSpec>, account: &str, path: &str, template: Option<&str>) -> String {
+    let home_suffix = template.and_then(|t| t.strip_prefix(&format!("~{account}")));
+    match (home_suffix.and_then(|s| path.strip_suffix(s)), host) {
+        (Some(home), _) => home.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/".to_string() } else { d.to_string() }).unwrap_or_else(|| "/".into()),
+        (None, Some(h)) => file_root(h, path),
+        (None, None) => "/".into(),
+    }
+}
+
+/// Reads the bastion's revocation file on one host, writes the merged one in its place (temp,
+/// fsync, rename; 0644 so the daemons can read it) and runs `condor_reconfig`. Blocking.
+fn configure_host(target: deliver::HostTarget, path: &str, root: &str, denial: &idtoken::revocation::Denial) -> Result<(), String> {
+    let existing = deliver::read_text(&target, path, 64 * 1024).map_err(|e| error_chain(&e))?;
+    let text = idtoken::revocation::config_file(existing.as_deref(), denial);
+    let plan = deliver::HostPlan {
+        target: target.clone(),
+        dirs: Vec::new(),
+        files: vec![deliver::RemoteFile {
+            id: path.to_string(),
+            path: path.to_string(),
+            root: root.to_string(),
+            uid_of: None,
+            content: Secret::new(text),
+            mode: 0o644,
+            owner: None,
+        }],
+        signal_credmon: Vec::new(),
+        expect_present: Vec::new(),
+        read_back: Vec::new(),
+    };
+    let outcome = deliver::push_to_host(&plan, false);
+    outcome.connected.map_err(|e| error_chain(&e))?;
+    for f in outcome.files {
+        f.result.map_err(|e| error_chain(&e))?;
+    }
+    deliver::run_command(&target, "reconfigure the HTCondor daemons", "condor_reconfig").map_err(|e| error_chain(&e))
+}

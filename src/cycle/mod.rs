@@ -15,6 +15,7 @@ mod plan;
 
 pub use ledger::{holders_of, LedgerError};
 pub use lifecycle::{kept_alive_by, revoke, settle_host, KeptAlive, RevokeReport};
+pub use idtoken::{IdTokenDrillReport, revoke_idtoken};
 pub use mail::{expiring, smtp_config};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,6 +105,8 @@ impl CycleOptions {
 pub enum CycleError {
     #[error("no service `{0}` in the inventory (known: {1})")]
     UnknownService(String, String),
+    #[error("service `{0}` has no idtoken block in the inventory")]
+    NoIdToken(String),
     #[error("broker: {0}")]
     Broker(#[source] crate::broker::BrokerError),
     #[error("issuer {issuer}: {source}")]

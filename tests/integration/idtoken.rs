@@ -41,9 +41,14 @@ fn stack_with_idtoken(leaks: &Leaks) -> (Stack<'_>, CondorTools, Vec<PathBuf>) {
 
 /// The `idtoken:` block with `lifetime` and `authz`.
 fn write_block(stack: &mut Stack<'_>, paths: &[PathBuf], lifetime: &str, authz: &str) {
+    write_block_with(stack, paths, lifetime, authz, "");
+}
+
+/// The same with `more` (raw YAML, 6 spaces deep) at the end of the block.
+fn write_block_with(stack: &mut Stack<'_>, paths: &[PathBuf], lifetime: &str, authz: &str, more: &str) {
     let mut def = stack.defs["wm"].clone();
     def.extra = format!(
-        "    idtoken:\n      identity: wm@{TRUST_DOMAIN}\n      authz: [{authz}]\n      lifetime: {lifetime}\n      renew_before: 1d\n      key: {KEY}\n      issuer: {TRUST_DOMAIN}\n      mint_host: schedd1\n      destinations:\n        - hosts: [schedd1]\n          path: {}\n        - hosts: [schedd2]\n          path: {}\n",
+        "    idtoken:\n      identity: wm@{TRUST_DOMAIN}\n      authz: [{authz}]\n      lifetime: {lifetime}\n      renew_before: 1d\n      key: {KEY}\n      issuer: {TRUST_DOMAIN}\n      mint_host: schedd1\n      destinations:\n        - hosts: [schedd1]\n          path: {}\n        - hosts: [schedd2]\n          path: {}\n{more}",
         paths[0].display(),
         paths[1].display()
     );
@@ -152,5 +157,70 @@ fn a_changed_request_rotates_and_a_token_unlike_the_request_is_refused_keeping_t
         assert_eq!(store.current_idtoken("wm").unwrap().unwrap().jti, claims(&second)["jti"].as_str().unwrap(), "{how}");
     }
     assert_eq!(tools.mints(), 5);
+    leaks.assert_clean();
+}
+
+#[test]
+fn the_drill_removes_the_files_denies_every_recorded_token_merging_with_the_last_drill_and_mints_a_new_one() {
+    let leaks = Leaks::default();
+    let (mut stack, tools, paths) = stack_with_idtoken(&leaks);
+    let other = CondorTools::install(stack.host("schedd2"), "UNUSED");
+    // Both "hosts" are this machine: one config.d serves both, so the second host's write also
+    // shows that a drill merges with what the file already holds.
+    let shared = stack.root().join("config.d");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let more = format!("      revocation:\n        hosts: [schedd1, schedd2]\n        config_dir: {}\n", shared.display());
+    write_block_with(&mut stack, &paths, "30d", "READ", &more);
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    write_block_with(&mut stack, &paths, "20d", "READ", &more);
+    assert_eq!(stack.run("rotation", &["run"]).status.code(), Some(0));
+    register_minted(&leaks, &tools);
+    let before: Vec<String> = tools.minted().iter().map(|t| claims(t)["jti"].as_str().unwrap().to_string()).collect();
+    assert_eq!(before.len(), 2);
+    let file = shared.join("99-token-bastion-revoke-wm.conf");
+
+    let started = chrono::Utc::now().timestamp();
+    let out = stack.run("drill", &["revoke", "--service", "wm", "--idtoken"]);
+    register_minted(&leaks, &tools);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for host in ["schedd1", "schedd2"] {
+        assert!(text.contains(&format!("removed from {host}")), "{}", shown(&out));
+        assert!(text.contains(&format!("revocation expression installed on {host}")), "{}", shown(&out));
+    }
+    assert_eq!((tools.reconfigs(), other.reconfigs()), (1, 1), "condor_reconfig ran on each accepting host");
+    let conf = read(&file);
+    let expr = conf.lines().find(|l| l.starts_with("SEC_TOKEN_REVOCATION_EXPR = ")).unwrap_or_else(|| panic!("{conf}"));
+    assert!(expr.starts_with("SEC_TOKEN_REVOCATION_EXPR = ($(SEC_TOKEN_REVOCATION_EXPR:false)) || "), "{expr}");
+    for jti in &before {
+        assert!(expr.contains(&format!("jti =?= \"{jti}\"")), "{expr}");
+    }
+    let cutoff: i64 = expr.rsplit("iat < ").next().unwrap().trim_end_matches(')').parse().unwrap();
+    assert!(cutoff >= started, "{expr}");
+    assert!(expr.contains(&format!("(sub =?= \"wm@{TRUST_DOMAIN}\" && iat < {cutoff})")), "{expr}");
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o644);
+
+    // A new token was minted after the drill and delivered to both hosts.
+    let minted = tools.minted();
+    assert_eq!(minted.len(), 3);
+    let third = &minted[2];
+    assert_eq!((read(&paths[0]).trim_end(), read(&paths[1]).trim_end()), (third.as_str(), third.as_str()));
+    let store = StateStore::open(&stack.state_dir).unwrap();
+    let states: Vec<IdTokenState> = store.idtokens(Some("wm")).unwrap().iter().map(|r| r.state).collect();
+    assert_eq!(states, [IdTokenState::Denied, IdTokenState::Denied, IdTokenState::Current]);
+
+    // A second drill keeps what the first denied and adds the third token.
+    let out = stack.run("second drill", &["revoke", "--service", "wm", "--idtoken"]);
+    register_minted(&leaks, &tools);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let conf = read(&file);
+    let expr = conf.lines().find(|l| l.starts_with("SEC_TOKEN_REVOCATION_EXPR = ")).unwrap();
+    for jti in before.iter().chain([claims(third)["jti"].as_str().unwrap().to_string()].iter()) {
+        assert_eq!(expr.matches(&format!("jti =?= \"{jti}\"")).count(), 1, "{expr}");
+    }
+    assert!(expr.contains(&format!("iat < {cutoff})")), "the first drill's cut-off stays: {expr}");
+    assert_eq!(expr.matches("iat < ").count(), 2, "{expr}");
+    assert_eq!((tools.reconfigs(), other.reconfigs()), (2, 2));
     leaks.assert_clean();
 }
