@@ -475,7 +475,17 @@ fn status(cli: &Cli, json: bool, tokens: bool) -> u8 {
         }
     };
     let now = chrono::Utc::now();
-    let rows = token_bastion::status::rows(inv.as_ref(), &statuses, now);
+    let mut rows = token_bastion::status::rows(inv.as_ref(), &statuses, now);
+    match store.idtoken_neighbours() {
+        Ok(neighbours) => {
+            for (service, destination, others) in neighbours {
+                if let Some(r) = rows.iter_mut().find(|r| r.service == service && r.destination == destination) {
+                    r.other_token_files = others;
+                }
+            }
+        }
+        Err(e) => eprintln!("status: {e}"),
+    }
     let kept_alive = token_bastion::status::kept_alive(inv.as_ref(), &ledger, &holdings, &statuses);
     let shown = match (json, tokens) {
         (true, false) => serde_json::to_string_pretty(&rows),

@@ -179,6 +179,15 @@ const MIGRATIONS: &[&str] = &[
         updated  INTEGER NOT NULL
     );
     CREATE UNIQUE INDEX idtokens_current ON idtokens (service) WHERE state = 'current';
+    -- Other files found beside an IDToken destination's file in its tokens.d when it was last
+    -- written or read back: HTCondor uses the first usable one in sort order.
+    CREATE TABLE idtoken_neighbours (
+        service      TEXT NOT NULL,
+        destination  TEXT NOT NULL,
+        others       TEXT NOT NULL,     -- JSON array of file names
+        checked      INTEGER NOT NULL,
+        PRIMARY KEY (service, destination)
+    );
     "#,
 ];
 

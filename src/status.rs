@@ -71,6 +71,10 @@ pub struct StatusRow {
     pub last_error: Option<String>,
     /// The paths last written there (`{uid}` resolved).
     pub paths: Vec<String>,
+    /// An IDToken destination: other files found beside it in its `tokens.d` (HTCondor uses the
+    /// first usable one in sort order).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_token_files: Vec<String>,
 }
 
 impl StatusRow {
@@ -119,6 +123,7 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
             failing_since: st.failing_since,
             last_error: st.last_error.clone(),
             paths: st.paths.clone(),
+            other_token_files: Vec::new(),
         });
     }
     for spec in inv.iter().flat_map(|inv| inv.services.values()) {
@@ -141,6 +146,7 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
                 failing_since: None,
                 last_error: None,
                 paths: Vec::new(),
+                other_token_files: Vec::new(),
             });
         }
     }
@@ -319,7 +325,16 @@ pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
             error,
         ]);
     }
-    render(&table)
+    let mut text = render(&table);
+    for r in rows.iter().filter(|r| !r.other_token_files.is_empty()) {
+        text.push_str(&format!(
+            "warning: {} {}: other token files in the same tokens.d: {} (HTCondor uses the first usable one in sort order)\n",
+            r.service,
+            r.shown_destination(),
+            r.other_token_files.join(", ")
+        ));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -21,10 +21,19 @@ use crate::keep::TokenKeeper;
 use crate::secret::{Fingerprint, Secret};
 use crate::state::{Delivered, IdTokenRecord, IdTokenState, RunId};
 
-type Results = Vec<(String, Result<Delivered, String>)>;
+/// Per destination: its outcome, and a warning (other files beside it in its `tokens.d`).
+type Results = Vec<(String, Result<Delivered, String>, Option<String>)>;
+
+/// What a destination's warning says about the files beside it.
+fn neighbour_warning(others: &[String]) -> String {
+    format!(
+        "other token files in the same tokens.d: {} (HTCondor uses the first usable one in sort order)",
+        others.join(", ")
+    )
+}
 
 /// Every IDToken destination's outcome, by (service, destination id).
-pub(super) async fn deliver_idtokens(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> BTreeMap<(String, String), Result<Delivered, String>> {
+pub(super) async fn deliver_idtokens(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> BTreeMap<(String, String), (Result<Delivered, String>, Option<String>)> {
     let mut out = BTreeMap::new();
     let keeper = match TokenKeeper::open_idtokens(ctx.state_dir) {
         Ok(k) => Some(k),
@@ -56,8 +65,8 @@ pub(super) async fn deliver_idtokens(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -
                 continue;
             }
         };
-        for (id, r) in results {
-            out.insert((name.clone(), id), r);
+        for (id, r, warning) in results {
+            out.insert((name.clone(), id), (r, warning));
         }
     }
     out
@@ -80,7 +89,7 @@ impl Job {
     }
 
     fn fail_all(&self, reason: &str) -> Results {
-        self.destinations().iter().map(|d| (d.id.clone(), Err(format!("idtoken: {reason}")))).collect()
+        self.destinations().iter().map(|d| (d.id.clone(), Err(format!("idtoken: {reason}")), None)).collect()
     }
 
     fn run(&self) -> Results {
@@ -104,7 +113,7 @@ impl Job {
                 info!(reason, "dry run: an IDToken would be minted");
             }
             let held = Delivered { vault_expiry: current.map(|c| c.exp), access: None, vault_root: None, paths: Vec::new() };
-            return self.destinations().iter().map(|d| (d.id.clone(), Ok(held.clone()))).collect();
+            return self.destinations().iter().map(|d| (d.id.clone(), Ok(held.clone()), None)).collect();
         }
         let (token, record, minted) = match (reason, current, bytes) {
             (None, Some(record), Some(token)) => (token, record, false),
@@ -121,11 +130,50 @@ impl Job {
         let mut out = Vec::new();
         for (host, dests) in by_host {
             let outcome = self.deliver_to_host(host, &dests, &token, minted);
+            let neighbours = self.neighbours(host, &outcome);
             for (id, r) in outcome {
-                out.push((id, r.map(|path| Delivered { vault_expiry: Some(record.exp), access: Some(fingerprint.clone()), vault_root: None, paths: vec![path] })));
+                let others = neighbours.get(&id).cloned();
+                if let Some(others) = &others
+                    && let Err(e) = self.ledger.write(|s| s.set_idtoken_neighbours(service, &id, others))
+                {
+                    warn!(destination = %id, error = %error_chain(&e), "cannot record the files beside the IDToken");
+                }
+                let warning = others.filter(|o| !o.is_empty()).map(|o| neighbour_warning(&o));
+                if let Some(w) = &warning {
+                    warn!(host, destination = %id, "{w}");
+                }
+                out.push((id, r.map(|path| Delivered { vault_expiry: Some(record.exp), access: Some(fingerprint.clone()), vault_root: None, paths: vec![path] }), warning));
             }
         }
         out
+    }
+
+    /// The other names in the directory of each file that now holds the token, by destination
+    /// (destinations whose directory could not be listed are left out).
+    fn neighbours(&self, host: &str, outcome: &[(String, Result<String, String>)]) -> BTreeMap<String, Vec<String>> {
+        let held: Vec<(&str, &str, &str)> = outcome
+            .iter()
+            .filter_map(|(id, r)| r.as_ref().ok().and_then(|p| p.rsplit_once('/')).map(|(dir, name)| (id.as_str(), dir, name)))
+            .collect();
+        let Some(target) = self.hosts.get(host).and_then(|h| host_target(h).ok()) else { return BTreeMap::new() };
+        let dirs: Vec<String> = held.iter().map(|(_, d, _)| d.to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        if dirs.is_empty() {
+            return BTreeMap::new();
+        }
+        let listed = match deliver::list_dirs(&target, &dirs) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(host, error = %error_chain(&e), "cannot list tokens.d");
+                return BTreeMap::new();
+            }
+        };
+        held.iter()
+            .filter_map(|(id, dir, name)| {
+                let (_, names) = listed.iter().find(|(d, _)| d == dir)?;
+                let names = names.as_ref().ok()?;
+                Some((id.to_string(), names.iter().filter(|n| n != name).cloned().collect()))
+            })
+            .collect()
     }
 
     /// Mints, checks, keeps and records a new token; `Err` is the reason every destination

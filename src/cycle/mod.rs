@@ -540,7 +540,10 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
             .iter()
             .filter(|d| !ctx.skip_hosts.contains(&d.host))
             .map(|d| {
-                let idtoken = idtokens.remove(&(spec.name.clone(), d.id.clone()));
+                let (idtoken, idtoken_warning) = match idtokens.remove(&(spec.name.clone(), d.id.clone())) {
+                    Some((r, w)) => (Some(r), w),
+                    None => (None, None),
+                };
                 let result = match &report.tokens {
                     // An IDToken does not depend on the service's Vault tokens.
                     _ if idtoken.is_some() => idtoken.unwrap_or_else(|| Err("idtoken: no outcome".into())),
@@ -549,7 +552,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
                         .remove(&(spec.name.clone(), d.id.clone()))
                         .unwrap_or_else(|| Err(if stopping { format!("deliver: {NOT_STARTED}") } else { "deliver: no outcome for this destination".into() })),
                 };
-                let warning = warnings.remove(&(spec.name.clone(), d.id.clone()));
+                let warning = warnings.remove(&(spec.name.clone(), d.id.clone())).or(idtoken_warning);
                 DestinationReport { id: d.id.clone(), host: d.host.clone(), result, warning }
             })
             .collect();

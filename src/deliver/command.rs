@@ -79,3 +79,35 @@ pub fn read_text(target: &HostTarget, path: &str, cap: u64) -> Result<Option<Str
         Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| fail("is not UTF-8 text".into())),
     }
 }
+
+/// The most names [`list_dirs`] reports per directory.
+const LISTED_MAX: usize = 200;
+
+/// Per directory: the names in it, or why it could not be listed.
+pub type Listing = Vec<(String, Result<Vec<String>, String>)>;
+
+/// The names in each directory (not `.` and `..`), at most 200 each, over SFTP; a directory
+/// that cannot be read is an error for it alone.
+pub fn list_dirs(target: &HostTarget, dirs: &[String]) -> Result<Listing, DeliverError> {
+    let remote = Remote::connect(target)?;
+    Ok(dirs
+        .iter()
+        .map(|dir| {
+            let listed = remote.sftp().and_then(|sftp| sftp.readdir(super::session::rpath(dir))).map_err(|e| {
+                remote.note(&e);
+                format!("cannot list {dir}: {e}")
+            });
+            let names = listed.map(|entries| {
+                let mut names: Vec<String> = entries
+                    .iter()
+                    .filter_map(|(p, _)| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .filter(|n| n != "." && n != "..")
+                    .collect();
+                names.sort();
+                names.truncate(LISTED_MAX);
+                names
+            });
+            (dir.clone(), names)
+        })
+        .collect())
+}

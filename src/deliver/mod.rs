@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use ssh2::{FileStat, OpenFlags, OpenType};
 
-pub use command::{homes, read_text, run_command, secret_output};
+pub use command::{homes, list_dirs, read_text, run_command, secret_output};
 pub use error::DeliverError;
 pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout};
 pub use remove::{PathOutcome, Removal, remove_from_host};

@@ -124,4 +124,34 @@ impl StateStore {
             .map_err(self.q("deny IDTokens"))?;
         Ok(())
     }
+
+    /// Records the other files beside an IDToken destination's file (none: the row goes).
+    pub fn set_idtoken_neighbours(&self, service: &str, destination: &str, others: &[String]) -> Result<(), StateError> {
+        if others.is_empty() {
+            self.conn
+                .execute("DELETE FROM idtoken_neighbours WHERE service = ?1 AND destination = ?2", params![service, destination])
+                .map_err(self.q("record IDToken neighbours"))?;
+            return Ok(());
+        }
+        let json = serde_json::to_string(others).unwrap_or_else(|_| "[]".into());
+        self.conn
+            .execute(
+                "INSERT INTO idtoken_neighbours (service, destination, others, checked) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (service, destination) DO UPDATE SET others = excluded.others, checked = excluded.checked",
+                params![service, destination, json, chrono::Utc::now().timestamp()],
+            )
+            .map_err(self.q("record IDToken neighbours"))?;
+        Ok(())
+    }
+
+    /// (service, destination, other files) for every IDToken destination that has neighbours.
+    pub fn idtoken_neighbours(&self) -> Result<Vec<(String, String, Vec<String>)>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT service, destination, others FROM idtoken_neighbours ORDER BY service, destination").map_err(self.q("read IDToken neighbours"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
+            .map_err(self.q("read IDToken neighbours"))?;
+        rows.map(|r| r.map(|(s, d, o)| (s, d, serde_json::from_str(&o).unwrap_or_default())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.q("read IDToken neighbours"))
+    }
 }

@@ -118,6 +118,23 @@ fn an_idtoken_is_minted_checked_delivered_to_two_hosts_recorded_and_left_alone_w
     let status = stack.run("status", &["status", "--json"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains(&format!("idtoken@schedd2:{}", paths[1].display())), "{}", shown(&status));
+    assert!(!text.contains("other_token_files"), "{}", shown(&status));
+
+    // Another token file beside it, which HTCondor would try first: the run and status say so.
+    let stray = paths[1].parent().unwrap().join("00-hand-made");
+    std::fs::write(&stray, "not ours\n").unwrap();
+    let out = stack.run("with a stray file", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("other token files in the same tokens.d: 00-hand-made"), "{}", shown(&out));
+    let status = stack.run("status", &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    let warning = text.lines().find(|l| l.starts_with("warning: wm idtoken@schedd2")).unwrap_or_else(|| panic!("{}", shown(&status)));
+    assert!(warning.contains("00-hand-made"), "{warning}");
+    assert!(!text.contains("warning: wm idtoken@schedd1"), "{}", shown(&status));
+    std::fs::remove_file(&stray).unwrap();
+    assert_eq!(stack.run("stray gone", &["run"]).status.code(), Some(0));
+    let status = stack.run("status", &["status"]);
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("00-hand-made"), "{}", shown(&status));
     leaks.assert_clean();
 }
 
