@@ -76,6 +76,12 @@ pub enum Command {
         /// inventory.
         #[arg(long, value_name = "HOST")]
         host: Option<String>,
+        /// With `--service`: the IDToken drill instead. Remove the service's IDToken files, deny
+        /// every recorded token and any for its identity issued before now on the daemons that
+        /// accept it (`SEC_TOKEN_REVOCATION_EXPR` in config.d, then `condor_reconfig`), then mint
+        /// and distribute a new one.
+        #[arg(long, requires = "service", conflicts_with = "host")]
+        idtoken: bool,
         /// How long to wait for a cycle already running on this state directory.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,

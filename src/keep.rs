@@ -1,5 +1,6 @@
 //! Token bytes: every Vault token the bastion holds, each in its own 0600 file under
-//! `<state-dir>/vault/`, named by its fingerprint (`<short hash>.token`), and nowhere else.
+//! `<state-dir>/vault/`, named by its fingerprint (`<short hash>.token`), and nowhere else; the
+//! HTCondor IDTokens the same way under `<state-dir>/idtoken/`.
 //!
 //! A byte store and nothing more. Which tokens exist, whose they are, which destinations may
 //! hold them and when they are revoked is the ledger's business (`state`); nothing here decides
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::secret::Secret;
 
 const DIR: &str = "vault";
+const IDTOKEN_DIR: &str = "idtoken";
 const SUFFIX: &str = ".token";
 const LEGACY_CURRENT: &str = "current";
 const LEGACY_SUPERSEDED: &str = "superseded";
@@ -80,7 +82,16 @@ fn is_fingerprint(s: &str) -> bool {
 impl TokenKeeper {
     /// `<state_dir>/vault`, created 0700 when missing.
     pub fn open(state_dir: &Path) -> Result<TokenKeeper, KeepError> {
-        let dir = state_dir.join(DIR);
+        Self::open_in(state_dir.join(DIR))
+    }
+
+    /// `<state_dir>/idtoken`, created 0700 when missing: the HTCondor IDTokens, apart from the
+    /// Vault tokens (the ledger's reconciliation reads `vault/` only).
+    pub fn open_idtokens(state_dir: &Path) -> Result<TokenKeeper, KeepError> {
+        Self::open_in(state_dir.join(IDTOKEN_DIR))
+    }
+
+    fn open_in(dir: PathBuf) -> Result<TokenKeeper, KeepError> {
         DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io(&dir))?;
         Ok(TokenKeeper { dir })
     }

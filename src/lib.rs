@@ -32,6 +32,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod deliver;
 pub mod http;
+pub mod idtoken;
 pub mod inventory;
 pub mod jwks;
 pub mod keep;

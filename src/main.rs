@@ -86,7 +86,8 @@ fn main() -> ExitCode {
             *wait,
             pushgateway.as_deref().map(|url| (url, push_job.as_str())),
         ),
-        Command::Revoke { service, host, wait } => revoke(&cli, service.as_deref(), host.as_deref(), *wait),
+        Command::Revoke { service: Some(service), idtoken: true, wait, .. } => revoke_idtoken(&cli, service, *wait),
+        Command::Revoke { service, host, wait, .. } => revoke(&cli, service.as_deref(), host.as_deref(), *wait),
         Command::Status { json, service: Some(service), host: Some(host), .. } => ready(&cli, *json, service, host),
         Command::Status { json, tokens, .. } => status(&cli, *json, *tokens),
         Command::Notify { test: _ } => notify_test(&cli),
@@ -390,14 +391,54 @@ fn revoke(cli: &Cli, service: Option<&str>, host: Option<&str>, wait: std::time:
             }
             if report.all_ok() { EXIT_OK } else { EXIT_NOT_DELIVERED }
         }
-        Err(e @ CycleSetupError::Busy(_)) => {
-            eprintln!("error: {e}; nothing was done");
-            EXIT_NOT_DELIVERED
-        }
+        Err(e) => drill_not_started(e),
+    }
+}
+
+/// A drill that could not start: busy (another cycle holds the state directory) or a setup error.
+fn drill_not_started(e: CycleSetupError) -> u8 {
+    if let CycleSetupError::Busy(_) = e {
+        eprintln!("error: {e}; nothing was done");
+        return EXIT_NOT_DELIVERED;
+    }
+    eprintln!("error: {}", redact::scrub(&cycle::error_chain(&e)));
+    EXIT_SETUP
+}
+
+/// `revoke --service S --idtoken`: the IDToken drill, each step printed.
+fn revoke_idtoken(cli: &Cli, service: &str, wait: std::time::Duration) -> u8 {
+    let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: {}", redact::scrub(&cycle::error_chain(&e)));
-            EXIT_SETUP
+            eprintln!("error: cannot start the async runtime: {e}");
+            return EXIT_SETUP;
         }
+    };
+    match cycle::revoke_idtoken(&inv, &cli.state_dir, service, runtime.handle(), wait) {
+        Ok(report) => {
+            for (dest, h, r) in &report.removed {
+                match r {
+                    Ok(()) => println!("{service}: {dest} removed from {h}"),
+                    Err(e) => println!("{service}: {dest} on {h} NOT REMOVED: {}", redact::scrub(e)),
+                }
+            }
+            for jti in &report.denied {
+                println!("{service}: IDToken jti={jti} denied");
+            }
+            for (h, r) in &report.configured {
+                match r {
+                    Ok(()) => println!("{service}: revocation expression installed on {h}, daemons reconfigured"),
+                    Err(e) => println!("{service}: revocation expression NOT installed on {h}: {}", redact::scrub(e)),
+                }
+            }
+            if let Some(r) = &report.redelivered {
+                println!("minting and distributing a new IDToken for {service}:");
+                print_report(r);
+            }
+            if report.all_ok() { EXIT_OK } else { EXIT_NOT_DELIVERED }
+        }
+        Err(e) => drill_not_started(e),
     }
 }
 
@@ -546,7 +587,17 @@ fn status(cli: &Cli, json: bool, tokens: bool) -> u8 {
         }
     };
     let now = chrono::Utc::now();
-    let rows = token_bastion::status::rows(inv.as_ref(), &statuses, now);
+    let mut rows = token_bastion::status::rows(inv.as_ref(), &statuses, now);
+    match store.idtoken_neighbours() {
+        Ok(neighbours) => {
+            for (service, destination, others) in neighbours {
+                if let Some(r) = rows.iter_mut().find(|r| r.service == service && r.destination == destination) {
+                    r.other_token_files = others;
+                }
+            }
+        }
+        Err(e) => eprintln!("status: {e}"),
+    }
     let kept_alive = token_bastion::status::kept_alive(inv.as_ref(), &ledger, &holdings, &statuses);
     let shown = match (json, tokens) {
         (true, false) => serde_json::to_string_pretty(&rows),

@@ -33,8 +33,10 @@ use crate::credmon::CredmonState;
 use crate::notify::{Channel, OutgoingMail};
 use crate::secret::Fingerprint;
 
+mod idtoken;
 mod ledger;
 
+pub use idtoken::{IdTokenRecord, IdTokenState};
 pub use ledger::{HoldState, Holding, Intent, LedgerToken, NewToken, Settled, TokenKind, TokenState};
 
 /// SQLite `application_id` of a token-bastion state database: ASCII "TkBs".
@@ -172,6 +174,35 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE status ADD COLUMN credmon_checked_at INTEGER;
     ALTER TABLE status ADD COLUMN credmon_refreshed_at INTEGER;
     ALTER TABLE status ADD COLUMN use_written_at INTEGER;
+    "#,
+    // 7: every HTCondor IDToken minted: its claims (jti, sub, iat, exp, kid), the request it
+    // answered, and whether it is the service's current one, superseded, or denied by a drill.
+    // Token bytes stay in <state-dir>/idtoken/<hash>.token.
+    r#"
+    CREATE TABLE idtokens (
+        hash     TEXT PRIMARY KEY,      -- short hash of the token
+        service  TEXT NOT NULL,
+        jti      TEXT NOT NULL,
+        sub      TEXT NOT NULL,
+        iat      INTEGER NOT NULL,
+        exp      INTEGER NOT NULL,
+        kid      TEXT NOT NULL,
+        request  TEXT NOT NULL,         -- what condor_token_create was asked for
+        state    TEXT NOT NULL CHECK (state IN ('current', 'superseded', 'denied')),
+        run_id   INTEGER,
+        created  INTEGER NOT NULL,
+        updated  INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX idtokens_current ON idtokens (service) WHERE state = 'current';
+    -- Other files found beside an IDToken destination's file in its tokens.d when it was last
+    -- written or read back: HTCondor uses the first usable one in sort order.
+    CREATE TABLE idtoken_neighbours (
+        service      TEXT NOT NULL,
+        destination  TEXT NOT NULL,
+        others       TEXT NOT NULL,     -- JSON array of file names
+        checked      INTEGER NOT NULL,
+        PRIMARY KEY (service, destination)
+    );
     "#,
 ];
 

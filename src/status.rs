@@ -78,6 +78,10 @@ pub struct StatusRow {
     pub credmon_checked_at: Option<DateTime<Utc>>,
     /// When the credmon was last seen rewriting the destination's `.use`.
     pub credmon_refreshed_at: Option<DateTime<Utc>>,
+    /// An IDToken destination: other files found beside it in its `tokens.d` (HTCondor uses the
+    /// first usable one in sort order).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_token_files: Vec<String>,
 }
 
 impl StatusRow {
@@ -130,6 +134,7 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
             credmon_reason: st.credmon_reason.clone(),
             credmon_checked_at: st.credmon_checked_at,
             credmon_refreshed_at: st.credmon_refreshed_at,
+            other_token_files: Vec::new(),
         });
     }
     for spec in inv.iter().flat_map(|inv| inv.services.values()) {
@@ -156,6 +161,7 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
                 credmon_reason: None,
                 credmon_checked_at: None,
                 credmon_refreshed_at: None,
+                other_token_files: Vec::new(),
             });
         }
     }
@@ -403,7 +409,16 @@ pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
             error,
         ]);
     }
-    render(&table)
+    let mut text = render(&table);
+    for r in rows.iter().filter(|r| !r.other_token_files.is_empty()) {
+        text.push_str(&format!(
+            "warning: {} {}: other token files in the same tokens.d: {} (HTCondor uses the first usable one in sort order)\n",
+            r.service,
+            r.shown_destination(),
+            r.other_token_files.join(", ")
+        ));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -175,7 +175,8 @@ pub fn revoke(
         let _lock = super::take_lock(state_dir, lock_wait)?;
         let (ledger, broker, statuses) = open_ledger(inv, state_dir)?;
         let targets: Vec<&DestinationStatus> =
-            statuses.iter().filter(|s| s.service == service && host.is_none_or(|h| s.host == h)).collect();
+            // IDTokens have their own drill (`revoke --idtoken`): Vault revocation does not touch them.
+            statuses.iter().filter(|s| s.service == service && host.is_none_or(|h| s.host == h) && !s.destination.starts_with("idtoken@")).collect();
 
         // Tokens first: once revoked, whatever is left on a host no longer works, even if it
         // cannot be reached to be removed. Children first: a parent takes them along.

@@ -6,6 +6,7 @@
 //! meaningless (no usable broker client, an unknown `--service`) are the only errors returned;
 //! everything else is a line in the [`RunReport`].
 
+mod idtoken;
 mod ledger;
 mod lifecycle;
 mod mail;
@@ -14,6 +15,7 @@ mod plan;
 
 pub use ledger::{holders_of, LedgerError};
 pub use lifecycle::{kept_alive_by, revoke, settle_host, KeptAlive, RevokeReport};
+pub use idtoken::{IdTokenDrillReport, revoke_idtoken};
 pub use mail::{channels, credmon_not_refreshing, expiring, notify_setup_failure, send_outbox, smtp_config, tell_admins};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,6 +105,8 @@ impl CycleOptions {
 pub enum CycleError {
     #[error("no service `{0}` in the inventory (known: {1})")]
     UnknownService(String, String),
+    #[error("service `{0}` has no idtoken block in the inventory")]
+    NoIdToken(String),
     #[error("broker: {0}")]
     Broker(#[source] crate::broker::BrokerError),
     #[error("issuer {issuer}: {source}")]
@@ -557,6 +561,7 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
     let delivering = std::time::Instant::now();
     let plan::Delivery { mut results, mut warnings, mut credmon, hosts, unrecorded } =
         if stopping { plan::Delivery::default() } else { plan::deliver_all(ctx, services, &reports, &children).await };
+    let mut idtokens = if stopping { BTreeMap::new() } else { idtoken::deliver_idtokens(ctx, services).await };
     let took = delivering.elapsed();
     for r in reports.iter_mut().filter(|r| r.tokens.is_ok() && !stopping) {
         r.timings.push((Stage::Deliver, took));
@@ -568,13 +573,19 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport
             .iter()
             .filter(|d| !ctx.skip_hosts.contains(&d.host))
             .map(|d| {
+                let (idtoken, idtoken_warning) = match idtokens.remove(&(spec.name.clone(), d.id.clone())) {
+                    Some((r, w)) => (Some(r), w),
+                    None => (None, None),
+                };
                 let result = match &report.tokens {
+                    // An IDToken does not depend on the service's Vault tokens.
+                    _ if idtoken.is_some() => idtoken.unwrap_or_else(|| Err("idtoken: no outcome".into())),
                     Err(f) => Err(format!("{}: {}", f.stage, f.reason)),
                     Ok(_) => results
                         .remove(&(spec.name.clone(), d.id.clone()))
                         .unwrap_or_else(|| Err(if stopping { format!("deliver: {NOT_STARTED}") } else { "deliver: no outcome for this destination".into() })),
                 };
-                let warning = warnings.remove(&(spec.name.clone(), d.id.clone()));
+                let warning = warnings.remove(&(spec.name.clone(), d.id.clone())).or(idtoken_warning);
                 let credmon = credmon.remove(&(spec.name.clone(), d.id.clone()));
                 DestinationReport { id: d.id.clone(), host: d.host.clone(), result, warning, credmon }
             })

@@ -84,7 +84,8 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
     for (spec, report) in services.iter().zip(reports) {
         let Ok(tokens) = &report.tokens else { continue };
         let root = Some(tokens.vault_token.short_hash());
-        for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host)) {
+        // IDTokens are minted and delivered by `crate::idtoken`.
+        for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host) && !matches!(d.kind, DestinationKind::IdToken { .. })) {
             let key = (spec.name.clone(), dest.id.clone());
             let Some(host) = inv.hosts.get(&dest.host) else { continue };
             if let Some(e) = host_errors.get(&host.name) {
@@ -175,6 +176,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     plan.files.push(file);
                     plans.will_hold.insert(key, Delivered { vault_expiry: Some(expiry), access, vault_root, paths: Vec::new() });
                 }
+                DestinationKind::IdToken { .. } => {}
             }
         }
     }

@@ -19,6 +19,7 @@
 //! their configuration onto these types and record the outcome).
 
 mod batch;
+mod command;
 mod credmon;
 mod dirs;
 mod error;
@@ -39,6 +40,7 @@ use std::time::Duration;
 
 use ssh2::{FileStat, OpenFlags, OpenType};
 
+pub use command::{homes, list_dirs, read_text, run_command, secret_output};
 pub use error::DeliverError;
 pub use credmon::{CredmonProbe, CredmonSeen, FileSeen, Liveness, ProbeFile};
 pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout};

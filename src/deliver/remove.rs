@@ -20,7 +20,8 @@ pub struct Removal {
     pub path: String,
     /// As [`RemoteFile::root`].
     pub root: String,
-    /// Besides root, who may own the file's own directory (a credd account directory's owner).
+    /// Besides root, who may own the directories below the root (a credd account directory's
+    /// owner; the account whose home holds an IDToken).
     pub dir_owner: Option<Owner>,
 }
 
@@ -57,7 +58,7 @@ pub fn remove_from_host(target: &HostTarget, removals: &[Removal]) -> Result<Vec
         let chain = rule::chain(normalize_dir(&r.root), parent).unwrap_or_default();
         let mut refused = None;
         for (i, dir) in chain.iter().enumerate() {
-            let managed_owner = if dir == parent { dir_owner } else { None };
+            let managed_owner = if i > 0 { dir_owner } else { None };
             let verdict = verdicts.entry((dir.clone(), i == 0, managed_owner)).or_insert_with(|| match remote.lstat(dir) {
                 Ok(st) => rule::judge(&st, rule::Place { is_root: i == 0, condor_gid, condor_uid, managed_owner }),
                 Err(e) if is_no_such_file(&e) => Err("does not exist".into()),

@@ -14,6 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 mod files;
+mod idtoken;
 mod model;
 mod raw;
 mod rules;

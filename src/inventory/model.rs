@@ -135,6 +135,9 @@ pub enum DestinationKind {
     /// A token file; `path` may still hold `{uid}`, resolved on the host with `id -u <account>`.
     /// `ttl`: lifetime of the child token a Vault-token file receives (never beyond its parent's).
     File { path: String, content: FileContent, owner: Owner, mode: u32, ttl: Duration },
+    /// The service's HTCondor IDToken in a client's `tokens.d`, owned by the service account,
+    /// mode 0600. `path` may start with `~<account>/`, resolved on the host.
+    IdToken { path: String },
 }
 
 /// One place one service's tokens go: one host, one layout.
@@ -180,6 +183,46 @@ pub struct ServiceSpec {
     /// How this service logs in to the broker, templates resolved.
     pub login: AuthMethod,
     pub destinations: Vec<Destination>,
+    /// The service's HTCondor IDToken, if it has one; its destinations are among
+    /// `destinations` ([`DestinationKind::IdToken`]).
+    pub idtoken: Option<IdTokenSpec>,
+}
+
+/// What `condor_token_create` is asked for, where, and which daemons accept the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdTokenSpec {
+    /// `-identity`: the token's `sub`.
+    pub identity: String,
+    /// `-authz` levels in the order given; the token's `scope` is `condor:/<level>` each.
+    pub authz: Vec<String>,
+    /// `-lifetime`.
+    pub lifetime: Duration,
+    /// A new token is minted when less than this is left.
+    pub renew_before: Duration,
+    /// `-key`: the signing key's name, the token's `kid`.
+    pub key: String,
+    /// The `iss` the token must carry (the daemons' `TRUST_DOMAIN`).
+    pub issuer: String,
+    /// The host (inventory name) `condor_token_create` runs on.
+    pub mint_host: String,
+    /// The file name in `tokens.d`.
+    pub name: String,
+    /// Hosts (inventory names) whose schedds and collectors accept the token.
+    pub revocation_hosts: Vec<String>,
+    /// Their `config.d` directory.
+    pub config_dir: String,
+}
+
+impl IdTokenSpec {
+    /// What was asked, as one line: a token minted for another request is rotated.
+    pub fn request(&self) -> String {
+        format!("identity={} key={} iss={} lifetime={}s authz={}", self.identity, self.key, self.issuer, self.lifetime.as_secs(), self.authz.join(","))
+    }
+
+    /// The `scope` claim HTCondor writes for `authz` (absent when no level is given).
+    pub fn scope(&self) -> Option<String> {
+        (!self.authz.is_empty()).then(|| self.authz.iter().map(|a| format!("condor:/{a}")).collect::<Vec<_>>().join(" "))
+    }
 }
 
 impl ServiceSpec {

@@ -207,6 +207,69 @@ pub(super) struct RawService {
     pub(super) schedule: Option<Spanned<String>>,
     #[schemars(with = "Vec<RawDestination>")]
     pub(super) destinations: Spanned<Vec<Spanned<RawDestination>>>,
+    /// The service's HTCondor IDToken, minted on `mint_host` and put in the client account's
+    /// `tokens.d`.
+    #[schemars(with = "Option<RawIdToken>")]
+    pub(super) idtoken: Option<Spanned<RawIdToken>>,
+}
+
+/// A service's `idtoken:` block: what `condor_token_create` is asked for, where it runs, where
+/// the token goes and which daemons accept it.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "IdToken")]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdToken {
+    /// `-identity user@domain`.
+    #[schemars(with = "String")]
+    pub(super) identity: Spanned<String>,
+    /// `-authz` levels, one per flag (`READ`, `WRITE`, …).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub(super) authz: Vec<Spanned<String>>,
+    #[schemars(with = "DurationValue")]
+    pub(super) lifetime: Spanned<DurationValue>,
+    #[schemars(with = "Option<DurationValue>")]
+    pub(super) renew_before: Option<Spanned<DurationValue>>,
+    /// The signing key's name (`-key`); a dedicated key rather than `POOL`.
+    #[schemars(with = "String")]
+    pub(super) key: Spanned<String>,
+    /// The `iss` the token must carry: the accepting daemons' `TRUST_DOMAIN`.
+    #[schemars(with = "String")]
+    pub(super) issuer: Spanned<String>,
+    /// A host of `hosts:` holding the signing key, where `condor_token_create` runs.
+    #[schemars(with = "String")]
+    pub(super) mint_host: Spanned<String>,
+    /// The file name in `tokens.d` (default: the service name).
+    #[schemars(with = "Option<String>")]
+    pub(super) name: Option<Spanned<String>>,
+    #[schemars(with = "Vec<RawIdTokenDestination>")]
+    pub(super) destinations: Spanned<Vec<Spanned<RawIdTokenDestination>>>,
+    /// Schedds and collectors that accept the token: where the `revoke --idtoken` drill writes
+    /// its `SEC_TOKEN_REVOCATION_EXPR`.
+    #[schemars(with = "Option<RawRevocation>")]
+    pub(super) revocation: Option<Spanned<RawRevocation>>,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "IdTokenDestination")]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdTokenDestination {
+    #[schemars(with = "Vec<String>")]
+    pub(super) hosts: Vec<Spanned<String>>,
+    /// Default `~<account>/.condor/tokens.d/<name>`.
+    #[schemars(with = "Option<String>")]
+    pub(super) path: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "IdTokenRevocation")]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRevocation {
+    #[schemars(with = "Vec<String>")]
+    pub(super) hosts: Vec<Spanned<String>>,
+    /// The daemons' `config.d` directory (default `/etc/condor/config.d`).
+    #[schemars(with = "Option<String>")]
+    pub(super) config_dir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

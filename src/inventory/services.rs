@@ -201,7 +201,12 @@ impl Validator {
             None => None,
         };
 
-        let destinations = self.destinations(name, &field, r, ctx, &vars);
+        let mut destinations = self.destinations(name, &field, r, ctx, &vars);
+        let idtoken = r.idtoken.as_ref().and_then(|block| {
+            let (spec, dests) = self.idtoken(name, &account, &format!("{field}.idtoken"), block, ctx)?;
+            destinations.extend(dests);
+            Some(spec)
+        });
 
         let spec = ServiceSpec {
             name: name.into(),
@@ -223,6 +228,7 @@ impl Validator {
             schedule,
             login: login?,
             destinations,
+            idtoken,
         };
         // What the credmon will be given must be what it accepts.
         if let Some(broker) = ctx.broker {
@@ -426,6 +432,7 @@ impl Validator {
                 let id = match &kind {
                     DestinationKind::Credd => format!("credd@{}", h.value),
                     DestinationKind::File { path, .. } => format!("file@{}:{}", h.value, path),
+                    DestinationKind::IdToken { path } => format!("idtoken@{}:{}", h.value, path),
                 };
                 if !seen.insert(id.clone()) {
                     self.err(h, hfield, format!("destination {id} is listed twice for service `{name}`"));
@@ -495,7 +502,7 @@ impl Validator {
     /// Where a token file `path` of service `service` may lie on `host`: under one of the host's
     /// `file_roots`, in no system directory, outside the credd spool (its `.top`/`.use` files and
     /// the credmon's `pid` in particular), and at no other destination's path on the host.
-    fn file_place(&mut self, service: &str, account: &str, host: &HostSpec, path: &str, at: At, field: &str) {
+    pub(super) fn file_place(&mut self, service: &str, account: &str, host: &HostSpec, path: &str, at: At, field: &str) {
         if rules::path_problem(path).is_some() {
             return; // reported with the path itself
         }

@@ -99,7 +99,8 @@ fn base_fixture_resolves_defaults_and_templates() {
 fn shipped_example_inventory_is_valid() {
     let inv = parse(Path::new("services.yaml"), include_str!("../../services.yaml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(inv.services.keys().collect::<Vec<_>>(), ["crab", "tier0", "wmagent"]);
-    assert_eq!(inv.services["wmagent"].destinations.len(), 3);
+    assert_eq!(inv.services["wmagent"].destinations.len(), 5, "credd on two hosts, a file, the IDToken on two hosts");
+    assert_eq!(inv.services["wmagent"].idtoken.as_ref().map(|i| i.key.as_str()), Some("WMAGENT"));
     assert_eq!(inv.services["tier0"].min_access_lifetime, Duration::from_secs(1800));
     assert_eq!(inv.services["crab"].min_vault_lifetime, Duration::from_secs(2 * 86400));
     assert_eq!(inv.hosts["vocms0314"].spool_owner.to_string(), "condor:condor");
@@ -395,4 +396,53 @@ fn file_roots_default_and_the_longest_root_holds_a_path() {
     assert_eq!(file_root_for(s1, "/srv/tokens"), Some("/srv/tokens"));
     // s2 keeps the default roots, where /data/tier0/bt lies too.
     assert_eq!(file_root_for(&inv.hosts["s2"], "/data/tier0/bt"), Some("/data"));
+}
+
+const IDTOKEN: &str = "    idtoken:
+      identity: cmst1@cms.example
+      authz: [READ, WRITE]
+      lifetime: 30d
+      key: WMAGENT
+      issuer: cms.example
+      mint_host: s1
+      destinations:
+        - hosts: [s1, s2]
+";
+
+/// `BASE` with the IDToken block (its `from` replaced by `to`) appended to service `prod`;
+/// the block starts on line 37.
+fn with_idtoken(from: &str, to: &str) -> String {
+    assert!(IDTOKEN.contains(from), "block does not contain {from:?}");
+    format!("{BASE}{}", IDTOKEN.replacen(from, to, 1))
+}
+
+fn check_idtoken(from: &str, to: &str, expected: &str, needle: &str) {
+    let diags = parse_str(&with_idtoken(from, to)).expect_err("inventory should be refused");
+    let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert_eq!(diags.len(), 1, "{shown:#?}");
+    assert!(shown[0].starts_with(&format!("inv.yaml:{expected}: ")), "{}", shown[0]);
+    assert!(shown[0].contains(needle), "{} lacks {needle:?}", shown[0]);
+}
+
+#[test]
+fn an_idtoken_block_resolves_defaults_and_destinations() {
+    let inv = parse_str(&with_idtoken("", "")).unwrap();
+    let s = &inv.services["prod"];
+    let id = s.idtoken.as_ref().unwrap();
+    assert_eq!((id.name.as_str(), id.renew_before, id.config_dir.as_str()), ("prod", Duration::from_secs(7 * 86400), "/etc/condor/config.d"));
+    assert_eq!(id.scope().as_deref(), Some("condor:/READ condor:/WRITE"));
+    let ids: Vec<&str> = s.destinations.iter().filter(|d| matches!(d.kind, DestinationKind::IdToken { .. })).map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["idtoken@s1:~cmst1/.condor/tokens.d/prod", "idtoken@s2:~cmst1/.condor/tokens.d/prod"]);
+}
+
+#[test]
+fn idtoken_mistakes_are_named_where_they_are_written() {
+    check_idtoken("cmst1@cms.example", "cmst1", "38:17", "services.prod.idtoken.identity: `cmst1` is not of the form user@domain");
+    check_idtoken("[READ, WRITE]", "[READ, SUPERUSER]", "39:21", "services.prod.idtoken.authz[1]: `SUPERUSER` is not an authorization level");
+    check_idtoken("lifetime: 30d", "lifetime: 30d\n      renew_before: 30d", "41:21", "renew_before: must be shorter than the lifetime");
+    check_idtoken("lifetime: 30d", "lifetime: 10m", "40:17", "lifetime");
+    check_idtoken("mint_host: s1", "mint_host: s9", "43:18", "no host `s9` under hosts");
+    check_idtoken("key: WMAGENT", "key: -rf", "41:12", "not a signing key name");
+    check_idtoken("hosts: [s1, s2]", "hosts: [s1, s2]\n          path: ~cmst0/.condor/tokens.d/prod", "46:17", "lies in ~cmst0, but the token belongs to the service account cmst1");
+    check_idtoken("hosts: [s1, s2]", "hosts: [s1, s1]", "45:23", "listed twice");
 }

@@ -11,6 +11,7 @@ mod credmon;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod hostile;
+mod idtoken;
 mod daemon;
 mod deliver;
 #[cfg(feature = "failpoints")]

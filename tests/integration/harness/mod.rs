@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod condor;
 pub mod hostile;
 pub mod credmon;
 pub mod kdc;

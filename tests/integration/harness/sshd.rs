@@ -84,7 +84,9 @@ impl Sshd {
                  PrintMotd no\n\
                  LogLevel VERBOSE\n\
                  MaxStartups 100:30:200\n\
+                 SetEnv PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
                  Subsystem sftp {sftp}\n",
+                bin = dir.join("bin").display(),
                 sftp = sftp_wrapper.display(),
                 host_key = host_key.display(),
                 authorized = authorized.display(),
@@ -93,6 +95,10 @@ impl Sshd {
         )
         .unwrap();
 
+        // Commands a test puts here (stand-ins for HTCondor's tools) are first on the PATH of
+        // every session.
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::set_permissions(dir.join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let log = dir.join("sshd.log");
         leaks.path(&log);
         let mut sshd = Sshd {

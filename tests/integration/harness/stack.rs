@@ -81,6 +81,7 @@ impl<'l> Stack<'l> {
         let state_dir = root.join("state");
         leaks.path(&state_dir);
         leaks.kept_tokens(&state_dir.join("vault"));
+        leaks.kept_tokens(&state_dir.join("idtoken"));
         let broker_url = bao.addr().to_string();
         Stack {
             broker_url,
