@@ -14,7 +14,10 @@ use std::process::{Child, Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod bao_http;
+pub mod delay_proxy;
 pub mod kdc;
+pub mod measure;
 pub mod openbao;
 pub mod pushgateway;
 pub mod stack;
