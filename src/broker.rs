@@ -23,7 +23,8 @@ use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::http::{self, CaSource, ClientCertificate, HttpError};
+use crate::http::{self, BodyError, CaSource, ClientCertificate, HttpError};
+use crate::redact;
 use crate::kerberos::{self, KerberosError};
 use crate::secret::Secret;
 
@@ -173,6 +174,9 @@ pub enum BrokerError {
     Vault { method: Method, path: String, status: u16, errors: String },
     #[error("{method} {path}: unexpected reply (HTTP {status}): {reason}")]
     BadReply { method: Method, path: String, status: u16, reason: String },
+    /// The reply was (or declared itself) larger than [`http::MAX_REPLY_BYTES`]; it was not read.
+    #[error("{method} {path}: the broker's reply (HTTP {status}) is larger than the {} limit{}; not read", http::show_bytes(*.limit as u64), declared.map(|n| format!(" (it declares {})", http::show_bytes(n))).unwrap_or_default())]
+    TooLarge { method: Method, path: String, status: u16, limit: usize, declared: Option<u64> },
 }
 
 impl BrokerError {
@@ -181,7 +185,8 @@ impl BrokerError {
         match self {
             BrokerError::PermissionDenied { status, .. }
             | BrokerError::Vault { status, .. }
-            | BrokerError::BadReply { status, .. } => Some(*status),
+            | BrokerError::BadReply { status, .. }
+            | BrokerError::TooLarge { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -193,7 +198,8 @@ impl BrokerError {
             | BrokerError::Transport { path, .. }
             | BrokerError::PermissionDenied { path, .. }
             | BrokerError::Vault { path, .. }
-            | BrokerError::BadReply { path, .. } => Some(path),
+            | BrokerError::BadReply { path, .. }
+            | BrokerError::TooLarge { path, .. } => Some(path),
             _ => None,
         }
     }
@@ -296,8 +302,12 @@ fn access_query(req: &AccessRequest) -> Vec<(&'static str, String)> {
     query
 }
 
-/// Vault's `{"errors":[...]}` as one line. Any secret sent with the request is blotted out in
-/// case a server ever echoes it back.
+/// The most of Vault's error text an error carries: enough to act on, not a whole page.
+const MAX_ERROR_CHARS: usize = 512;
+
+/// Vault's `{"errors":[...]}` as one bounded line. Every secret sent with the request (the
+/// `X-Vault-Token`, a secret_id, a Negotiate token), and every other secret the process holds,
+/// is blotted out in case a server or a proxy echoes it back.
 fn vault_errors(body: &Value, sent: &[&Secret]) -> String {
     let mut text = match body.get("errors").and_then(Value::as_array) {
         Some(errors) if !errors.is_empty() => {
@@ -307,10 +317,10 @@ fn vault_errors(body: &Value, sent: &[&Secret]) -> String {
     };
     for secret in sent {
         if !secret.is_empty() {
-            text = text.replace(secret.expose(), "[redacted]");
+            text = text.replace(secret.expose(), redact::REDACTED);
         }
     }
-    text
+    redact::excerpt(&redact::scrub(&text), MAX_ERROR_CHARS).into_owned()
 }
 
 /// A trimmed, non-empty secret from a file.
@@ -417,7 +427,6 @@ impl Broker {
             .await
             .map_err(|source| BrokerError::Kerberos { mount: mount.to_string(), source })?;
         let mut call = self.call(Method::POST, &["auth", mount, "login"]);
-        call.sent = vec![&token];
         call.negotiate = Some(&token);
         let reply = self.send(&call, None, &[], None).await?;
         parse_auth(&call, &reply)
@@ -516,6 +525,8 @@ impl Broker {
     /// Sends one request and turns anything but a 2xx JSON answer into a [`BrokerError`].
     async fn send(&self, call: &Call<'_>, token: Option<&Secret>, query: &[(&str, String)], body: Option<&Value>) -> Result<Reply, BrokerError> {
         let client = call.client.as_ref().unwrap_or(&self.http);
+        // Whatever is sent may come back in an error text.
+        let sent: Vec<&Secret> = call.sent.iter().copied().chain(token).chain(call.negotiate).collect();
         let mut request = client.request(call.method.clone(), call.url.clone());
         if !query.is_empty() {
             request = request.query(query);
@@ -546,23 +557,40 @@ impl Broker {
             }
         };
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(call, e));
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| redact::excerpt(&String::from_utf8_lossy(v.as_bytes()), 80).into_owned());
+        let bytes = http::read_body(response, http::MAX_REPLY_BYTES).await.map_err(|e| match e {
+            BodyError::Read(source) => self.transport_error(call, source),
+            BodyError::TooLarge { limit, declared } => BrokerError::TooLarge {
+                method: call.method.clone(),
+                path: call.path.clone(),
+                status: status.as_u16(),
+                limit,
+                declared,
+            },
+        });
         self.report_timing(call, started);
         let bytes = bytes?;
         tracing::debug!(method = %call.method, path = %call.path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "broker request");
         let parsed: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) { Some(Value::Null) } else { serde_json::from_slice(&bytes).ok() };
+        let not_json = || match &content_type {
+            Some(t) => format!("the body ({} bytes, {t}) is not JSON", bytes.len()),
+            None => format!("the body ({} bytes) is not JSON", bytes.len()),
+        };
         if status.is_success() {
-            let body = parsed.ok_or_else(|| call.bad_reply(status.as_u16(), "the body is not JSON"))?;
+            let body = parsed.ok_or_else(|| call.bad_reply(status.as_u16(), not_json()))?;
             // E.g. "Endpoint ignored these unrecognized parameters: [minimum_seconds]" is how a
             // broker without the oauthapp plugin behind these paths gives itself away.
             if let Some(warnings) = body.get("warnings").and_then(Value::as_array).filter(|w| !w.is_empty()) {
-                tracing::debug!(method = %call.method, path = %call.path, warnings = %vault_errors(&serde_json::json!({ "errors": warnings }), &call.sent), "broker warnings");
+                tracing::debug!(method = %call.method, path = %call.path, warnings = %vault_errors(&serde_json::json!({ "errors": warnings }), &sent), "broker warnings");
             }
             return Ok(Reply { status: status.as_u16(), body });
         }
         let errors = match &parsed {
-            Some(body) => vault_errors(body, &call.sent),
-            None => format!("(non-JSON body of {} bytes)", bytes.len()),
+            Some(body) => vault_errors(body, &sent),
+            None => format!("({})", not_json()),
         };
         let (method, path, status) = (call.method.clone(), call.path.clone(), status.as_u16());
         if status == StatusCode::FORBIDDEN.as_u16() {
@@ -607,7 +635,7 @@ fn parse_time(call: &Call<'_>, status: u16, field: &str, v: &Value) -> Result<Da
     let text = v.as_str().ok_or_else(|| call.bad_reply(status, format!("{field} is not a string")))?;
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| call.bad_reply(status, format!("{field} {text:?} is not RFC 3339: {e}")))
+        .map_err(|e| call.bad_reply(status, format!("{field} \"{}\" is not RFC 3339: {e}", redact::excerpt(&redact::scrub(text), 64))))
 }
 
 #[cfg(test)]

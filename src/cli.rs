@@ -64,13 +64,16 @@ pub enum Command {
         push_job: String,
     },
     /// The incident drill: remove a service's credentials from its destinations (or one host's)
-    /// and revoke every Vault token the bastion holds for it.
+    /// and revoke every Vault token the bastion holds for it. With `--host` alone: revoke the
+    /// tokens that only that host may still hold (an unreachable or removed schedd).
     Revoke {
         /// The service (also one already removed from the inventory).
-        #[arg(long, value_name = "NAME")]
-        service: String,
-        /// Only this host (a compromised schedd); the service's other destinations get fresh
-        /// tokens from a new login right away.
+        #[arg(long, value_name = "NAME", required_unless_present = "host")]
+        service: Option<String>,
+        /// With `--service`: only this host (a compromised schedd); the service's other
+        /// destinations get fresh tokens from a new login right away. Alone: settle the tokens
+        /// only this host keeps alive (`status` lists them); also a host no longer in the
+        /// inventory.
         #[arg(long, value_name = "HOST")]
         host: Option<String>,
         /// How long to wait for a cycle already running on this state directory.
@@ -85,8 +88,9 @@ pub enum Command {
         /// Serve no metrics endpoint.
         #[arg(long)]
         no_metrics: bool,
-        /// How long a cycle in flight may take to finish after SIGTERM before writes not yet
-        /// renamed are abandoned.
+        /// How long a cycle in flight may take to finish after SIGTERM. Then nothing more of it
+        /// starts and writes not yet renamed are abandoned; 10 s later the daemon exits even
+        /// if a write is still running.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
         /// Upper bound of the per-service delay after a schedule fires (spreads broker load).
@@ -96,10 +100,14 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         window: std::time::Duration,
     },
-    /// Per service and destination: last success, token expiry, consecutive failures.
+    /// Per service and destination: last success, token expiry, consecutive failures; and the
+    /// Vault tokens only absent destinations keep alive.
     Status {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// The token ledger instead: every Vault token, its state and where it may be held.
+        #[arg(long)]
+        tokens: bool,
     },
 }

@@ -1,33 +1,56 @@
-//! `token-bastion daemon`: cycles on each service's schedule, reload on SIGHUP, graceful stop.
+//! `token-bastion daemon`: cycles on each service's schedule, reload on SIGHUP, bounded stop.
 //!
-//! The scheduler ([`crate::schedule`]) decides *when*; this module runs the batches it hands
-//! over, one cycle at a time (the cycle itself takes the state-directory lock), keeps the
-//! metrics, reacts to the watchdog, and turns control messages (mapped from signals by `main`)
-//! into reloads and shutdown. Shutdown stops scheduling, lets a cycle in flight finish within
-//! the grace period, and past it makes the cycle abandon writes not yet renamed (old files stay,
-//! recorded as failed).
+//! [`serve`] is the daemon's one loop, whatever drives it: production ([`run`]) wires the wall
+//! clock, tokio-cron-scheduler's wake-ups and real cycles into it; tests wire a paused clock,
+//! wake-ups sent by hand and a stand-in for the cycle. The loop hands wake-ups to the
+//! [`Planner`] (one run per slot, splayed, batched), runs the batches one cycle at a time, and
+//! folds every cycle's [`CycleOutcome`] into the run guards, the metrics and health: a cycle
+//! that could not run is a failure of every service it was for (counted, logged once, never a
+//! completion, so the watchdog turns `/healthz` unhealthy), never a success. One watchdog
+//! watches the services for the daemon's whole life; a reload hands it the new list.
 //!
-//! It never parses signals itself (they arrive as [`Control`], so tests drive it), and never
-//! lets an invalid inventory replace a running one.
+//! Stopping: nothing new starts after SIGTERM (queued batches are dropped, no wake-up is taken),
+//! the cycle in flight gets the grace period; then the grace-over token fires (no later stage,
+//! host or file starts, writes not yet renamed are abandoned) and the cycle gets
+//! [`HARD_MARGIN`] more, after which the daemon returns anyway, leaving a write that is still
+//! running behind.
+//!
+//! Never: parses signals itself (they arrive as [`Control`]); lets an invalid inventory or a
+//! broken templates dir replace a running inventory; counts a cycle that did not run as a
+//! completion; waits without bound at shutdown.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cycle::{self, CycleOptions, RunReport};
 use crate::inventory::{self, Inventory, InventoryError};
-use crate::metrics::{Metrics, MetricsServer};
-use crate::notify::OutgoingMail;
-use crate::schedule::{self, Batch, Clock, PlanOptions, Planner, RunTracker, TokioClock, WatchdogEvent};
+use crate::jwks::JwksCache;
+use crate::metrics::{Held, HeldSource, Metrics, MetricsServer};
+use crate::notify::{OutgoingMail, Templates};
+use crate::outcome::{CycleOutcome, DestinationOutcome, ServiceOutcome, Stage};
+use crate::schedule::{
+    self, Batch, Clock, CronTicks, Missed, PlanOptions, Planner, RunGuard, RunTracker, TickSource, Wake, WallClock, WatchdogEvent,
+};
 use crate::state::StateStore;
+
+/// How long past the grace period a write already started may run before the daemon returns
+/// anyway (exit status 1). Below the 30 s the systemd unit adds to the grace period for its stop
+/// timeout, so the daemon, not systemd, ends it.
+pub const HARD_MARGIN: Duration = Duration::from_secs(10);
+/// How long a scheduled cycle waits for the state-directory lock (a `run` by hand holding it).
+const LOCK_WAIT: Duration = Duration::from_secs(600);
+/// Wake-ups waiting for the loop; one more is lost (and reported missed by the planner).
+const WAKE_QUEUE: usize = 64;
 
 /// What the process is asked to do (SIGHUP → `Reload`, SIGTERM/SIGINT → `Terminate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,37 +75,165 @@ pub struct DaemonOptions {
 pub enum DaemonExit {
     /// Stopped with nothing in flight, or what was in flight finished within the grace period.
     Clean,
-    /// Writes were abandoned when the grace period ended.
+    /// The grace period ended with a cycle in flight: writes not yet renamed were abandoned,
+    /// or (past [`HARD_MARGIN`]) a write was still running when the daemon returned.
     Abandoned,
-    /// Could not start (invalid inventory, state directory, metrics address).
+    /// Could not start (invalid inventory or templates, state directory, metrics address).
     Setup,
 }
 
-/// A batch on its way to the worker, with the inventory it was planned under.
-struct Job {
-    inv: Arc<Inventory>,
-    batch: Batch,
+/// Runs one cycle for the daemon.
+pub trait CycleRunner: Send + Sync + 'static {
+    /// A cycle for `services` of `inv`. `grace_over` fires when the grace period after SIGTERM
+    /// ends.
+    fn run(&self, inv: Arc<Inventory>, services: Vec<String>, grace_over: CancellationToken) -> impl Future<Output = CycleOutcome> + Send + 'static;
+}
+
+/// Issuer keys kept across cycles, for the inventory that configures the issuers.
+type KeptKeys = Arc<Mutex<Option<(Arc<Inventory>, Arc<JwksCache>)>>>;
+
+/// The production runner: [`cycle::run_once`] on a blocking thread.
+pub struct Cycles {
+    pub state_dir: PathBuf,
+    pub metrics: Metrics,
+    /// Issuer keys live across cycles (rebuilt, from the keys persisted in the state
+    /// directory, only when the inventory changes), so that an issuer outage is ridden out on
+    /// the last good keys.
+    pub keys: KeptKeys,
+}
+
+/// The issuer-key cache for `inv`: the one kept while the inventory is the same, else a new one.
+fn issuer_keys(kept: &KeptKeys, inv: &Arc<Inventory>, state_dir: &Path) -> Option<Arc<JwksCache>> {
+    let mut kept = lock(kept);
+    if let Some((for_inv, cache)) = kept.as_ref()
+        && Arc::ptr_eq(for_inv, inv)
+    {
+        return Some(cache.clone());
+    }
+    // A cache that cannot be built (an issuer's CA unreadable) is the cycle's own setup error.
+    let cache = Arc::new(cycle::jwks_cache(inv, state_dir).ok()?);
+    *kept = Some((inv.clone(), cache.clone()));
+    Some(cache)
+}
+
+impl CycleRunner for Cycles {
+    fn run(&self, inv: Arc<Inventory>, services: Vec<String>, grace_over: CancellationToken) -> impl Future<Output = CycleOutcome> + Send + 'static {
+        let state_dir = self.state_dir.clone();
+        let observer = cycle::Observer(Arc::new(MetricsObserver(self.metrics.clone())));
+        let keys = self.keys.clone();
+        async move {
+            let runtime = tokio::runtime::Handle::current();
+            let (for_cycle, selected) = (inv.clone(), services.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                let jwks = issuer_keys(&keys, &for_cycle, &state_dir);
+                let opts = CycleOptions { scheduled: true, cancel: grace_over, observer: Some(observer), jwks, ..CycleOptions::services(selected) };
+                cycle::run_once(&for_cycle, &state_dir, &opts, &runtime, LOCK_WAIT)
+            })
+            .await;
+            match result {
+                Ok(Ok(report)) => outcome(&report),
+                Ok(Err(e)) => CycleOutcome::not_run(cycle::error_chain(&e), destinations_of(&inv, &services)),
+                Err(e) => CycleOutcome::not_run(format!("the cycle ended abnormally: {e}"), destinations_of(&inv, &services)),
+            }
+        }
+    }
+}
+
+/// A cycle's report as the daemon and metrics fold it: per destination delivered, or the stage
+/// at which its service or host stopped.
+pub fn outcome(report: &RunReport) -> CycleOutcome {
+    let services = report
+        .services
+        .iter()
+        .map(|s| ServiceOutcome {
+            service: s.service.clone(),
+            timings: s.timings.clone(),
+            destinations: s
+                .destinations
+                .iter()
+                .map(|d| DestinationOutcome {
+                    destination: d.id.clone(),
+                    result: match (&s.tokens, &d.result) {
+                        (_, Ok(_)) => Ok(()),
+                        (Err(f), Err(_)) => Err(f.stage),
+                        (Ok(_), Err(_)) => Err(Stage::Deliver),
+                    },
+                })
+                .collect(),
+        })
+        .collect();
+    CycleOutcome::Ran(services)
+}
+
+/// Broker request durations into the metrics, as they happen.
+pub struct MetricsObserver(pub Metrics);
+
+impl cycle::CycleObserver for MetricsObserver {
+    fn broker_request(&self, kind: crate::broker::RequestKind, took: Duration) {
+        self.0.observe_broker_request(kind, took);
+    }
+}
+
+/// Each service's destinations, by service.
+pub fn destinations(inv: &Inventory) -> BTreeMap<String, Vec<String>> {
+    inv.services.values().map(|s| (s.name.clone(), s.destinations.iter().map(|d| d.id.clone()).collect())).collect()
+}
+
+fn destinations_of(inv: &Inventory, services: &[String]) -> Vec<(String, Vec<String>)> {
+    let all = destinations(inv);
+    services.iter().map(|s| (s.clone(), all.get(s).cloned().unwrap_or_default())).collect()
+}
+
+type Wanted = Arc<Mutex<BTreeSet<(String, String)>>>;
+
+fn wanted_set(inventory: &BTreeMap<String, Vec<String>>) -> BTreeSet<(String, String)> {
+    inventory.iter().flat_map(|(s, ds)| ds.iter().map(move |d| (s.clone(), d.clone()))).collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the destinations of the current inventory hold, read from the state database with a
+/// read-only connection. Destinations recorded but no longer in the inventory are left out.
+pub fn held_source(state_dir: PathBuf, wanted: Wanted) -> HeldSource {
+    Arc::new(move || {
+        if !state_dir.join(crate::state::DB_FILE).exists() {
+            return Ok(Vec::new());
+        }
+        let statuses = StateStore::open_read_only(&state_dir).and_then(|s| s.statuses()).map_err(|e| e.to_string())?;
+        let wanted = lock(&wanted);
+        Ok(statuses
+            .into_iter()
+            .filter(|st| wanted.contains(&(st.service.clone(), st.destination.clone())))
+            .filter_map(|st| Some(Held { expiry: st.vault_expiry?, service: st.service, destination: st.destination }))
+            .collect())
+    })
+}
+
+/// The inventory, its local files and its mail templates, or every error found.
+fn load(config: &Path) -> Result<Inventory, Vec<String>> {
+    let inv = match inventory::load(config) {
+        Ok(inv) => inv,
+        Err(InventoryError::Invalid(diags)) => return Err(diags.iter().map(|d| d.to_string()).collect()),
+        Err(e) => return Err(vec![e.to_string()]),
+    };
+    let (errors, _) = inventory::check_local_files(&inv, false);
+    let mut errors: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
+    if let Err(e) = Templates::load(inv.notify.templates_dir.as_deref()) {
+        errors.push(format!("{}: notify.templates_dir: {}", config.display(), cycle::error_chain(&e)));
+    }
+    if errors.is_empty() { Ok(inv) } else { Err(errors) }
 }
 
 fn schedules(inv: &Inventory) -> Vec<(String, schedule::Schedule)> {
     inv.services.values().map(|s| (s.name.clone(), s.schedule.clone())).collect()
 }
 
-fn load(config: &Path) -> Result<Inventory, Vec<String>> {
-    match inventory::load(config) {
-        Ok(inv) => {
-            let (errors, _) = inventory::check_local_files(&inv, false);
-            if errors.is_empty() { Ok(inv) } else { Err(errors.iter().map(|d| d.to_string()).collect()) }
-        }
-        Err(InventoryError::Invalid(diags)) => Err(diags.iter().map(|d| d.to_string()).collect()),
-        Err(e) => Err(vec![e.to_string()]),
-    }
-}
-
-/// Runs until told to terminate.
-pub async fn run(opts: DaemonOptions, mut control: mpsc::Receiver<Control>) -> DaemonExit {
+/// Runs the daemon until told to terminate: the production wiring of [`serve`].
+pub async fn run(opts: DaemonOptions, control: mpsc::Receiver<Control>) -> DaemonExit {
     let inv = match load(&opts.config) {
-        Ok(inv) => Arc::new(inv),
+        Ok(inv) => inv,
         Err(errors) => {
             for e in errors {
                 error!("{e}");
@@ -90,11 +241,11 @@ pub async fn run(opts: DaemonOptions, mut control: mpsc::Receiver<Control>) -> D
             return DaemonExit::Setup;
         }
     };
-    let cancel = CancellationToken::new();
     let metrics = Metrics::new();
-    let _server = match opts.metrics_listen {
+    let server_stop = CancellationToken::new();
+    let server = match opts.metrics_listen {
         None => None,
-        Some(addr) => match MetricsServer::start(addr, metrics.clone(), cancel.clone()).await {
+        Some(addr) => match MetricsServer::start(addr, metrics.clone(), server_stop.clone()).await {
             Ok(s) => {
                 info!(listen = %s.local_addr(), "metrics at /metrics, health at /healthz");
                 Some(s)
@@ -105,82 +256,230 @@ pub async fn run(opts: DaemonOptions, mut control: mpsc::Receiver<Control>) -> D
             }
         },
     };
+    let (wake_tx, wakes) = mpsc::channel(WAKE_QUEUE);
+    let ticks = match CronTicks::start(wake_tx).await {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, "cannot start the cron scheduler");
+            return DaemonExit::Setup;
+        }
+    };
+    let runner = Cycles { state_dir: opts.state_dir.clone(), metrics: metrics.clone(), keys: KeptKeys::default() };
+    let exit = serve(&opts, inv, Parts { clock: WallClock, ticks, wakes, runner, metrics }, control).await;
+    server_stop.cancel();
+    if let Some(server) = server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server.stopped()).await;
+    }
+    exit
+}
 
-    let clock = TokioClock::new();
+/// What [`serve`] runs on.
+pub struct Parts<C, T, R> {
+    pub clock: C,
+    /// Told the schedules; sends wake-ups into `wakes`.
+    pub ticks: T,
+    pub wakes: mpsc::Receiver<Wake>,
+    pub runner: R,
+    pub metrics: Metrics,
+}
+
+/// A batch on its way to a cycle, with the inventory it was planned under.
+struct Job {
+    inv: Arc<Inventory>,
+    batch: Batch,
+}
+
+/// The cycle in flight.
+struct Running {
+    handle: JoinHandle<CycleOutcome>,
+    guards: Vec<RunGuard>,
+    destinations: Vec<(String, Vec<String>)>,
+}
+
+/// The daemon's loop, from a loaded inventory until [`Control::Terminate`].
+pub async fn serve<C: Clock, T: TickSource, R: CycleRunner>(
+    opts: &DaemonOptions,
+    inv: Inventory,
+    parts: Parts<C, T, R>,
+    mut control: mpsc::Receiver<Control>,
+) -> DaemonExit {
+    let Parts { clock, mut ticks, mut wakes, runner, metrics } = parts;
+    let mut current = Arc::new(inv);
+    let wanted: Wanted = Arc::new(Mutex::new(wanted_set(&destinations(&current))));
+    metrics.set_held_source(held_source(opts.state_dir.clone(), wanted.clone()));
+    refresh_held(&metrics).await;
+
     let tracker = RunTracker::new();
     seed_completions(&opts.state_dir, &tracker).await;
-    let mut planner = Planner::new(schedules(&inv), opts.plan, clock.now());
+    let mut planner = Planner::new(schedules(&current), opts.plan, clock.now());
+    if let Err(e) = ticks.set_schedules(&planner.schedules()).await {
+        error!(error = %e, "cannot register the schedules with the cron scheduler");
+        return DaemonExit::Setup;
+    }
+    let stop = CancellationToken::new();
+    let (services_tx, services_rx) = watch::channel(planner.services());
     let (wd_tx, mut wd_rx) = mpsc::channel(16);
-    let mut watchdog_cancel = cancel.child_token();
-    schedule::spawn_watchdog(clock, tracker.clone(), planner.services(), wd_tx.clone(), watchdog_cancel.clone());
+    let watchdog = schedule::spawn_watchdog(clock.clone(), tracker.clone(), services_rx, wd_tx, stop.clone());
 
-    // One worker runs cycles one after the other; the abandon flag reaches the cycle in flight.
-    let abandon = Arc::new(AtomicBool::new(false));
-    let (job_tx, job_rx) = mpsc::channel::<Job>(4);
-    let worker = tokio::spawn(worker(job_rx, opts.state_dir.clone(), metrics.clone(), abandon.clone()));
-
-    let mut current = inv;
+    let grace_over = CancellationToken::new();
+    let mut queue: VecDeque<Job> = VecDeque::new();
+    let mut running: Option<Running> = None;
     let mut broken_notified: BTreeSet<String> = BTreeSet::new();
     info!(services = current.services.len(), config = %opts.config.display(), "daemon started");
     loop {
-        let next = planner.next_due();
+        if running.is_none()
+            && let Some(job) = queue.pop_front()
+        {
+            running = Some(start(&runner, job, &grace_over));
+        }
+        let next = planner.next_wake();
         let sleep = async {
             match next {
                 Some(at) => clock.sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
+        let finished = async {
+            match running.as_mut() {
+                Some(r) => (&mut r.handle).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             ctl = control.recv() => match ctl {
                 Some(Control::Reload) => {
-                    if let Some(new) = reload(&opts, &current, &mut broken_notified).await {
-                        current = Arc::new(new);
-                        planner = Planner::new(schedules(&current), opts.plan, clock.now());
-                        watchdog_cancel.cancel();
-                        watchdog_cancel = cancel.child_token();
-                        schedule::spawn_watchdog(clock, tracker.clone(), planner.services(), wd_tx.clone(), watchdog_cancel.clone());
+                    let Some(new) = reload(opts, &current, &mut broken_notified).await else { continue };
+                    current = Arc::new(new);
+                    planner.replace(schedules(&current), clock.now());
+                    if let Err(e) = ticks.set_schedules(&planner.schedules()).await {
+                        error!(error = %e, "cannot register the new schedules with the cron scheduler; their slots will be reported missed");
                     }
+                    services_tx.send_replace(planner.services());
+                    let inventory = destinations(&current);
+                    *lock(&wanted) = wanted_set(&inventory);
+                    metrics.retain(&inventory);
+                    refresh_held(&metrics).await;
                 }
                 Some(Control::Terminate) | None => break,
             },
-            event = wd_rx.recv() => {
-                if let Some(event) = event {
-                    watchdog_event(&opts, &current, &metrics, event).await;
+            Some(event) = wd_rx.recv() => watchdog_event(opts, &current, &metrics, event).await,
+            Some(wake) = wakes.recv() => on_wake(&mut planner, &wake, &metrics),
+            joined = finished => {
+                if let Some(r) = running.take() {
+                    fold(&clock, &metrics, r, joined);
                 }
+                refresh_held(&metrics).await;
             }
             () = sleep => {
-                if let Some(batch) = planner.take_due(clock.now(), &tracker) {
+                let now = clock.now();
+                report_missed(&metrics, &planner.check_missed(now));
+                if let Some(batch) = planner.take_due(now, &tracker) {
                     for s in &batch.skipped {
                         warn!(service = %s.service, running_since = %s.running_since, "previous run still going; this run is skipped");
                         metrics.record_skipped(&s.service);
                     }
                     if !batch.runs.is_empty() {
-                        let services = batch.services();
-                        if job_tx.try_send(Job { inv: current.clone(), batch }).is_err() {
-                            warn!(services = ?services, "cycles are backed up; this batch is skipped");
-                        }
+                        queue.push_back(Job { inv: current.clone(), batch });
                     }
                 }
             }
         }
     }
 
-    // Shutdown: nothing new starts; the cycle in flight gets the grace period.
-    info!(grace = %humantime::format_duration(opts.grace), "stopping: no new cycles; waiting for the one in flight");
-    drop(job_tx);
-    let mut worker = worker;
-    let exit = match tokio::time::timeout(opts.grace, &mut worker).await {
-        Ok(_) => DaemonExit::Clean,
-        Err(_) => {
-            warn!("grace period over: abandoning writes not yet renamed into place");
-            abandon.store(true, Ordering::SeqCst);
-            let _ = worker.await;
-            DaemonExit::Abandoned
+    // Stopping: nothing new starts; the cycle in flight gets the grace period, then the margin.
+    ticks.shutdown().await;
+    let dropped: Vec<String> = queue.drain(..).flat_map(|job| job.batch.services()).collect();
+    if !dropped.is_empty() {
+        warn!(services = ?dropped, "stopping: queued cycles dropped; they did not start");
+    }
+    let exit = match running.take() {
+        None => DaemonExit::Clean,
+        Some(mut r) => {
+            info!(grace = %humantime::format_duration(opts.grace), "stopping: no new cycles; waiting for the one in flight");
+            match tokio::time::timeout(opts.grace, &mut r.handle).await {
+                Ok(joined) => {
+                    fold(&clock, &metrics, r, joined);
+                    DaemonExit::Clean
+                }
+                Err(_) => {
+                    warn!("grace period over: nothing more starts; writes not yet renamed into place are abandoned");
+                    grace_over.cancel();
+                    match tokio::time::timeout(HARD_MARGIN, &mut r.handle).await {
+                        Ok(joined) => fold(&clock, &metrics, r, joined),
+                        Err(_) => error!(
+                            margin = %humantime::format_duration(HARD_MARGIN),
+                            services = ?r.guards.iter().map(RunGuard::service).collect::<Vec<_>>(),
+                            "hard deadline passed: exiting with a write still running; its files may hold the old or the new token"
+                        ),
+                    }
+                    DaemonExit::Abandoned
+                }
+            }
         }
     };
-    cancel.cancel();
+    stop.cancel();
+    let _ = watchdog.await;
     info!(?exit, "daemon stopped");
     exit
+}
+
+fn start<R: CycleRunner>(runner: &R, job: Job, grace_over: &CancellationToken) -> Running {
+    let services = job.batch.services();
+    let destinations = destinations_of(&job.inv, &services);
+    let handle = tokio::spawn(runner.run(job.inv, services, grace_over.clone()));
+    Running { handle, guards: job.batch.runs, destinations }
+}
+
+/// Folds a cycle's outcome into the run guards, the metrics and health. Only a cycle that ran
+/// completes its services' runs; one that could not run frees them without a completion.
+fn fold<C: Clock>(clock: &C, metrics: &Metrics, running: Running, joined: Result<CycleOutcome, JoinError>) {
+    let Running { guards, destinations, .. } = running;
+    let outcome = joined.unwrap_or_else(|e| CycleOutcome::not_run(format!("the cycle ended abnormally: {e}"), destinations));
+    metrics.record_outcome(&outcome);
+    let now = clock.now();
+    match &outcome {
+        CycleOutcome::Ran(_) => {
+            for run in guards {
+                metrics.record_cycle_completed(run.service(), now);
+                run.complete(now);
+            }
+        }
+        CycleOutcome::NotRun { reason, .. } => {
+            let services: Vec<&str> = guards.iter().map(RunGuard::service).collect();
+            error!(services = ?services, reason = %reason, "the cycle could not run: a failure of every destination of these services");
+            for run in guards {
+                run.fail();
+            }
+        }
+    }
+}
+
+fn on_wake(planner: &mut Planner, wake: &Wake, metrics: &Metrics) {
+    let report = planner.wake(wake);
+    if !report.woken.is_empty() {
+        info!(schedule = %wake.schedule, slot = %wake.slot, services = ?report.woken, "wake-up");
+    }
+    if !report.duplicate.is_empty() {
+        info!(schedule = %wake.schedule, slot = %wake.slot, services = ?report.duplicate, "wake-up for a slot already run; ignored");
+    }
+    if report.woken.is_empty() && report.duplicate.is_empty() {
+        info!(schedule = %wake.schedule, slot = %wake.slot, "wake-up for a schedule no service has; ignored");
+    }
+    report_missed(metrics, &report.missed);
+}
+
+fn report_missed(metrics: &Metrics, missed: &[Missed]) {
+    for m in missed {
+        error!(service = %m.service, slot = %m.first, slots = m.count, "no wake-up came from the cron scheduler for this slot: it did not run");
+        metrics.record_missed_wakeups(&m.service, m.count);
+    }
+}
+
+async fn refresh_held(metrics: &Metrics) {
+    let m = metrics.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || m.refresh_held()).await {
+        warn!(error = %e, "metrics: reading what destinations hold ended abnormally");
+    }
 }
 
 /// The last success of each service, from state, so the watchdog does not start blind.
@@ -201,69 +500,9 @@ async fn seed_completions(state_dir: &Path, tracker: &RunTracker) {
     }
 }
 
-/// Runs queued batches one at a time on a blocking thread (the cycle is blocking around its
-/// network stages), then completes their guards and updates the metrics.
-async fn worker(mut jobs: mpsc::Receiver<Job>, state_dir: PathBuf, metrics: Metrics, abandon: Arc<AtomicBool>) {
-    let handle = tokio::runtime::Handle::current();
-    while let Some(Job { inv, batch }) = jobs.recv().await {
-        let services = batch.services();
-        let opts = CycleOptions {
-            scheduled: true,
-            abandon: abandon.clone(),
-            observer: Some(cycle::Observer(Arc::new(MetricsObserver(metrics.clone())))),
-            ..CycleOptions::services(services.clone())
-        };
-        let (inv2, dir, handle2) = (inv.clone(), state_dir.clone(), handle.clone());
-        // The lock wait covers a manual `run` holding the state directory.
-        let result = tokio::task::spawn_blocking(move || cycle::run_once(&inv2, &dir, &opts, &handle2, Duration::from_secs(600))).await;
-        let now = Utc::now();
-        match result {
-            Ok(Ok(report)) => record_metrics(&metrics, &report),
-            Ok(Err(e)) => error!(services = ?services, error = %cycle::error_chain(&e), "cycle could not run"),
-            Err(e) => error!(services = ?services, error = %e, "cycle ended abnormally"),
-        }
-        for run in batch.runs {
-            metrics.record_cycle_completed(run.service(), now);
-            run.complete(now);
-        }
-    }
-}
-
-/// Broker request durations into the metrics, as they happen.
-pub struct MetricsObserver(pub Metrics);
-
-impl cycle::CycleObserver for MetricsObserver {
-    fn broker_request(&self, kind: crate::broker::RequestKind, took: Duration) {
-        self.0.observe_broker_request(kind, took);
-    }
-}
-
-/// Folds a cycle's report into the metrics: deliveries and failures by stage, time left per
-/// destination, stage durations.
-pub fn record_metrics(metrics: &Metrics, report: &RunReport) {
-    let now = Utc::now().timestamp();
-    for s in &report.services {
-        for (stage, took) in &s.timings {
-            metrics.observe_stage(&s.service, *stage, *took);
-        }
-        for d in &s.destinations {
-            match (&s.tokens, &d.result) {
-                (_, Ok(held)) => {
-                    metrics.record_delivery(&s.service, &d.id);
-                    if let Some(exp) = held.vault_expiry {
-                        metrics.set_time_left(&s.service, &d.id, chrono::TimeDelta::seconds(exp - now));
-                    }
-                }
-                (Err(f), Err(_)) => metrics.record_failure(&s.service, &d.id, f.stage),
-                (Ok(_), Err(_)) => metrics.record_failure(&s.service, &d.id, cycle::Stage::Deliver),
-            }
-        }
-    }
-}
-
-/// Reloads the inventory. A valid one is returned (new and changed schedules apply, removed
-/// services stop being scheduled); an invalid one is refused, its errors logged, and the admins
-/// mailed once per distinct broken file.
+/// Reloads the inventory. A valid one (its local files and templates included) is returned
+/// (new and changed schedules apply, removed services stop being scheduled); an invalid one is
+/// refused, its errors logged, and the admins mailed once per distinct broken file.
 async fn reload(opts: &DaemonOptions, current: &Inventory, notified: &mut BTreeSet<String>) -> Option<Inventory> {
     info!(config = %opts.config.display(), "reloading the inventory");
     match load(&opts.config) {
@@ -283,7 +522,8 @@ async fn reload(opts: &DaemonOptions, current: &Inventory, notified: &mut BTreeS
             }
             error!(config = %opts.config.display(), errors = errors.len(), "the new inventory is invalid; the running one stays in use");
             let content = std::fs::read(&opts.config).unwrap_or_default();
-            let key = crate::secret::Secret::new(String::from_utf8_lossy(&content).into_owned()).short_hash();
+            let seen = format!("{}\n{}", String::from_utf8_lossy(&content), errors.join("\n"));
+            let key = crate::secret::Secret::new(seen).short_hash();
             if notified.insert(key) {
                 let mail = OutgoingMail {
                     to: current.notify.admins.clone(),
@@ -301,9 +541,13 @@ async fn reload(opts: &DaemonOptions, current: &Inventory, notified: &mut BTreeS
     }
 }
 
-/// Logs and mails a watchdog report, and reflects it in `/healthz`.
+/// Logs and mails a watchdog report, and reflects it in `/healthz`. A report about a service
+/// that has left the inventory meanwhile is dropped.
 async fn watchdog_event(opts: &DaemonOptions, inv: &Inventory, metrics: &Metrics, event: WatchdogEvent) {
     match event {
+        WatchdogEvent::Overdue { service, .. } if !inv.services.contains_key(&service) => {
+            debug!(service = %service, "overdue report for a service no longer in the inventory; dropped");
+        }
         WatchdogEvent::Overdue { service, last_completed, deadline } => {
             error!(service = %service, last_completed = ?last_completed, deadline = %deadline, "service has not completed a run within twice its interval");
             metrics.mark_overdue(&service);
@@ -311,7 +555,7 @@ async fn watchdog_event(opts: &DaemonOptions, inv: &Inventory, metrics: &Metrics
                 to: inv.notify.admins.clone(),
                 subject: format!("[token-bastion] OVERDUE: {service} has not completed a run"),
                 body: format!(
-                    "Service {service} has not completed a run since {} (deadline {deadline}: twice its schedule's interval).\nThe scheduler may be stuck or its cycles may hang. Current state: token-bastion status\n",
+                    "Service {service} has not completed a run since {} (deadline {deadline}: twice its schedule's interval).\nIts cycles may fail to start, or the scheduler may be stuck. Current state: token-bastion status\n",
                     last_completed.map_or_else(|| "the daemon started".to_string(), |t| t.to_string())
                 ),
             };
@@ -347,3 +591,6 @@ async fn queue_and_send(opts: &DaemonOptions, inv: &Inventory, mail: OutgoingMai
         Err(e) => warn!(error = %e, "mail task ended abnormally"),
     }
 }
+
+#[cfg(test)]
+mod tests;

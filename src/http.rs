@@ -1,9 +1,15 @@
-//! The HTTPS client every outbound HTTP request is made with (broker and issuer key discovery).
+//! The HTTPS client every outbound HTTP request is made with (broker and issuer key discovery),
+//! and the bounded reading of every HTTP reply the bastion reads.
 //!
 //! Owns trust: when a CA file or a CA directory is configured, only those certificates are
 //! trusted, never the platform store. Every request has a timeout. A client may also present a
 //! TLS client certificate (Vault's `cert` login); its private key is read here and handed to the
 //! TLS stack, never shown in an error.
+//!
+//! Owns the size of what comes back: [`read_body`] reads a reply incrementally and stops at a
+//! limit, so a peer that sends a gigabyte costs at most the limit in memory. Every reply body
+//! (broker, issuer discovery and keys, Pushgateway) goes through it; it must never buffer a body
+//! whole before looking at its size.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,7 +32,8 @@ pub enum HttpError {
     ReadCa { path: PathBuf, #[source] source: std::io::Error },
     #[error("CA {path}: no PEM certificate in it")]
     NoCertificate { path: PathBuf },
-    #[error("CA {path}: {source}")]
+    /// reqwest says only "builder error" for a certificate it cannot parse.
+    #[error("CA {path}: holds a PEM block that is not a parsable X.509 certificate")]
     BadCertificate { path: PathBuf, #[source] source: reqwest::Error },
     #[error("cannot build the HTTPS client: {0}")]
     Build(#[source] reqwest::Error),
@@ -35,6 +42,50 @@ pub enum HttpError {
     /// reqwest's text for a bad PEM names what it could not parse, never the key's bytes.
     #[error("client certificate {} with key {}: not a usable certificate and private key pair (PEM, the key belonging to the certificate): {source}", cert.display(), key.display())]
     BadIdentity { cert: PathBuf, key: PathBuf, #[source] source: reqwest::Error },
+}
+
+/// The most the bastion reads of any broker reply, issuer discovery document or JWKS. Vault's
+/// replies and a JWKS are a few kilobytes; a megabyte leaves room for a large key set.
+pub const MAX_REPLY_BYTES: usize = 1024 * 1024;
+
+/// The most the bastion reads of a reply that only explains an outcome (a Pushgateway refusing
+/// a push, a webhook): the explanation is shown cut to a line anyway.
+pub const MAX_EXPLANATION_BYTES: usize = 64 * 1024;
+
+/// Why a reply body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body is (or says it is) larger than the limit; what was read is dropped.
+    #[error("the reply is larger than the {} limit{}; not read", show_bytes(*.limit as u64), declared.map(|n| format!(" (it declares {})", show_bytes(n))).unwrap_or_default())]
+    TooLarge { limit: usize, declared: Option<u64> },
+    #[error("cannot read the reply: {0}")]
+    Read(#[source] reqwest::Error),
+}
+
+/// `1 MiB`, `64 KiB`, `1073741824 bytes`: a limit as an operator reads it.
+pub fn show_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Reads `response`'s body, at most `limit` bytes: a declared `Content-Length` above the limit
+/// is refused before anything is read; otherwise the body is read chunk by chunk and reading
+/// stops as soon as the limit would be passed (the connection is then dropped, not drained).
+pub async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if let Some(declared) = response.content_length().filter(|n| *n > limit as u64) {
+        return Err(BodyError::TooLarge { limit, declared: Some(declared) });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| BodyError::Read(e.without_url()))? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit, declared: None });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A TLS client certificate (PEM, leaf first, optionally followed by its chain) and its private

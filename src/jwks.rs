@@ -3,16 +3,22 @@
 //! Owns fetching each *configured* issuer's public keys
 //! (`<issuer>/.well-known/openid-configuration` → `jwks_uri` → JWKS), keeping them fresh (every
 //! 6 h, and on an unknown `kid` at most once a minute per issuer) and riding out an issuer outage
-//! on the last good keys for up to 2 days. It must never fetch anything for an issuer that is
-//! not configured — a token names its own issuer, and that name is untrusted until verified —
-//! and never put a token into an error or a log line. Time comes from the caller, so freshness
-//! is decided by the same clock as validation.
+//! on the last good keys for up to 2 days. The keys outlive a cycle: the daemon keeps one cache
+//! for its life, and every cache can persist what it fetched to a file in the state directory
+//! (0600), so that one-shot runs share the same freshness and the same 2 days of grace. It must
+//! never fetch anything for an issuer that is not configured — a token names its own issuer,
+//! and that name is untrusted until verified — and never put a token into an error or a log
+//! line. Time comes from the caller, so freshness is decided by the same clock as validation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::http::BodyError;
 use crate::secret::Secret;
 use crate::validate::{self, Expectation, KeySet, ValidatedToken, ValidationError};
 
@@ -27,7 +33,9 @@ pub const UNKNOWN_KID_INTERVAL_SECS: i64 = 60;
 /// again instead of hitting a failing issuer on every token.
 pub const RETRY_AFTER_FAILURE_SECS: i64 = 60;
 /// Discovery and JWKS documents are small; anything larger is refused unread.
-pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+pub const MAX_DOCUMENT_BYTES: usize = crate::http::MAX_REPLY_BYTES;
+/// The file in the state directory that keeps issuer keys between runs.
+pub const CACHE_FILE: &str = "jwks.json";
 
 /// A configured issuer: its exact `iss` URL and the HTTPS client to reach it with (built by
 /// [`crate::http::client`], trusting only the configured CA).
@@ -46,7 +54,7 @@ pub enum JwksError {
     Request { issuer: String, url: String, #[source] source: reqwest::Error },
     #[error("issuer {issuer}: {url} answered HTTP {status}")]
     Status { issuer: String, url: String, status: reqwest::StatusCode },
-    #[error("issuer {issuer}: {url} sent more than {limit} bytes")]
+    #[error("issuer {issuer}: {url} sent more than the {} limit", crate::http::show_bytes(*.limit as u64))]
     TooLarge { issuer: String, url: String, limit: usize },
     #[error("issuer {issuer}: {url}: {reason}")]
     BadDocument { issuer: String, url: String, reason: String },
@@ -81,10 +89,29 @@ fn utc(ts: &i64) -> String {
 #[derive(Debug, Default)]
 struct KeyState {
     keys: Option<Arc<KeySet>>,
+    /// The JWKS document `keys` came from, as persisted.
+    document: Option<serde_json::Value>,
     /// When `keys` were fetched (seconds since the epoch).
     fetched_at: i64,
     last_failure: Option<i64>,
     last_kid_refresh: Option<i64>,
+}
+
+/// One issuer's keys as the cache file holds them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct PersistedKeys {
+    fetched_at: i64,
+    jwks: serde_json::Value,
+    #[serde(default)]
+    last_kid_refresh: Option<i64>,
+}
+
+/// The cache file: each issuer's last good keys. Public keys only; kept 0600 all the same,
+/// because whoever can write it decides which signatures the bastion accepts.
+#[derive(Debug)]
+struct Persistence {
+    path: PathBuf,
+    issuers: std::sync::Mutex<BTreeMap<String, PersistedKeys>>,
 }
 
 #[derive(Debug)]
@@ -99,6 +126,7 @@ struct IssuerEntry {
 #[derive(Debug)]
 pub struct JwksCache {
     issuers: HashMap<String, IssuerEntry>,
+    persistence: Option<Arc<Persistence>>,
 }
 
 impl JwksCache {
@@ -107,7 +135,42 @@ impl JwksCache {
             .into_iter()
             .map(|s| (s.issuer, IssuerEntry { client: s.client, state: Mutex::new(KeyState::default()) }))
             .collect();
-        JwksCache { issuers }
+        JwksCache { issuers, persistence: None }
+    }
+
+    /// Keeps the keys in `path` too: starts from what it holds for the configured issuers, and
+    /// rewrites it (temp file, fsync, rename, mode 0600) whenever keys are fetched. A file that
+    /// cannot be read, cannot be parsed, or is open to group or others is ignored (logged): the
+    /// cache starts cold.
+    pub fn persisted_at(mut self, path: &Path) -> Self {
+        let loaded = load_persisted(path).unwrap_or_else(|reason| {
+            tracing::warn!(path = %path.display(), reason, "issuer key cache not used; keys are fetched afresh");
+            BTreeMap::new()
+        });
+        for (iss, saved) in &loaded {
+            let Some(entry) = self.issuers.get_mut(iss) else { continue };
+            match serde_json::to_vec(&saved.jwks).ok().and_then(|b| KeySet::from_json(&b).ok()).filter(|k| !k.is_empty()) {
+                Some(keys) => {
+                    let state = entry.state.get_mut();
+                    state.keys = Some(Arc::new(keys));
+                    state.document = Some(saved.jwks.clone());
+                    state.fetched_at = saved.fetched_at;
+                    state.last_kid_refresh = saved.last_kid_refresh;
+                }
+                None => tracing::warn!(path = %path.display(), issuer = %iss, "persisted keys unusable; fetched afresh"),
+            }
+        }
+        self.persistence = Some(Arc::new(Persistence { path: path.to_path_buf(), issuers: std::sync::Mutex::new(loaded) }));
+        self
+    }
+
+    /// Writes one issuer's state to the cache file, on a blocking thread. Failures are logged:
+    /// the keys in memory still serve.
+    async fn persist(&self, iss: &str, state: &KeyState) {
+        let (Some(p), Some(jwks)) = (&self.persistence, &state.document) else { return };
+        let saved = PersistedKeys { fetched_at: state.fetched_at, jwks: jwks.clone(), last_kid_refresh: state.last_kid_refresh };
+        let (p, iss) = (p.clone(), iss.to_owned());
+        let _ = tokio::task::spawn_blocking(move || p.save(iss, saved)).await;
     }
 
     pub fn is_configured(&self, iss: &str) -> bool {
@@ -134,7 +197,11 @@ impl JwksCache {
             }
         }
         match fetch_keys(iss, &entry.client).await {
-            Ok(keys) => Ok(state.store(keys, now_unix)),
+            Ok(fetched) => {
+                let keys = state.store(fetched, now_unix);
+                self.persist(iss, &state).await;
+                Ok(keys)
+            }
             Err(error) => {
                 state.last_failure = Some(now_unix);
                 match &state.keys {
@@ -161,24 +228,71 @@ impl JwksCache {
             return Err(JwksError::RateLimited { issuer: iss.to_owned(), last_refresh: last });
         }
         state.last_kid_refresh = Some(now_unix);
-        match fetch_keys(iss, &entry.client).await {
-            Ok(keys) => Ok(state.store(keys, now_unix)),
+        let result = match fetch_keys(iss, &entry.client).await {
+            Ok(fetched) => Ok(state.store(fetched, now_unix)),
             Err(error) => {
                 state.last_failure = Some(now_unix);
                 Err(error)
             }
-        }
+        };
+        // The attempt counts against the rate limit of the next run too.
+        self.persist(iss, &state).await;
+        result
     }
 }
 
 impl KeyState {
-    fn store(&mut self, keys: KeySet, now_unix: i64) -> Arc<KeySet> {
+    fn store(&mut self, (keys, document): (KeySet, serde_json::Value), now_unix: i64) -> Arc<KeySet> {
         let keys = Arc::new(keys);
         self.keys = Some(keys.clone());
+        self.document = Some(document);
         self.fetched_at = now_unix;
         self.last_failure = None;
         keys
     }
+}
+
+/// The cache file's issuers; `Ok(empty)` when there is none yet.
+fn load_persisted(path: &Path) -> Result<BTreeMap<String, PersistedKeys>, String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!("mode {mode:04o} lets others read or change which keys are trusted"));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("not a key cache: {e}"))
+}
+
+impl Persistence {
+    fn save(&self, iss: String, saved: PersistedKeys) {
+        let mut issuers = self.issuers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        issuers.insert(iss, saved);
+        if let Err(e) = write_private(&self.path, &serde_json::to_vec_pretty(&*issuers).unwrap_or_default()) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot persist issuer keys; the next run fetches them afresh");
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("jwks");
+    let temp = dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
 }
 
 /// Validates `token` with the keys of its issuer: refuses an issuer other than the expected one,
@@ -203,9 +317,10 @@ pub async fn validate_token(cache: &JwksCache, token: &Secret, expect: &Expectat
     }
 }
 
-/// Discovery then JWKS. The transport rules (HTTPS only, trusted CA, timeouts, no redirects)
-/// are the client's; a `jwks_uri` the client may not reach fails there.
-async fn fetch_keys(issuer: &str, client: &reqwest::Client) -> Result<KeySet, JwksError> {
+/// Discovery then JWKS: the keys and the document they came from. The transport rules (HTTPS
+/// only, trusted CA, timeouts, no redirects) are the client's; a `jwks_uri` the client may not
+/// reach fails there.
+async fn fetch_keys(issuer: &str, client: &reqwest::Client) -> Result<(KeySet, serde_json::Value), JwksError> {
     #[derive(serde::Deserialize)]
     struct Discovery {
         issuer: Option<String>,
@@ -230,29 +345,22 @@ async fn fetch_keys(issuer: &str, client: &reqwest::Client) -> Result<KeySet, Jw
     if keys.is_empty() {
         return Err(JwksError::NoKeys { issuer: issuer.to_owned(), url: jwks_url });
     }
-    Ok(keys)
+    let document = serde_json::from_slice(&body).map_err(|e| bad(&jwks_url, format!("not JSON: {e}")))?;
+    Ok((keys, document))
 }
 
 /// GET `url`, requiring a success status and a body of at most [`MAX_DOCUMENT_BYTES`].
 async fn get(issuer: &str, client: &reqwest::Client, url: &str) -> Result<Vec<u8>, JwksError> {
     let request_error = |source| JwksError::Request { issuer: issuer.to_owned(), url: url.to_owned(), source };
-    let mut response = client.get(url).header("Accept", "application/json").send().await.map_err(request_error)?;
+    let response = client.get(url).header("Accept", "application/json").send().await.map_err(request_error)?;
     let status = response.status();
     if !status.is_success() {
         return Err(JwksError::Status { issuer: issuer.to_owned(), url: url.to_owned(), status });
     }
-    let too_large = || JwksError::TooLarge { issuer: issuer.to_owned(), url: url.to_owned(), limit: MAX_DOCUMENT_BYTES };
-    if response.content_length().is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    crate::http::read_body(response, MAX_DOCUMENT_BYTES).await.map_err(|e| match e {
+        BodyError::TooLarge { limit, .. } => JwksError::TooLarge { issuer: issuer.to_owned(), url: url.to_owned(), limit },
+        BodyError::Read(source) => request_error(source),
+    })
 }
 
 #[cfg(test)]
@@ -527,6 +635,56 @@ mod tests {
         // The issuer recovers: fresh keys again.
         server.serve_keys(&[ec()]);
         assert_eq!(cache.keys(&iss, T0 + KEEP_LAST_GOOD_SECS + 2).await.expect("recovered").kids(), vec!["ec-1"]);
+    }
+
+    #[tokio::test]
+    async fn persisted_keys_serve_a_new_cache_through_an_outage_for_two_days() {
+        let server = FakeIssuer::start();
+        server.serve_keys(&[rsa()]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CACHE_FILE);
+        let iss = server.issuer();
+        cache_for(&server).persisted_at(&file).keys(&iss, T0).await.expect("keys");
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        let fetched = server.total_hits();
+
+        // The next run, with the issuer down: the persisted keys serve without a request...
+        server.set("/realm/.well-known/openid-configuration", 503, "{}".into());
+        let cache = cache_for(&server).persisted_at(&file);
+        let token = sign(rsa(), &claims(&iss));
+        let scopes = scope_list("storage.read:/store");
+        validate_token(&cache, &token, &expect(&iss, &scopes), T0 + 60).await.expect("valid on persisted keys");
+        assert_eq!(server.total_hits(), fetched, "keys younger than 6 h are not refetched");
+        // ...past 6 h a refresh is tried, fails, and the last good keys still serve...
+        let cache = cache_for(&server).persisted_at(&file);
+        assert_eq!(cache.keys(&iss, T0 + REFRESH_AFTER_SECS).await.expect("last good keys").kids(), vec!["rsa-1"]);
+        assert!(server.total_hits() > fetched);
+        // ...and past 2 days they are refused.
+        let cache = cache_for(&server).persisted_at(&file);
+        assert!(matches!(cache.keys(&iss, T0 + KEEP_LAST_GOOD_SECS + 1).await, Err(JwksError::Stale { fetched_at: T0, .. })));
+    }
+
+    #[tokio::test]
+    async fn the_unknown_kid_limit_and_a_tampered_file_across_runs() {
+        let server = FakeIssuer::start();
+        server.serve_keys(&[rsa()]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CACHE_FILE);
+        let iss = server.issuer();
+        cache_for(&server).persisted_at(&file).refresh_for_unknown_kid(&iss, T0).await.expect("keys");
+        let cache = cache_for(&server).persisted_at(&file);
+        assert!(matches!(cache.refresh_for_unknown_kid(&iss, T0 + 10).await, Err(JwksError::RateLimited { last_refresh: T0, .. })));
+
+        // A cache file others may write is not trusted: the keys are fetched afresh.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let before = server.jwks_hits();
+        cache_for(&server).persisted_at(&file).keys(&iss, T0 + 20).await.expect("keys");
+        assert_eq!(server.jwks_hits(), before + 1);
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "rewritten private");
+        // So is a file that is not a key cache.
+        std::fs::write(&file, b"not json").unwrap();
+        cache_for(&server).persisted_at(&file).keys(&iss, T0 + 30).await.expect("keys");
+        assert_eq!(server.jwks_hits(), before + 2);
     }
 
     #[tokio::test]

@@ -1,14 +1,15 @@
-//! The Vault tokens the bastion keeps between cycles, each in its own 0600 file under
-//! `<state-dir>/vault/`, nowhere else.
+//! Token bytes: every Vault token the bastion holds, each in its own 0600 file under
+//! `<state-dir>/vault/`, named by its fingerprint (`<short hash>.token`), and nowhere else.
 //!
-//! Per service: the *current* login token (reused while it has enough life left, so the credd
-//! keeps one token for weeks as condor_vault_storer does), login tokens it *superseded* (kept only
-//! until no destination depends on them any more, then revoked), and per file destination the
-//! child token now delivered there (revoked when a newer child replaces it).
+//! A byte store and nothing more. Which tokens exist, whose they are, which destinations may
+//! hold them and when they are revoked is the ledger's business (`state`); nothing here decides
+//! anything. It also reads, once, the per-service layout older versions kept
+//! (`<service>.current`, `<service>.<hash>.superseded`, `<service>.<hash>.child`) so that the
+//! cycle can import it into the ledger.
 //!
 //! Owns file names and atomic writes (temp file created exclusively 0600, fsync, rename, fsync
 //! of the directory). Never logs or returns a token except as the `Secret` it reads; knows
-//! nothing of Vault itself.
+//! nothing of Vault.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::Write;
@@ -18,9 +19,10 @@ use std::path::{Path, PathBuf};
 use crate::secret::Secret;
 
 const DIR: &str = "vault";
-const CURRENT: &str = "current";
-const SUPERSEDED: &str = "superseded";
-const CHILD: &str = "child";
+const SUFFIX: &str = ".token";
+const LEGACY_CURRENT: &str = "current";
+const LEGACY_SUPERSEDED: &str = "superseded";
+const LEGACY_CHILD: &str = "child";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeepError {
@@ -28,28 +30,51 @@ pub enum KeepError {
     Io { path: PathBuf, #[source] source: std::io::Error },
     #[error("kept Vault tokens: {path} is readable by group or others (mode {mode:04o}); refusing to use it")]
     Exposed { path: PathBuf, mode: u32 },
+    #[error("kept Vault tokens: {path} does not hold the token its name says (sha256={found})")]
+    Mismatch { path: PathBuf, found: String },
+    #[error("kept Vault tokens: {hash:?} is not a token fingerprint")]
+    BadName { hash: String },
 }
 
-/// The kept tokens of one state directory.
+/// The token files of one state directory.
 #[derive(Clone, Debug)]
 pub struct TokenKeeper {
     dir: PathBuf,
 }
 
-/// A kept token and the file it lives in.
+/// What a token file of the older per-service layout was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LegacyRole {
+    /// `<service>.current`: the login token reused by the next cycle.
+    Current,
+    /// `<service>.<hash>.superseded`: a login token a newer one replaced.
+    Superseded,
+    /// `<service>.<key>.child`: the child token delivered to the file destination whose id
+    /// hashes to `destination_key` (see [`destination_key`]).
+    Child { destination_key: String },
+}
+
+/// A token file of the older per-service layout.
 #[derive(Debug)]
-pub struct Kept {
+pub struct Legacy {
+    pub service: String,
+    pub role: LegacyRole,
     pub token: Secret,
-    pub path: PathBuf,
+    path: PathBuf,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeepError + '_ {
     move |source| KeepError::Io { path: path.to_path_buf(), source }
 }
 
-/// A destination id (`file@host:/path`) as a file-name part: its short hash.
-fn dest_key(destination: &str) -> String {
+/// How the older layout named a child's destination in its file name: the short hash of the
+/// destination id.
+pub fn destination_key(destination: &str) -> String {
     Secret::new(destination).short_hash()
+}
+
+fn is_fingerprint(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl TokenKeeper {
@@ -60,15 +85,94 @@ impl TokenKeeper {
         Ok(TokenKeeper { dir })
     }
 
-    fn current_path(&self, service: &str) -> PathBuf {
-        self.dir.join(format!("{service}.{CURRENT}"))
+    fn path_of(&self, hash: &str) -> Result<PathBuf, KeepError> {
+        if !is_fingerprint(hash) {
+            return Err(KeepError::BadName { hash: hash.to_string() });
+        }
+        Ok(self.dir.join(format!("{hash}{SUFFIX}")))
     }
 
-    fn child_path(&self, service: &str, destination: &str) -> PathBuf {
-        self.dir.join(format!("{service}.{}.{CHILD}", dest_key(destination)))
+    /// Stores `token` under its fingerprint (a no-op when it is already there) and returns the
+    /// fingerprint. Durable when it returns: the file and the directory entry are fsynced.
+    pub fn put(&self, token: &Secret) -> Result<String, KeepError> {
+        let hash = token.short_hash();
+        let path = self.path_of(&hash)?;
+        if self.read(&path)?.is_some_and(|t| t == *token) {
+            return Ok(hash);
+        }
+        self.write(&path, token)?;
+        Ok(hash)
     }
 
-    fn read(&self, path: &Path) -> Result<Option<Kept>, KeepError> {
+    /// The token stored under `hash`, if any.
+    pub fn get(&self, hash: &str) -> Result<Option<Secret>, KeepError> {
+        let path = self.path_of(hash)?;
+        let Some(token) = self.read(&path)? else { return Ok(None) };
+        let found = token.short_hash();
+        if found != hash {
+            return Err(KeepError::Mismatch { path, found });
+        }
+        Ok(Some(token))
+    }
+
+    /// Deletes the token stored under `hash` (after it was revoked, or found dead). A token that
+    /// is not there counts as deleted.
+    pub fn forget(&self, hash: &str) -> Result<(), KeepError> {
+        let path = self.path_of(hash)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// The fingerprints of every stored token.
+    pub fn hashes(&self) -> Result<Vec<String>, KeepError> {
+        let mut out: Vec<String> = fs::read_dir(&self.dir)
+            .map_err(io(&self.dir))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(SUFFIX)).filter(|h| is_fingerprint(h)).map(str::to_string))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every token file of the older per-service layout still present.
+    pub fn legacy(&self) -> Result<Vec<Legacy>, KeepError> {
+        let mut names: Vec<String> =
+            fs::read_dir(&self.dir).map_err(io(&self.dir))?.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            if name.starts_with('.') || name.ends_with(SUFFIX) {
+                continue;
+            }
+            // Service names hold no dot: `<service>.current` or `<service>.<hash>.<role>`.
+            let parts: Vec<&str> = name.split('.').collect();
+            let role = match parts.as_slice() {
+                [_, LEGACY_CURRENT] => LegacyRole::Current,
+                [_, _, LEGACY_SUPERSEDED] => LegacyRole::Superseded,
+                [_, key, LEGACY_CHILD] => LegacyRole::Child { destination_key: key.to_string() },
+                _ => continue,
+            };
+            let path = self.dir.join(&name);
+            if let Some(token) = self.read(&path)? {
+                out.push(Legacy { service: parts[0].to_string(), role, token, path });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a file of the older layout once its token is in the ledger and stored anew.
+    pub fn remove_legacy(&self, legacy: &Legacy) -> Result<(), KeepError> {
+        match fs::remove_file(&legacy.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&legacy.path)(e)),
+        }
+    }
+
+    fn read(&self, path: &Path) -> Result<Option<Secret>, KeepError> {
         let meta = match fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -83,7 +187,7 @@ impl TokenKeeper {
         if token.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Kept { token: Secret::new(token), path: path.to_path_buf() }))
+        Ok(Some(Secret::new(token)))
     }
 
     /// Writes `token` to `path` atomically with mode 0600.
@@ -102,103 +206,6 @@ impl TokenKeeper {
         }
         result
     }
-
-    /// The service's current login token, if one is kept.
-    pub fn current(&self, service: &str) -> Result<Option<Kept>, KeepError> {
-        self.read(&self.current_path(service))
-    }
-
-    /// Makes `token` the service's current login token; the one it replaces (if any) is kept as
-    /// superseded until [`Self::forget`] after its revocation.
-    pub fn set_current(&self, service: &str, token: &Secret) -> Result<(), KeepError> {
-        let path = self.current_path(service);
-        if let Some(old) = self.read(&path)?
-            && old.token != *token {
-                let to = self.dir.join(format!("{service}.{}.{SUPERSEDED}", old.token.short_hash()));
-                fs::rename(&path, &to).map_err(io(&to))?;
-            }
-        self.write(&path, token)
-    }
-
-    /// Login tokens of the service that a newer one replaced, not yet revoked.
-    pub fn superseded(&self, service: &str) -> Result<Vec<Kept>, KeepError> {
-        self.matching(service, SUPERSEDED)
-    }
-
-    /// The child token now delivered to a file destination.
-    pub fn child(&self, service: &str, destination: &str) -> Result<Option<Kept>, KeepError> {
-        self.read(&self.child_path(service, destination))
-    }
-
-    /// Records the child token now delivered to a file destination; returns the one it replaced.
-    pub fn set_child(&self, service: &str, destination: &str, token: &Secret) -> Result<Option<Kept>, KeepError> {
-        let path = self.child_path(service, destination);
-        let old = self.read(&path)?;
-        self.write(&path, token)?;
-        Ok(old.filter(|o| o.token != *token).map(|o| Kept { token: o.token, path: PathBuf::new() }))
-    }
-
-    /// Every token kept for the service: current, superseded and children.
-    pub fn all(&self, service: &str) -> Result<Vec<Kept>, KeepError> {
-        let mut out: Vec<Kept> = self.current(service)?.into_iter().collect();
-        out.extend(self.superseded(service)?);
-        out.extend(self.matching(service, CHILD)?);
-        Ok(out)
-    }
-
-    /// Services that have any token kept (the inventory may have dropped some of them).
-    pub fn services(&self) -> Result<Vec<String>, KeepError> {
-        let mut names: Vec<String> = fs::read_dir(&self.dir)
-            .map_err(io(&self.dir))?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with('.') {
-                    return None;
-                }
-                name.split('.').next().map(str::to_string)
-            })
-            .collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
-    }
-
-    /// Deletes a kept token's file (after it was revoked, or found dead).
-    pub fn forget(&self, kept: &Kept) -> Result<(), KeepError> {
-        if kept.path.as_os_str().is_empty() {
-            return Ok(());
-        }
-        match fs::remove_file(&kept.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&kept.path)(e)),
-        }
-    }
-
-    fn matching(&self, service: &str, suffix: &str) -> Result<Vec<Kept>, KeepError> {
-        let prefix = format!("{service}.");
-        let end = format!(".{suffix}");
-        let mut paths: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .map_err(io(&self.dir))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    // `<service>.<hash>.<suffix>` (service names hold no dot).
-                    n.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(&end)).is_some_and(|mid| !mid.contains('.'))
-                })
-            })
-            .collect();
-        paths.sort();
-        let mut out = Vec::new();
-        for p in paths {
-            if let Some(k) = self.read(&p)? {
-                out.push(k);
-            }
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
@@ -207,51 +214,77 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     #[test]
-    fn current_superseded_and_children_live_in_private_files() {
+    fn tokens_live_in_private_files_named_by_fingerprint() {
         let dir = tempfile::tempdir().unwrap();
         let keep = TokenKeeper::open(dir.path()).unwrap();
         assert_eq!(fs::metadata(dir.path().join("vault")).unwrap().mode() & 0o777, 0o700);
-        assert!(keep.current("prod").unwrap().is_none());
-
-        keep.set_current("prod", &Secret::new("s.first")).unwrap();
-        let cur = keep.current("prod").unwrap().unwrap();
-        assert_eq!(cur.token.expose(), "s.first");
-        assert_eq!(fs::metadata(&cur.path).unwrap().mode() & 0o777, 0o600);
-
-        // Same token again: nothing superseded.
-        keep.set_current("prod", &Secret::new("s.first")).unwrap();
-        assert!(keep.superseded("prod").unwrap().is_empty());
-
-        keep.set_current("prod", &Secret::new("s.second")).unwrap();
-        assert_eq!(keep.current("prod").unwrap().unwrap().token.expose(), "s.second");
-        let old = keep.superseded("prod").unwrap();
-        assert_eq!(old.len(), 1);
-        assert_eq!(old[0].token.expose(), "s.first");
-
-        assert!(keep.set_child("prod", "file@h:/tmp/x", &Secret::new("s.child1")).unwrap().is_none());
-        let replaced = keep.set_child("prod", "file@h:/tmp/x", &Secret::new("s.child2")).unwrap().unwrap();
-        assert_eq!(replaced.token.expose(), "s.child1");
-        assert_eq!(keep.child("prod", "file@h:/tmp/x").unwrap().unwrap().token.expose(), "s.child2");
-
-        keep.set_current("crab", &Secret::new("s.other")).unwrap();
-        let all: Vec<String> = keep.all("prod").unwrap().iter().map(|k| k.token.expose().to_string()).collect();
-        assert_eq!(all, ["s.second", "s.first", "s.child2"]);
-        assert_eq!(keep.services().unwrap(), ["crab", "prod"]);
-
-        keep.forget(&old.into_iter().next().unwrap()).unwrap();
-        assert!(keep.superseded("prod").unwrap().is_empty());
+        let first = Secret::new("s.first");
+        let hash = keep.put(&first).unwrap();
+        assert_eq!(hash, first.short_hash());
+        let path = dir.path().join("vault").join(format!("{hash}.token"));
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(keep.get(&hash).unwrap(), Some(first.clone()));
+        assert_eq!(keep.put(&first).unwrap(), hash, "storing again is a no-op");
+        let second = keep.put(&Secret::new("s.second")).unwrap();
+        let mut both = vec![hash.clone(), second.clone()];
+        both.sort();
+        assert_eq!(keep.hashes().unwrap(), both);
+        keep.forget(&hash).unwrap();
+        keep.forget(&hash).unwrap();
+        assert_eq!(keep.get(&hash).unwrap(), None);
+        assert_eq!(keep.hashes().unwrap(), [second]);
         // No temp file is left behind.
         assert!(fs::read_dir(dir.path().join("vault")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with('.')));
+        assert!(matches!(keep.get("../../etc/x"), Err(KeepError::BadName { .. })));
     }
 
     #[test]
-    fn an_exposed_token_file_is_refused() {
+    fn an_exposed_or_mislabelled_token_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let keep = TokenKeeper::open(dir.path()).unwrap();
-        keep.set_current("prod", &Secret::new("s.first")).unwrap();
-        let path = dir.path().join("vault/prod.current");
+        let hash = keep.put(&Secret::new("s.first")).unwrap();
+        let path = dir.path().join("vault").join(format!("{hash}.token"));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = keep.current("prod").unwrap_err().to_string();
+        let err = keep.get(&hash).unwrap_err().to_string();
         assert!(err.contains("readable by group or others") && !err.contains("s.first"), "{err}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(&path, "s.other\n").unwrap();
+        let err = keep.get(&hash).unwrap_err().to_string();
+        assert!(err.contains("does not hold the token its name says") && !err.contains("s.other"), "{err}");
+    }
+
+    #[test]
+    fn the_older_layout_is_read_for_the_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = TokenKeeper::open(dir.path()).unwrap();
+        let vault = dir.path().join("vault");
+        let put = |name: &str, token: &str| {
+            let p = vault.join(name);
+            fs::write(&p, format!("{token}\n")).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let dest = destination_key("file@h:/tmp/x");
+        put("prod.current", "s.cur");
+        put("prod.0123456789ab.superseded", "s.old");
+        put(&format!("prod.{dest}.child"), "s.child");
+        put("crab.current", "s.crab");
+        keep.put(&Secret::new("s.new")).unwrap();
+        let mut found: Vec<(String, String, LegacyRole)> =
+            keep.legacy().unwrap().into_iter().map(|l| (l.service, l.token.expose().to_string(), l.role)).collect();
+        found.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        assert_eq!(
+            found,
+            [
+                ("crab".into(), "s.crab".into(), LegacyRole::Current),
+                ("prod".into(), "s.child".into(), LegacyRole::Child { destination_key: dest }),
+                ("prod".into(), "s.cur".into(), LegacyRole::Current),
+                ("prod".into(), "s.old".into(), LegacyRole::Superseded),
+            ]
+        );
+        for l in keep.legacy().unwrap() {
+            keep.remove_legacy(&l).unwrap();
+        }
+        assert!(keep.legacy().unwrap().is_empty());
+        assert_eq!(keep.hashes().unwrap().len(), 1, "the new layout is left alone");
     }
 }

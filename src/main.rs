@@ -19,6 +19,7 @@ use token_bastion::daemon::{Control, DaemonExit, DaemonOptions};
 use token_bastion::schedule::PlanOptions;
 use token_bastion::state::StateStore;
 use token_bastion::inventory::{self, InventoryError};
+use token_bastion::redact;
 
 const EXIT_OK: u8 = 0;
 const EXIT_NOT_DELIVERED: u8 = 1;
@@ -34,26 +35,36 @@ fn init_tracing(cli: &Cli) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // tokio-cron-scheduler narrates every job it adds at info; its warnings are what matter.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{default},tokio_cron_scheduler=warn")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter);
     match cli.log_format {
-        LogFormat::Human => builder.with_ansi(std::env::var_os("NO_COLOR").is_none()).init(),
+        LogFormat::Human => builder.with_ansi(colour(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR"))).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).init(),
     }
+}
+
+/// Colour in human logs only on a terminal, and not when `NO_COLOR` is set to anything
+/// (no-color.org): a file, a pipe, the journal or cron's mail get plain text.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The progress bar `run` shows on a terminal, once there is one: log lines are written around it.
 static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
 
-/// stderr, writing around the progress bar (if any) so that neither tears the other.
+/// stderr, writing around the progress bar (if any) so that neither tears the other, every line
+/// scrubbed of the secrets the process holds.
 struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let clean = redact::scrub_bytes(buf);
         match PROGRESS.get() {
-            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
-            None => std::io::stderr().write(buf),
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(&clean))?,
+            None => std::io::stderr().write_all(&clean)?,
         }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -62,6 +73,8 @@ impl std::io::Write for LogWriter {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = failpoints();
     let cli = Cli::parse();
     init_tracing(&cli);
     ExitCode::from(match &cli.command {
@@ -72,8 +85,8 @@ fn main() -> ExitCode {
             *wait,
             pushgateway.as_deref().map(|url| (url, push_job.as_str())),
         ),
-        Command::Revoke { service, host, wait } => revoke(&cli, service, host.as_deref(), *wait),
-        Command::Status { json } => status(&cli, *json),
+        Command::Revoke { service, host, wait } => revoke(&cli, service.as_deref(), host.as_deref(), *wait),
+        Command::Status { json, tokens } => status(&cli, *json, *tokens),
         Command::Daemon { metrics_listen, no_metrics, grace, splay_max, window } => daemon(
             &cli,
             DaemonOptions {
@@ -85,6 +98,22 @@ fn main() -> ExitCode {
             },
         ),
     })
+}
+
+/// Test builds only: failpoints configured from `FAILPOINTS`. A failpoint's `panic(kill)` ends
+/// the whole process at once, as `kill -9` would (a panic would otherwise end only its task).
+#[cfg(feature = "failpoints")]
+fn failpoints() -> fail::FailScenario<'static> {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if message == Some("kill") {
+            std::process::abort();
+        }
+        default(info);
+    }));
+    fail::FailScenario::setup()
 }
 
 /// Loads the inventory, printing its diagnostics; `None` means exit 2.
@@ -160,10 +189,15 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&
         Ok(report) => {
             print_report(&report);
             if let (Some((url, job)), Some(metrics)) = (push, &metrics) {
-                token_bastion::daemon::record_metrics(metrics, &report);
+                metrics.record_outcome(&token_bastion::daemon::outcome(&report));
                 for s in &report.services {
                     metrics.record_cycle_completed(&s.service, chrono::Utc::now());
                 }
+                let wanted = std::sync::Arc::new(std::sync::Mutex::new(
+                    token_bastion::daemon::destinations(&inv).into_iter().flat_map(|(s, ds)| ds.into_iter().map(move |d| (s.clone(), d))).collect(),
+                ));
+                metrics.set_held_source(token_bastion::daemon::held_source(cli.state_dir.clone(), wanted));
+                metrics.refresh_held();
                 if let Err(e) = runtime.block_on(token_bastion::metrics::push(url, job, metrics)) {
                     tracing::error!(url, error = %cycle::error_chain(&e), "cannot push metrics to the Pushgateway");
                 }
@@ -176,7 +210,7 @@ fn run(cli: &Cli, opts: CycleOptions, wait: std::time::Duration, push: Option<(&
             EXIT_NOT_DELIVERED
         }
         Err(e) => {
-            eprintln!("error: {}", cycle::error_chain(&e));
+            eprintln!("error: {}", redact::scrub(&cycle::error_chain(&e)));
             EXIT_SETUP
         }
     }
@@ -198,8 +232,9 @@ fn daemon(_cli: &Cli, opts: DaemonOptions) -> u8 {
         }
         token_bastion::daemon::run(opts, rx).await
     });
-    // Blocking threads of an abandoned cycle (a host still timing out) must not hold the exit.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    // A cycle cut off at the hard deadline may still run on a blocking thread (a write that
+    // does not return): it must not hold the exit.
+    runtime.shutdown_background();
     match exit {
         DaemonExit::Clean => EXIT_OK,
         DaemonExit::Abandoned => EXIT_NOT_DELIVERED,
@@ -228,9 +263,9 @@ fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()
     Ok(())
 }
 
-fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duration) -> u8 {
+fn revoke(cli: &Cli, service: Option<&str>, host: Option<&str>, wait: std::time::Duration) -> u8 {
     let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
-    if let Some(h) = host
+    if let (Some(h), Some(_)) = (host, service)
         && !inv.hosts.contains_key(h) {
             eprintln!("error: no host `{h}` in the inventory");
             return EXIT_SETUP;
@@ -242,18 +277,26 @@ fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duratio
             return EXIT_SETUP;
         }
     };
-    match cycle::revoke(&inv, &cli.state_dir, service, host, runtime.handle(), wait) {
+    let (service, outcome) = match (service, host) {
+        (Some(service), _) => (service, cycle::revoke(&inv, &cli.state_dir, service, host, runtime.handle(), wait)),
+        (None, Some(h)) => (h, cycle::settle_host(&inv, &cli.state_dir, h, runtime.handle(), wait)),
+        (None, None) => {
+            eprintln!("error: revoke needs --service, --host or both");
+            return EXIT_SETUP;
+        }
+    };
+    match outcome {
         Ok(report) => {
             for (hash, r) in &report.revoked {
                 match r {
                     Ok(()) => println!("{service}: Vault token sha256={hash} revoked"),
-                    Err(e) => println!("{service}: Vault token sha256={hash} NOT REVOKED: {e}"),
+                    Err(e) => println!("{service}: Vault token sha256={hash} NOT REVOKED: {}", redact::scrub(&e.to_string())),
                 }
             }
             for (dest, h, r) in &report.removed {
                 match r {
                     Ok(()) => println!("{service}: {dest} removed from {h}"),
-                    Err(e) => println!("{service}: {dest} on {h} NOT REMOVED: {e}"),
+                    Err(e) => println!("{service}: {dest} on {h} NOT REMOVED: {}", redact::scrub(&e.to_string())),
                 }
             }
             if report.revoked.is_empty() && report.removed.is_empty() {
@@ -270,7 +313,7 @@ fn revoke(cli: &Cli, service: &str, host: Option<&str>, wait: std::time::Duratio
             EXIT_NOT_DELIVERED
         }
         Err(e) => {
-            eprintln!("error: {}", cycle::error_chain(&e));
+            eprintln!("error: {}", redact::scrub(&cycle::error_chain(&e)));
             EXIT_SETUP
         }
     }
@@ -333,17 +376,20 @@ fn print_report(report: &RunReport) {
                 t.validated.scopes.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" "),
                 t.vault_fingerprint
             ),
-            Err(f) => println!("{}: FAILED at {}: {}", s.service, f.stage, f.reason),
+            Err(f) => println!("{}: FAILED at {}: {}", s.service, f.stage, redact::scrub(&f.reason)),
         }
         for d in &s.destinations {
             match &d.result {
                 Ok(_) => println!("  {} {}", d.id, if report.dry_run { "reachable, host key verified" } else { "delivered" }),
-                Err(reason) => println!("  {} NOT DELIVERED: {reason}", d.id),
+                Err(reason) => println!("  {} NOT DELIVERED: {}", d.id, redact::scrub(reason)),
             }
             if let Some(w) = &d.warning {
-                println!("  {} WARNING: {w}", d.id);
+                println!("  {} WARNING: {}", d.id, redact::scrub(w));
             }
         }
+    }
+    for e in &report.state_errors {
+        println!("STATE NOT RECORDED: {}", redact::scrub(e));
     }
     let total = report.destinations().count();
     let ok = report.destinations().filter(|(_, d)| d.result.is_ok()).count();
@@ -359,7 +405,7 @@ fn print_report(report: &RunReport) {
     );
 }
 
-fn status(cli: &Cli, json: bool) -> u8 {
+fn status(cli: &Cli, json: bool, tokens: bool) -> u8 {
     // A broken inventory must not hide what the destinations hold: show the recorded state,
     // judged without expiry warnings, and exit 2 for the inventory.
     let inv = load_inventory(cli);
@@ -380,18 +426,28 @@ fn status(cli: &Cli, json: bool) -> u8 {
             return EXIT_SETUP;
         }
     };
+    let (ledger, holdings) = match store.tokens().and_then(|t| Ok((t, store.holdings()?))) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
+        }
+    };
     let now = chrono::Utc::now();
     let rows = token_bastion::status::rows(inv.as_ref(), &statuses, now);
-    if json {
-        match serde_json::to_string_pretty(&rows) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_SETUP;
-            }
+    let kept_alive = token_bastion::status::kept_alive(inv.as_ref(), &ledger, &holdings, &statuses);
+    let shown = match (json, tokens) {
+        (true, false) => serde_json::to_string_pretty(&rows),
+        (true, true) => serde_json::to_string_pretty(&serde_json::json!({"tokens": ledger, "holdings": holdings, "kept_alive": kept_alive})),
+        (false, false) => Ok(format!("{}{}", token_bastion::status::render_table(&rows, now), token_bastion::status::render_kept_alive(&kept_alive))),
+        (false, true) => Ok(format!("{}{}", token_bastion::status::render_ledger(&ledger, &holdings), token_bastion::status::render_kept_alive(&kept_alive))),
+    };
+    match shown {
+        Ok(text) => println!("{}", text.trim_end()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SETUP;
         }
-    } else {
-        print!("{}", token_bastion::status::render_table(&rows, now));
     }
     if inv.is_none() {
         EXIT_SETUP
@@ -399,5 +455,18 @@ fn status(cli: &Cli, json: bool) -> u8 {
         EXIT_NOT_DELIVERED
     } else {
         EXIT_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }

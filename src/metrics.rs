@@ -1,31 +1,36 @@
 //! Prometheus metrics, the `/metrics` and `/healthz` endpoint, and the Pushgateway push.
 //!
 //! Owns every metric name and label the product exposes (listed in the README), a [`Metrics`]
-//! handle that the cycle, the broker client and the scheduler record into through small typed
-//! methods, the daemon's health as `/healthz` reports it (unhealthy while the watchdog holds a
-//! service overdue), a minimal HTTP/1 server for both, and [`push`] for one-shot runs that end
-//! before anything could scrape them.
+//! handle that the daemon, the broker client and the scheduler record into through small typed
+//! methods (a whole cycle through [`Metrics::record_outcome`]), the expiry of what each
+//! destination holds (a snapshot read from the state database through a [`HeldSource`] after
+//! every cycle and at every scrape; time left is computed at scrape time, so it counts down and
+//! goes negative once expired), the daemon's health as `/healthz` reports it (unhealthy while the
+//! watchdog holds a service overdue), a minimal HTTP/1 server for both, and [`push`] for
+//! one-shot runs that end before anything could scrape them.
 //!
 //! Never: carries a token, a secret or a fingerprint in a label (labels are inventory names,
 //! stages and request kinds); lets a failing scrape or push fail a cycle (callers log the error);
-//! listens anywhere but the configured address.
+//! listens anywhere but the configured address; reads the state database itself (the source is
+//! handed in).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
@@ -54,8 +59,9 @@ pub enum MetricsError {
     PushRefused { url: String, status: u16, body: String },
 }
 
-/// The pipeline stage a duration or a failure belongs to: the cycle's own.
-pub use crate::cycle::Stage;
+/// The pipeline stage a duration or a failure belongs to.
+pub use crate::outcome::Stage;
+use crate::outcome::CycleOutcome;
 /// The kind of broker request a duration belongs to: the broker's own.
 pub use crate::broker::RequestKind as BrokerRequest;
 
@@ -129,17 +135,102 @@ struct HealthState {
     overdue: BTreeSet<String>,
 }
 
+/// What one destination holds, as the state database records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub service: String,
+    pub destination: String,
+    /// When the credential it depends on expires (the Vault token for credd and Vault-token
+    /// files, the access token for access-token files).
+    pub expiry: DateTime<Utc>,
+}
+
+/// Reads what every destination in the current inventory holds. Blocking (SQLite); the error
+/// is a secret-free sentence to log.
+pub type HeldSource = Arc<dyn Fn() -> Result<Vec<Held>, String> + Send + Sync>;
+
+/// The expiry gauges, computed from the last snapshot at every scrape.
+struct HeldCollector {
+    snapshot: Mutex<BTreeMap<(String, String), DateTime<Utc>>>,
+    now: fn() -> DateTime<Utc>,
+}
+
+impl std::fmt::Debug for HeldCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for HeldCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let held = self.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let now = (self.now)();
+        encode_held(
+            &mut encoder,
+            "expiry_timestamp",
+            "Unix time at which the credential a destination holds expires (the Vault token for credd and Vault-token files, the access token for access-token files)",
+            &held,
+            |expiry| expiry.timestamp(),
+        )?;
+        encode_held(
+            &mut encoder,
+            "time_left",
+            "Seconds until the credential a destination holds expires, at scrape time; negative once it has",
+            &held,
+            |expiry| (expiry - now).num_seconds(),
+        )
+    }
+}
+
+/// One gauge family in seconds over what destinations hold.
+fn encode_held(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    held: &BTreeMap<(String, String), DateTime<Utc>>,
+    value: impl Fn(DateTime<Utc>) -> i64,
+) -> Result<(), std::fmt::Error> {
+    let seconds = Unit::Seconds;
+    let mut family = encoder.encode_descriptor(name, help, Some(&seconds), prometheus_client::metrics::MetricType::Gauge)?;
+    for ((service, destination), expiry) in held {
+        ConstGauge::new(value(*expiry)).encode(family.encode_family(&dest(service, destination))?)?;
+    }
+    Ok(())
+}
+
+/// Label values recorded so far, so that a reload can drop the series of whatever left the
+/// inventory.
+#[derive(Default)]
+struct Seen {
+    services: BTreeSet<String>,
+    destinations: BTreeSet<(String, String)>,
+}
+
 struct Inner {
     registry: Registry,
     deliveries: Family<DestinationLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     skipped: Family<ServiceLabels, Counter>,
+    missed_wakeups: Family<ServiceLabels, Counter>,
     stage_duration: HistogramFamily<StageLabels>,
     broker_duration: HistogramFamily<BrokerLabels>,
-    time_left: Family<DestinationLabels, Gauge>,
+    held: Arc<HeldCollector>,
+    held_source: Mutex<Option<HeldSource>>,
+    /// The last error of the held source, so that a lasting one is logged once.
+    held_error: Mutex<Option<String>>,
     last_cycle: Family<ServiceLabels, Gauge>,
     overdue: Family<ServiceLabels, Gauge>,
     health: Mutex<HealthState>,
+    seen: Mutex<Seen>,
+}
+
+/// A lock whose data is plain values set in single statements: consistent even after a panic
+/// elsewhere.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The product's metrics and health. Cheap to clone; every clone records into the same registry.
@@ -166,13 +257,19 @@ fn dest(service: &str, destination: &str) -> DestinationLabels {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_clock(Utc::now)
+    }
+
+    /// Metrics whose time-left gauge reads the time from `now`.
+    fn with_clock(now: fn() -> DateTime<Utc>) -> Metrics {
         let mut registry = Registry::with_prefix("token_bastion");
         let deliveries = Family::<DestinationLabels, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let skipped = Family::<ServiceLabels, Counter>::default();
+        let missed_wakeups = Family::<ServiceLabels, Counter>::default();
         let stage_duration: HistogramFamily<StageLabels> = Family::new_with_constructor(stage_histogram);
         let broker_duration: HistogramFamily<BrokerLabels> = Family::new_with_constructor(broker_histogram);
-        let time_left = Family::<DestinationLabels, Gauge>::default();
+        let held = Arc::new(HeldCollector { snapshot: Mutex::default(), now });
         let last_cycle = Family::<ServiceLabels, Gauge>::default();
         let overdue = Family::<ServiceLabels, Gauge>::default();
         registry.register("deliveries", "Tokens delivered, per service and destination", deliveries.clone());
@@ -182,6 +279,11 @@ impl Metrics {
             failures.clone(),
         );
         registry.register("skipped_runs", "Scheduled runs skipped because the previous run was still going", skipped.clone());
+        registry.register(
+            "missed_wakeups",
+            "Scheduled slots whose wake-up from the cron scheduler never came (the slot did not run)",
+            missed_wakeups.clone(),
+        );
         registry.register_with_unit(
             "stage_duration",
             "Time spent per service in each stage of a cycle",
@@ -194,12 +296,7 @@ impl Metrics {
             Unit::Seconds,
             broker_duration.clone(),
         );
-        registry.register_with_unit(
-            "time_left",
-            "Remaining lifetime of the token a destination holds, as of its last delivery or check",
-            Unit::Seconds,
-            time_left.clone(),
-        );
+        registry.register_collector(Box::new(held.clone()));
         registry.register_with_unit(
             "last_cycle_timestamp",
             "Unix time at which the service's last cycle completed",
@@ -213,38 +310,77 @@ impl Metrics {
                 deliveries,
                 failures,
                 skipped,
+                missed_wakeups,
                 stage_duration,
                 broker_duration,
-                time_left,
+                held,
+                held_source: Mutex::default(),
+                held_error: Mutex::default(),
                 last_cycle,
                 overdue,
                 health: Mutex::new(HealthState::default()),
+                seen: Mutex::default(),
             }),
         }
     }
 
     fn health_state(&self) -> MutexGuard<'_, HealthState> {
-        // Plain values set in single statements: consistent even after a panic elsewhere.
-        self.inner.health.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.health)
+    }
+
+    fn saw_service(&self, service: &str) {
+        lock(&self.inner.seen).services.insert(service.to_string());
+    }
+
+    fn saw_destination(&self, service: &str, destination: &str) {
+        let mut seen = lock(&self.inner.seen);
+        seen.services.insert(service.to_string());
+        seen.destinations.insert((service.to_string(), destination.to_string()));
+    }
+
+    /// Folds one cycle in: deliveries and failures by stage per destination (a cycle that
+    /// could not run fails every destination at `setup`), stage durations per service.
+    pub fn record_outcome(&self, outcome: &CycleOutcome) {
+        for s in outcome.services() {
+            for (stage, took) in &s.timings {
+                self.observe_stage(&s.service, *stage, *took);
+            }
+            for d in &s.destinations {
+                match d.result {
+                    Ok(()) => self.record_delivery(&s.service, &d.destination),
+                    Err(stage) => self.record_failure(&s.service, &d.destination, stage),
+                }
+            }
+        }
     }
 
     /// A service's tokens reached a destination.
     pub fn record_delivery(&self, service: &str, destination: &str) {
+        self.saw_destination(service, destination);
         self.inner.deliveries.get_or_create(&dest(service, destination)).inc();
     }
 
     /// A destination was not delivered; `stage` is where the service or host stopped.
     pub fn record_failure(&self, service: &str, destination: &str, stage: Stage) {
+        self.saw_destination(service, destination);
         let labels = FailureLabels { service: service.into(), destination: destination.into(), stage };
         self.inner.failures.get_or_create(&labels).inc();
     }
 
     /// A scheduled run was skipped because the service's previous run was still going.
     pub fn record_skipped(&self, service: &str) {
+        self.saw_service(service);
         self.inner.skipped.get_or_create(&ServiceLabels { service: service.into() }).inc();
     }
 
+    /// `count` scheduled slots of `service` got no wake-up.
+    pub fn record_missed_wakeups(&self, service: &str, count: u64) {
+        self.saw_service(service);
+        self.inner.missed_wakeups.get_or_create(&ServiceLabels { service: service.into() }).inc_by(count);
+    }
+
     pub fn observe_stage(&self, service: &str, stage: Stage, took: Duration) {
+        self.saw_service(service);
         let labels = StageLabels { service: service.into(), stage };
         self.inner.stage_duration.get_or_create(&labels).observe(took.as_secs_f64());
     }
@@ -253,18 +389,78 @@ impl Metrics {
         self.inner.broker_duration.get_or_create(&BrokerLabels { request }).observe(took.as_secs_f64());
     }
 
-    /// The token at a destination has `left` to live (negative once expired).
-    pub fn set_time_left(&self, service: &str, destination: &str, left: TimeDelta) {
-        self.inner.time_left.get_or_create(&dest(service, destination)).set(left.num_seconds());
+    /// What every destination holds now: replaces the whole snapshot, so a destination not
+    /// listed has no expiry series any more.
+    pub fn set_held(&self, held: impl IntoIterator<Item = Held>) {
+        let snapshot = held.into_iter().map(|h| ((h.service, h.destination), h.expiry)).collect();
+        *lock(&self.inner.held.snapshot) = snapshot;
     }
 
-    /// Drops a destination's time-left series (the destination left the inventory).
-    pub fn forget_destination(&self, service: &str, destination: &str) {
-        self.inner.time_left.remove(&dest(service, destination));
+    /// Where [`Metrics::refresh_held`] reads what destinations hold.
+    pub fn set_held_source(&self, source: HeldSource) {
+        *lock(&self.inner.held_source) = Some(source);
+    }
+
+    /// Reads what destinations hold from the source, if one is set. Blocking. A failing source
+    /// keeps the last snapshot and is logged (once while its error stays the same).
+    pub fn refresh_held(&self) {
+        let Some(source) = lock(&self.inner.held_source).clone() else { return };
+        let result = source();
+        let mut last_error = lock(&self.inner.held_error);
+        match result {
+            Ok(held) => {
+                self.set_held(held);
+                *last_error = None;
+            }
+            Err(e) => {
+                if last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(error = %e, "metrics: cannot read what destinations hold; the last values stay");
+                }
+                *last_error = Some(e);
+            }
+        }
+    }
+
+    /// Drops every series of a service or destination that is no longer in `inventory`
+    /// (service → its destinations), and its place in `/healthz`.
+    pub fn retain(&self, inventory: &BTreeMap<String, Vec<String>>) {
+        let inner = &self.inner;
+        let mut seen = lock(&inner.seen);
+        let gone_destinations: Vec<(String, String)> = seen
+            .destinations
+            .iter()
+            .filter(|(s, d)| !inventory.get(s).is_some_and(|ds| ds.contains(d)))
+            .cloned()
+            .collect();
+        for (service, destination) in gone_destinations {
+            inner.deliveries.remove(&dest(&service, &destination));
+            for stage in Stage::ALL {
+                inner.failures.remove(&FailureLabels { service: service.clone(), destination: destination.clone(), stage });
+            }
+            seen.destinations.remove(&(service, destination));
+        }
+        let gone_services: Vec<String> = seen.services.iter().filter(|s| !inventory.contains_key(*s)).cloned().collect();
+        for service in gone_services {
+            let labels = ServiceLabels { service: service.clone() };
+            for family in [&inner.skipped, &inner.missed_wakeups] {
+                family.remove(&labels);
+            }
+            for family in [&inner.last_cycle, &inner.overdue] {
+                family.remove(&labels);
+            }
+            for stage in Stage::ALL {
+                inner.stage_duration.remove(&StageLabels { service: service.clone(), stage });
+            }
+            self.health_state().overdue.remove(&service);
+            seen.services.remove(&service);
+        }
+        drop(seen);
+        lock(&inner.held.snapshot).retain(|(s, d), _| inventory.get(s).is_some_and(|ds| ds.contains(d)));
     }
 
     /// A service's cycle completed at `at`.
     pub fn record_cycle_completed(&self, service: &str, at: DateTime<Utc>) {
+        self.saw_service(service);
         self.inner.last_cycle.get_or_create(&ServiceLabels { service: service.into() }).set(at.timestamp());
         let mut h = self.health_state();
         h.last_cycle = Some(h.last_cycle.map_or(at, |t| t.max(at)));
@@ -272,6 +468,7 @@ impl Metrics {
 
     /// The watchdog reports `service` overdue: `/healthz` turns unhealthy until it recovers.
     pub fn mark_overdue(&self, service: &str) {
+        self.saw_service(service);
         self.inner.overdue.get_or_create(&ServiceLabels { service: service.into() }).set(1);
         self.health_state().overdue.insert(service.to_string());
     }
@@ -388,15 +585,18 @@ pub async fn push(url: &str, job: &str, metrics: &Metrics) -> Result<(), Metrics
         return Ok(());
     }
     // The Pushgateway explains a refusal in the body; enough of it to act on, not a whole page.
-    let body: String = resp.text().await.unwrap_or_default().chars().take(512).collect();
-    Err(MetricsError::PushRefused { url: shown, status: status.as_u16(), body: body.trim().to_string() })
+    let body = match crate::http::read_body(resp, crate::http::MAX_EXPLANATION_BYTES).await {
+        Ok(bytes) => crate::redact::excerpt(String::from_utf8_lossy(&bytes).trim(), 512).into_owned(),
+        Err(e) => format!("({e})"),
+    };
+    Err(MetricsError::PushRefused { url: shown, status: status.as_u16(), body })
 }
 
 // ---------------------------------------------------------------------------------------------
 // HTTP endpoint
 // ---------------------------------------------------------------------------------------------
 
-fn respond(metrics: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn respond(metrics: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -407,7 +607,14 @@ fn respond(metrics: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
-        "/metrics" => reply(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, metrics.render()),
+        "/metrics" => {
+            // What destinations hold is read fresh for every scrape (SQLite: a blocking thread).
+            let m = metrics.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || m.refresh_held()).await {
+                tracing::warn!(error = %e, "metrics: reading what destinations hold ended abnormally");
+            }
+            reply(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, metrics.render())
+        }
         "/healthz" => {
             let health = metrics.health();
             let status = if health.overdue.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -465,8 +672,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, metrics: Metrics, cancel
         let cancel = cancel.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let resp = respond(&metrics, &req);
-                async move { Ok::<_, Infallible>(resp) }
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&metrics, &req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -387,7 +387,8 @@ fn show_duration(secs: i64) -> String {
     }
 }
 
-fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
+/// A mail address as mail is sent to it (and `check` validates it).
+pub fn mailbox(address: &str) -> Result<Mailbox, NotifyError> {
     address.parse().map_err(|source| NotifyError::Address { address: address.to_string(), source })
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Owns the meaning of a `scope` claim: which capability a scope grants, when one scope covers
 //! another, and whether a granted set is both sufficient and no wider than a service may hold.
-//! Pure: no IO, no clock, no logging. It never guesses: a scope in the `storage.`/`compute.`
-//! namespace that it does not fully understand is an error, never silently a harmless name,
+//! Pure: no IO, no clock, no logging. It never guesses: a scope in the `storage.`/`compute.`/
+//! `host.` namespace that it does not fully understand is an error, never silently a harmless name,
 //! because an unknown capability must not slip past the "too wide" check.
 
 use std::fmt;
@@ -71,6 +71,27 @@ impl ComputeOp {
     }
 }
 
+/// Operations of the `host.*` scopes (profile v1.3: `host.auth`, the token conveys
+/// authorization based on its `sub`, a client's host name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostOp {
+    Auth,
+}
+
+impl HostOp {
+    pub const ALL: [HostOp; 1] = [HostOp::Auth];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostOp::Auth => "auth",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        HostOp::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+}
+
 /// One scope of a `scope` claim or of a service's declared needs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -79,6 +100,8 @@ pub enum Scope {
     Storage { op: StorageOp, path: String },
     /// `compute.<op>`, which carries no path.
     Compute(ComputeOp),
+    /// `host.auth`, which carries no path.
+    Host(HostOp),
     /// Any scope outside the capability set (`openid`, `offline_access`, `wlcg`,
     /// `wlcg.groups`, …): grants no capability and only ever matches itself.
     Other(String),
@@ -103,10 +126,19 @@ pub enum ScopeError {
     DotSegment { scope: String },
     #[error("scope {scope:?}: compute scopes take no path")]
     ComputeWithPath { scope: String },
+    #[error("scope {scope:?}: unknown host operation (host.auth)")]
+    UnknownHostOp { scope: String },
+    #[error("scope {scope:?}: host scopes take no path")]
+    HostWithPath { scope: String },
+    #[error("scope {scope:?}: a comma separates scopes in the broker request, so one scope cannot hold one (write it %2C in a path)")]
+    Comma { scope: String },
+    #[error("scope {scope:?}: scope names are case-sensitive; the profile writes {namespace}")]
+    Case { scope: String, namespace: &'static str },
 }
 
 const STORAGE_PREFIX: &str = "storage.";
 const COMPUTE_PREFIX: &str = "compute.";
+const HOST_PREFIX: &str = "host.";
 
 impl FromStr for Scope {
     type Err = ScopeError;
@@ -150,7 +182,36 @@ impl FromStr for Scope {
             let op = ComputeOp::from_name(rest).ok_or_else(|| ScopeError::UnknownComputeOp { scope: s.to_owned() })?;
             return Ok(Scope::Compute(op));
         }
+        if let Some(rest) = s.strip_prefix(HOST_PREFIX) {
+            if let Some((name, _)) = rest.split_once(':') {
+                return match HostOp::from_name(name) {
+                    Some(_) => Err(ScopeError::HostWithPath { scope: s.to_owned() }),
+                    None => Err(ScopeError::UnknownHostOp { scope: s.to_owned() }),
+                };
+            }
+            let op = HostOp::from_name(rest).ok_or_else(|| ScopeError::UnknownHostOp { scope: s.to_owned() })?;
+            return Ok(Scope::Host(op));
+        }
         Ok(Scope::Other(s.to_owned()))
+    }
+}
+
+impl Scope {
+    /// A scope as a service declares it (`required`, `allowed`): parsed as a token's would be,
+    /// and also refused when it could not travel intact in the broker's comma-separated
+    /// `scopes=` list, or when it is a capability name in the wrong case (`Storage.read:/x`
+    /// would be requested and matched as a harmless name granting nothing).
+    pub fn parse_declared(s: &str) -> Result<Scope, ScopeError> {
+        if s.contains(',') {
+            return Err(ScopeError::Comma { scope: s.to_owned() });
+        }
+        for namespace in [STORAGE_PREFIX, COMPUTE_PREFIX, HOST_PREFIX] {
+            let head = s.get(..namespace.len());
+            if head.is_some_and(|h| h != namespace && h.eq_ignore_ascii_case(namespace)) {
+                return Err(ScopeError::Case { scope: s.to_owned(), namespace });
+            }
+        }
+        s.parse()
     }
 }
 
@@ -159,6 +220,7 @@ impl fmt::Display for Scope {
         match self {
             Scope::Storage { op, path } => write!(f, "{STORAGE_PREFIX}{}:{path}", op.as_str()),
             Scope::Compute(op) => write!(f, "{COMPUTE_PREFIX}{}", op.as_str()),
+            Scope::Host(op) => write!(f, "{HOST_PREFIX}{}", op.as_str()),
             Scope::Other(name) => f.write_str(name),
         }
     }
@@ -187,6 +249,7 @@ impl Scope {
                 g_op.covers(*o_op) && path_covers(g_path, o_path)
             }
             (Scope::Compute(g), Scope::Compute(o)) => g == o,
+            (Scope::Host(g), Scope::Host(o)) => g == o,
             (Scope::Other(g), Scope::Other(o)) => g == o,
             _ => false,
         }
@@ -293,8 +356,29 @@ mod tests {
         check("compute.read:/x", err(|scope| E::ComputeWithPath { scope }, "compute.read:/x"));
         check("compute.submit", err(|scope| E::UnknownComputeOp { scope }, "compute.submit"));
         check("compute.submit:/x", err(|scope| E::UnknownComputeOp { scope }, "compute.submit:/x"));
+        check("host.auth", Ok(Scope::Host(HostOp::Auth)));
+        check("host.login", err(|scope| E::UnknownHostOp { scope }, "host.login"));
+        check("host.auth:/x", err(|scope| E::HostWithPath { scope }, "host.auth:/x"));
+        check("storage.frobnicate:/x", err(|scope| E::UnknownStorageOp { scope }, "storage.frobnicate:/x"));
         check("storage.read:/a b", err(|scope| E::BadCharacter { scope }, "storage.read:/a b"));
         check("openid\n", err(|scope| E::BadCharacter { scope }, "openid\n"));
+    }
+
+    #[test]
+    fn declared_scopes_travel_intact_in_the_broker_request() {
+        fn check(input: &str, expected: Result<Scope, ScopeError>) {
+            assert_eq!(Scope::parse_declared(input), expected, "declaring {input:?}");
+        }
+        check("storage.read:/store", Ok(s("storage.read:/store")));
+        check("host.auth", Ok(Scope::Host(HostOp::Auth)));
+        check("openid", Ok(Scope::Other("openid".into())));
+        check("storage.read:/a,storage.modify:/", Err(ScopeError::Comma { scope: "storage.read:/a,storage.modify:/".into() }));
+        check("compute.read,compute.cancel", Err(ScopeError::Comma { scope: "compute.read,compute.cancel".into() }));
+        check("Storage.read:/x", Err(ScopeError::Case { scope: "Storage.read:/x".into(), namespace: "storage." }));
+        check("COMPUTE.read", Err(ScopeError::Case { scope: "COMPUTE.read".into(), namespace: "compute." }));
+        check("Host.auth", Err(ScopeError::Case { scope: "Host.auth".into(), namespace: "host." }));
+        check("storage.frobnicate", Err(ScopeError::UnknownStorageOp { scope: "storage.frobnicate".into() }));
+        check("storage.read:/a%2Cb", Ok(s("storage.read:/a%2Cb")));
     }
 
     #[test]
@@ -362,6 +446,7 @@ mod tests {
         }
         check("storage.read:/", true);
         check("compute.cancel", true);
+        check("host.auth", true);
         check("openid", false);
         check("offline_access", false);
         check("wlcg", false);
@@ -438,8 +523,9 @@ mod tests {
         prop_oneof![
             4 => (arb_storage_op(), arb_path()).prop_map(|(op, path)| Scope::Storage { op, path }),
             1 => prop::sample::select(ComputeOp::ALL.to_vec()).prop_map(Scope::Compute),
+            1 => prop::sample::select(HostOp::ALL.to_vec()).prop_map(Scope::Host),
             1 => "[a-z][a-z_.:/]{0,12}"
-                .prop_filter("outside the capability namespaces", |t| !t.starts_with(STORAGE_PREFIX) && !t.starts_with(COMPUTE_PREFIX))
+                .prop_filter("outside the capability namespaces", |t| ![STORAGE_PREFIX, COMPUTE_PREFIX, HOST_PREFIX].iter().any(|p| t.starts_with(p)))
                 .prop_map(Scope::Other),
         ]
     }

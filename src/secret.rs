@@ -3,35 +3,50 @@
 //! Owns the [`Secret`] newtype that every token, password and passphrase travels in, and the
 //! [`Fingerprint`] by which a token is identified in logs, state and mail. A `Secret` prints as
 //! `[redacted]` in both `Debug` and `Display` and has no `Serialize`; the only way to its bytes is
-//! [`Secret::expose`], which is meant to be easy to grep for.
+//! [`Secret::expose`], which is meant to be easy to grep for. Every `Secret` registers its value
+//! with [`crate::redact`] while it lives, so that the sinks scrub it from whatever text carries
+//! it; copies share one registration.
 
 use std::fmt;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 /// A secret string: Vault token, JWT, secret_id, SMTP password, key passphrase.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Arc<Registered>);
+
+/// The value, registered with [`crate::redact`] from creation until the last copy drops.
+#[derive(PartialEq, Eq)]
+struct Registered(String);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        crate::redact::release(&self.0);
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        crate::redact::register(&value);
+        Secret(Arc::new(Registered(value)))
     }
 
     /// The secret's text. Every call site is a place where secret bytes leave the process or
     /// are handed to a library that sends them: keep them few.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.0.0
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.0.is_empty()
     }
 
     /// First 12 hex digits of the SHA-256 of the secret: enough to tell two tokens apart in a
     /// log, useless for recovering either.
     pub fn short_hash(&self) -> String {
-        short_hash_bytes(self.0.as_bytes())
+        short_hash_bytes(self.0.0.as_bytes())
     }
 }
 

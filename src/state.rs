@@ -2,8 +2,9 @@
 //!
 //! Owns `<state_dir>/state.db` — the record of runs, the audit trail of every delivery attempt,
 //! the per service × destination status that `status` prints and alerting reads, and the outbox
-//! of mail queued by a cycle — and `<state_dir>/cycle.lock`, which keeps two cycles from ever
-//! interleaving on one state directory.
+//! of mail queued by a cycle, and the token ledger (every Vault token the bastion holds or
+//! minted, and which destination files may hold it: [`LedgerToken`], [`Holding`]) — and
+//! `<state_dir>/cycle.lock`, which keeps two cycles from ever interleaving on one state directory.
 //!
 //! The API is blocking; async callers run it on `spawn_blocking`.
 //!
@@ -30,6 +31,10 @@ use serde::Serialize;
 
 use crate::notify::OutgoingMail;
 use crate::secret::Fingerprint;
+
+mod ledger;
+
+pub use ledger::{HoldState, Holding, Intent, LedgerToken, NewToken, Settled, TokenKind, TokenState};
 
 /// SQLite `application_id` of a token-bastion state database: ASCII "TkBs".
 pub const APPLICATION_ID: i32 = 0x546B_4273;
@@ -118,6 +123,40 @@ const MIGRATIONS: &[&str] = &[
         key        TEXT PRIMARY KEY,
         last_sent  INTEGER NOT NULL
     );
+    "#,
+    // 4: the token ledger. Every Vault token the bastion holds or minted, and which destination
+    // files may hold which of them; every revocation decision reads these two tables only.
+    // Token bytes stay in <state-dir>/vault/<hash>.token. What older versions kept (their token
+    // files and status.vault_root) is imported by the first cycle that finds it.
+    r#"
+    CREATE TABLE tokens (
+        hash     TEXT PRIMARY KEY,      -- short hash of the token (its fingerprint)
+        service  TEXT NOT NULL,
+        kind     TEXT NOT NULL CHECK (kind IN ('login', 'child')),
+        parent   TEXT,                  -- the login token a child was minted from
+        expiry   INTEGER,               -- NULL: never expires
+        state    TEXT NOT NULL CHECK (state IN ('live', 'revoke-pending', 'revoked', 'dead')),
+        current  INTEGER NOT NULL DEFAULT 0,   -- the login token the service's next cycle reuses
+        run_id   INTEGER,               -- the run that obtained it; NULL when imported
+        created  INTEGER NOT NULL,
+        updated  INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX tokens_current ON tokens (service) WHERE current = 1;
+    CREATE INDEX tokens_by_parent ON tokens (parent);
+    CREATE TABLE holdings (
+        service      TEXT NOT NULL,
+        destination  TEXT NOT NULL,
+        template     TEXT NOT NULL,     -- the file's path as planned (may hold {uid})
+        content      TEXT NOT NULL,     -- short hash of the bytes written; '' when not known
+        host         TEXT NOT NULL,
+        path         TEXT,              -- the resolved remote path, once known
+        token        TEXT NOT NULL,     -- hash of the Vault token those bytes carry
+        state        TEXT NOT NULL CHECK (state IN ('intended', 'holds', 'unknown', 'replaced')),
+        run_id       INTEGER,           -- the run that recorded the state
+        updated      INTEGER NOT NULL,
+        PRIMARY KEY (service, destination, template, content)
+    );
+    CREATE INDEX holdings_by_token ON holdings (token);
     "#,
 ];
 
@@ -387,6 +426,26 @@ impl StateStore {
         Ok(StateStore { conn, path })
     }
 
+    /// Opens `<state_dir>/state.db` for reading only, beside a cycle that may be writing (the
+    /// daemon's metrics read it at every scrape): nothing is created, tightened or migrated,
+    /// and a database that is not ours or is newer than this binary is refused.
+    pub fn open_read_only(state_dir: &Path) -> Result<StateStore, StateError> {
+        let path = state_dir.join(DB_FILE);
+        let open_err = |source| StateError::Open { path: path.clone(), source };
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let app_id: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(open_err)?;
+        if app_id != APPLICATION_ID {
+            return Err(StateError::ForeignDatabase { path, found: app_id });
+        }
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::TooNew { path, found: version });
+        }
+        Ok(StateStore { conn, path })
+    }
+
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -450,6 +509,7 @@ impl StateStore {
             Err(e) => (false, Some(e.as_str()), None, None, None, None),
         };
         let paths = paths.map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()));
+        let error = error.map(crate::redact::scrub);
         let at = ts(at);
         // Audit row and status change commit together or not at all.
         let tx = self.conn.unchecked_transaction().map_err(self.q("record delivery"))?;
@@ -608,7 +668,7 @@ impl StateStore {
         self.conn
             .execute(
                 "INSERT INTO outbox (created, recipients, subject, body) VALUES (?1, ?2, ?3, ?4)",
-                params![ts(Utc::now()), recipients, mail.subject, mail.body],
+                params![ts(Utc::now()), recipients, crate::redact::scrub(&mail.subject), crate::redact::scrub(&mail.body)],
             )
             .map_err(self.q("enqueue mail"))?;
         Ok(MailId(self.conn.last_insert_rowid()))
@@ -667,12 +727,12 @@ impl StateStore {
         Ok(())
     }
 
-    /// Counts a failed attempt; the mail stays pending. `error` must be secret-free.
+    /// Counts a failed attempt; the mail stays pending.
     pub fn mark_failed(&self, id: MailId, error: &str) -> Result<(), StateError> {
         self.conn
             .execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?1 WHERE id = ?2",
-                params![error, id.0],
+                params![crate::redact::scrub(error), id.0],
             )
             .map_err(self.q("mark mail failed"))?;
         Ok(())
@@ -1066,6 +1126,28 @@ mod tests {
             (ib, 2, Some("timed out"))
         );
         assert_eq!(pending[0].mail, b);
+    }
+
+    #[test]
+    fn held_secrets_are_scrubbed_from_every_text_stored() {
+        let secret = crate::secret::Secret::new("hvs.STATE-scrub-fixture-0001");
+        let echoed = format!("broker said: bad token {}", secret.expose());
+        let tmp = tempfile::tempdir().unwrap();
+        let s = StateStore::open(tmp.path()).unwrap();
+        let run = s.begin_run(RunKind::Run, &[]).unwrap();
+        s.record_delivery(run, &err_rec("svc", "credd@h", &echoed, false)).unwrap();
+        let id = s.enqueue_mail(&OutgoingMail { to: vec!["a@example.org".into()], subject: echoed.clone(), body: echoed.clone() }).unwrap();
+        s.mark_failed(id, &echoed).unwrap();
+        let shown = "broker said: bad token [redacted]";
+        assert_eq!(s.statuses().unwrap()[0].last_error.as_deref(), Some(shown));
+        let pending = s.pending_mail().unwrap();
+        assert_eq!((pending[0].mail.subject.as_str(), pending[0].mail.body.as_str()), (shown, shown));
+        assert_eq!(pending[0].last_error.as_deref(), Some(shown));
+        drop(s);
+        for f in std::fs::read_dir(tmp.path()).unwrap().flatten() {
+            let bytes = std::fs::read(f.path()).unwrap();
+            assert!(!bytes.windows(secret.expose().len()).any(|w| w == secret.expose().as_bytes()), "{}", f.path().display());
+        }
     }
 
     #[test]

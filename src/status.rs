@@ -1,17 +1,20 @@
-//! What `status` shows: per service × destination, from the state DB and the inventory.
+//! What `status` shows: per service × destination, from the state DB and the inventory; and
+//! from the token ledger, the Vault tokens that only absent destinations keep alive.
 //!
-//! Pure: takes the recorded statuses, the inventory and the time, returns rows; `main` prints
-//! them. The inventory contributes the destinations that were never delivered and each
-//! service's `expiry_warning`; the state DB contributes everything that happened.
+//! Pure: takes the recorded statuses, the ledger, the inventory and the time, returns rows;
+//! `main` prints them. The inventory contributes the destinations that were never delivered,
+//! each service's `expiry_warning` and which hosts and destinations are gone; the state DB
+//! contributes everything that happened.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::cycle::holders_of;
 use crate::inventory::Inventory;
 use crate::secret::Fingerprint;
-use crate::state::DestinationStatus;
+use crate::state::{DestinationStatus, HoldState, Holding, LedgerToken, TokenKind};
 
 /// How a destination stands, worst first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -36,12 +39,13 @@ impl Health {
         matches!(self, Health::Expired | Health::Never | Health::Expiring)
     }
 
+    /// The state as the table and `--json` both write it.
     fn label(self) -> &'static str {
         match self {
-            Health::Expired => "EXPIRED",
-            Health::Never => "NEVER",
-            Health::Expiring => "EXPIRING",
-            Health::Failing => "FAILING",
+            Health::Expired => "expired",
+            Health::Never => "never",
+            Health::Expiring => "expiring",
+            Health::Failing => "failing",
             Health::Ok => "ok",
             Health::Removed => "removed",
         }
@@ -65,6 +69,19 @@ pub struct StatusRow {
     pub consecutive_failures: u32,
     pub failing_since: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// The paths last written there (`{uid}` resolved).
+    pub paths: Vec<String>,
+}
+
+impl StatusRow {
+    /// The destination as the table shows it: a file destination by the path last written
+    /// there rather than its template.
+    fn shown_destination(&self) -> String {
+        match (self.destination.split_once(':'), self.paths.as_slice()) {
+            (Some((file_at_host, _)), [path]) if file_at_host.starts_with("file@") => format!("{file_at_host}:{path}"),
+            _ => self.destination.clone(),
+        }
+    }
 }
 
 /// One row per destination in the inventory (recorded or not) and per recorded destination no
@@ -101,6 +118,7 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
             consecutive_failures: st.consecutive_failures,
             failing_since: st.failing_since,
             last_error: st.last_error.clone(),
+            paths: st.paths.clone(),
         });
     }
     for spec in inv.iter().flat_map(|inv| inv.services.values()) {
@@ -122,6 +140,7 @@ pub fn rows(inv: Option<&Inventory>, statuses: &[DestinationStatus], now: DateTi
                 consecutive_failures: 0,
                 failing_since: None,
                 last_error: None,
+                paths: Vec::new(),
             });
         }
     }
@@ -144,32 +163,130 @@ pub fn human_duration(secs: i64) -> String {
     format!("{sign}{text}")
 }
 
-/// The human table.
-pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
-    let header = ["SERVICE", "DESTINATION", "STATE", "LAST SUCCESS", "TIME LEFT", "FAILS", "LAST ERROR"];
-    let mut table: Vec<[String; 7]> = vec![header.map(str::to_string)];
+/// A destination that may still hold a token but is not being delivered to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AbsentHolder {
+    pub destination: String,
+    pub host: String,
+    pub state: HoldState,
+    /// Why it counts as absent: removed from the inventory, or failing since when and why.
+    pub why: String,
+}
+
+/// A live Vault token, other than a service's current one, that only absent destinations
+/// (unreachable or failing, or removed from the inventory) may still hold: it stays live until
+/// they are delivered to again or `revoke --host` settles it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeptAliveRow {
+    pub service: String,
+    /// The token's short hash.
+    pub token: String,
+    pub kind: TokenKind,
+    pub expires: Option<DateTime<Utc>>,
+    pub held_at: Vec<AbsentHolder>,
+}
+
+/// Why `h`'s destination counts as absent, or `None` while it is being delivered to.
+fn absence(inv: Option<&Inventory>, statuses: &[DestinationStatus], h: &Holding) -> Option<String> {
+    if let Some(inv) = inv {
+        if !inv.hosts.contains_key(&h.host) {
+            return Some(format!("host {} removed from the inventory", h.host));
+        }
+        if !inv.services.get(&h.service).is_some_and(|s| s.destinations.iter().any(|d| d.id == h.destination)) {
+            return Some("removed from the inventory".into());
+        }
+    }
+    let st = statuses.iter().find(|s| s.service == h.service && s.destination == h.destination)?;
+    (st.consecutive_failures > 0).then(|| {
+        let since = st.failing_since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "?".into());
+        format!("failing since {since}: {}", st.last_error.as_deref().unwrap_or("unknown error"))
+    })
+}
+
+/// Every live token (not a service's current one) whose every possible holder is absent.
+pub fn kept_alive(inv: Option<&Inventory>, tokens: &[LedgerToken], holdings: &[Holding], statuses: &[DestinationStatus]) -> Vec<KeptAliveRow> {
+    tokens
+        .iter()
+        .filter(|t| t.state.is_alive() && !t.current)
+        .filter_map(|t| {
+            let holders = holders_of(t, tokens, holdings);
+            let held_at: Vec<AbsentHolder> = holders
+                .iter()
+                .map_while(|h| {
+                    absence(inv, statuses, h).map(|why| AbsentHolder { destination: h.destination.clone(), host: h.host.clone(), state: h.state, why })
+                })
+                .collect();
+            (!holders.is_empty() && held_at.len() == holders.len()).then(|| KeptAliveRow {
+                service: t.service.clone(),
+                token: t.hash.clone(),
+                kind: t.kind,
+                expires: t.expiry.and_then(|e| DateTime::from_timestamp(e, 0)),
+                held_at,
+            })
+        })
+        .collect()
+}
+
+fn kind_label(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Login => "login",
+        TokenKind::Child => "child",
+    }
+}
+
+fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into())
+}
+
+/// The human table of tokens only absent destinations keep alive (empty when there are none).
+pub fn render_kept_alive(rows: &[KeptAliveRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut table = vec![["SERVICE", "TOKEN", "KIND", "EXPIRES", "MAY BE HELD AT"].map(str::to_string).to_vec()];
     for r in rows {
-        let last = r.last_success.map(|t| format!("{} ({} ago)", t.format("%Y-%m-%d %H:%M"), human_duration((now - t).num_seconds())));
-        let left = r.time_left_secs.map(human_duration);
-        let error = if r.consecutive_failures > 0 { r.last_error.clone().unwrap_or_default() } else { String::new() };
-        table.push([
-            r.service.clone(),
-            r.destination.clone(),
-            r.health.label().to_string(),
-            last.unwrap_or_else(|| "never".into()),
-            left.unwrap_or_else(|| "-".into()),
-            r.consecutive_failures.to_string(),
-            error,
+        let held: Vec<String> = r.held_at.iter().map(|h| format!("{} ({}: {})", h.destination, h.host, h.why)).collect();
+        table.push(vec![r.service.clone(), format!("sha256={}", r.token), kind_label(r.kind).into(), when(r.expires), held.join("; ")]);
+    }
+    let hosts: BTreeSet<&str> = rows.iter().flat_map(|r| r.held_at.iter().map(|h| h.host.as_str())).collect();
+    format!(
+        "\nVault tokens kept alive only by absent destinations (revoked once those are delivered to again, or now with: {}):\n{}",
+        hosts.iter().map(|h| format!("token-bastion revoke --host {h}")).collect::<Vec<_>>().join(", "),
+        render(&table)
+    )
+}
+
+/// The human table of the whole ledger: every token, its state and where it may be held.
+pub fn render_ledger(tokens: &[LedgerToken], holdings: &[Holding]) -> String {
+    let mut table = vec![["SERVICE", "TOKEN", "KIND", "STATE", "EXPIRES", "PARENT", "MAY BE HELD AT"].map(str::to_string).to_vec()];
+    for t in tokens {
+        let held: Vec<String> =
+            holdings.iter().filter(|h| h.token == t.hash && h.state.may_hold()).map(|h| format!("{} ({})", h.destination, h.state.as_str())).collect();
+        let state = if t.current { format!("{} (current)", t.state.as_str()) } else { t.state.as_str().to_string() };
+        table.push(vec![
+            t.service.clone(),
+            format!("sha256={}", t.hash),
+            kind_label(t.kind).into(),
+            state,
+            when(t.expiry.and_then(|e| DateTime::from_timestamp(e, 0))),
+            t.parent.clone().unwrap_or_else(|| "-".into()),
+            if held.is_empty() { "-".into() } else { held.join(", ") },
         ]);
     }
-    let mut widths = [0usize; 7];
-    for row in &table {
+    render(&table)
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+fn render(table: &[Vec<String>]) -> String {
+    let columns = table.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for row in table {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &table {
+    for row in table {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -182,6 +299,27 @@ pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The human table.
+pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
+    let header = ["SERVICE", "DESTINATION", "STATE", "LAST SUCCESS", "TIME LEFT", "FAILS", "LAST ERROR"];
+    let mut table: Vec<Vec<String>> = vec![header.map(str::to_string).to_vec()];
+    for r in rows {
+        let last = r.last_success.map(|t| format!("{} ({} ago)", t.format("%Y-%m-%d %H:%M"), human_duration((now - t).num_seconds())));
+        let left = r.time_left_secs.map(human_duration);
+        let error = if r.consecutive_failures > 0 { r.last_error.clone().unwrap_or_default() } else { String::new() };
+        table.push(vec![
+            r.service.clone(),
+            r.shown_destination(),
+            r.health.label().to_string(),
+            last.unwrap_or_else(|| "never".into()),
+            left.unwrap_or_else(|| "-".into()),
+            r.consecutive_failures.to_string(),
+            error,
+        ]);
+    }
+    render(&table)
 }
 
 #[cfg(test)]
@@ -262,6 +400,85 @@ services:
     fn attention_is_needed_for_expired_never_and_expiring_only() {
         assert!(Health::Expired.needs_attention() && Health::Never.needs_attention() && Health::Expiring.needs_attention());
         assert!(!Health::Ok.needs_attention() && !Health::Failing.needs_attention() && !Health::Removed.needs_attention());
+    }
+
+    #[test]
+    fn tokens_only_absent_destinations_hold_are_listed() {
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
+        let now = Utc::now();
+        let token = |hash: &str, kind: TokenKind, parent: Option<&str>, current: bool| LedgerToken {
+            hash: hash.into(),
+            service: "a".into(),
+            kind,
+            parent: parent.map(str::to_string),
+            expiry: Some(now.timestamp() + 3600),
+            state: crate::state::TokenState::Live,
+            current,
+            run_id: None,
+            created: 0,
+            updated: 0,
+        };
+        let held = |dest: &str, host: &str, hash: &str| Holding {
+            service: "a".into(),
+            destination: dest.into(),
+            host: host.into(),
+            template: "/x".into(),
+            path: None,
+            content: "c".into(),
+            token: hash.into(),
+            state: HoldState::Holds,
+            run_id: None,
+            updated: 0,
+        };
+        let tokens = vec![
+            token("current", TokenKind::Login, None, true),
+            token("old", TokenKind::Login, None, false),
+            token("parent", TokenKind::Login, None, false),
+            token("child", TokenKind::Child, Some("parent"), false),
+            token("mixed", TokenKind::Login, None, false),
+        ];
+        let holdings = vec![
+            held("credd@s1", "s1", "current"),
+            held("credd@gone", "gone", "old"),
+            held("file@s1:/tmp/vt_u{uid}-cms", "s1", "child"),
+            held("credd@gone", "gone", "mixed"),
+            held("credd@s1", "s1", "mixed"),
+        ];
+        let file = "file@s1:/tmp/vt_u{uid}-cms";
+        // s1's file destination is failing: the child (and through it the parent) is kept alive by it.
+        let statuses = vec![status("a", "credd@s1", Some(86400), 0, now), status("a", file, Some(86400), 2, now)];
+        let rows = kept_alive(Some(&inv), &tokens, &holdings, &statuses);
+        let got: Vec<(&str, Vec<&str>)> = rows.iter().map(|r| (r.token.as_str(), r.held_at.iter().map(|h| h.why.as_str()).collect())).collect();
+        assert_eq!(
+            got,
+            [
+                ("old", vec!["host gone removed from the inventory"]),
+                ("parent", vec!["failing since ?: deliver: refused"]),
+                ("child", vec!["failing since ?: deliver: refused"]),
+            ]
+        );
+        let shown = render_kept_alive(&rows);
+        assert!(shown.contains("token-bastion revoke --host gone, token-bastion revoke --host s1") && shown.contains("sha256=old"), "{shown}");
+        assert_eq!(render_kept_alive(&[]), "");
+        let ledger = render_ledger(&tokens, &holdings);
+        assert!(ledger.contains("live (current)") && ledger.contains("credd@gone (holds), credd@s1 (holds)"), "{ledger}");
+    }
+
+    #[test]
+    fn the_table_and_json_name_states_alike_and_show_the_file_path_written() {
+        let now = Utc::now();
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
+        let mut file = status("a", "file@s1:/tmp/vt_u{uid}-cms", Some(86400), 0, now);
+        file.paths = vec!["/tmp/vt_u1000-cms".into()];
+        let rows = rows(Some(&inv), &[status("a", "credd@s1", Some(-5), 0, now), file], now);
+        let json = serde_json::to_value(&rows).unwrap();
+        let table = render_table(&rows, now);
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(json[i]["health"], r.health.label());
+            assert!(table.lines().any(|l| l.split_whitespace().nth(2) == Some(r.health.label())), "{table}");
+        }
+        assert!(table.contains("file@s1:/tmp/vt_u1000-cms "), "{table}");
+        assert_eq!(json[1]["paths"][0], "/tmp/vt_u1000-cms");
     }
 
     #[test]

@@ -6,33 +6,12 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-venv="${XDG_CACHE_HOME:-$HOME/.cache}/token-bastion/ansible-venv"
-passed=0
-failed=0
-pass() { echo "PASS: $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL: $1"; failed=$((failed + 1)); }
-summary() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; }
-
-if [ ! -x "$venv/bin/ansible-playbook" ]; then
-    echo "Installing ansible-core into $venv"
-    if ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    fi
-    rm -rf "$venv"
-    if ! { /usr/bin/python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check ansible-core; }; then
-        fail "install ansible-core into $venv"
-        summary
-        exit 1
-    fi
-fi
+. ansible/tests/lib.sh
+ensure_ansible
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-export ANSIBLE_HOME="$tmp/ansible-home" ANSIBLE_LOCAL_TEMP="$tmp/local" ANSIBLE_REMOTE_TEMP="$tmp/remote"
-export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=false ANSIBLE_LOCALHOST_WARNING=false
-: >"$tmp/ansible.cfg"  # no ansible.cfg from the working directory or the home directory
-export ANSIBLE_INVENTORY_UNPARSED_WARNING=false ANSIBLE_CONFIG="$tmp/ansible.cfg"
-bin="$venv/bin"
+ansible_env "$tmp"
 
 # 1. The sample inventory parses and puts a host in the group site.yml targets.
 if "$bin/ansible-inventory" -i ansible/inventory.example.yml --graph token_bastion >"$tmp/inventory.log" 2>&1 \
@@ -62,10 +41,10 @@ if "$bin/ansible-playbook" -i localhost, -c local ansible/tests/render.yml \
     -e out_dir="$tmp/out" -e services_example="$PWD/services.yaml" \
     -e token_bastion_binary_path="$tmp/bin/token-bastion" \
     -e '{"token_bastion_environment": {"KRB5_CONFIG": "/etc/krb5.conf"}}' >"$tmp/render.log" 2>&1; then
-    pass "templates render; services.yaml from a variable reads back as the same inventory"
+    pass "templates render; services.yaml from a variable reads back as the same inventory; CA paths end in one slash"
 else
     cat "$tmp/render.log"
-    fail "templates render; services.yaml from a variable reads back as the same inventory"
+    fail "templates render; services.yaml from a variable reads back as the same inventory; CA paths end in one slash"
 fi
 
 # 4. The rendered unit, as systemd reads it.

@@ -1,11 +1,11 @@
 //! The Vault token lifecycle, as condor_vault_storer keeps it: one login token per service,
 //! reused for weeks and delivered to the credd; a child of it, with its own shorter TTL, for each
-//! Vault-token file; superseded tokens revoked only once nothing depends on them; and the
-//! `revoke` drill that takes a service's credentials off its destinations and kills its tokens.
+//! Vault-token file; and the `revoke` drill that takes a service's credentials off its
+//! destinations and kills its tokens, or settles the tokens only an absent host keeps alive.
 //!
 //! Vault tokens form trees: revoking a parent kills its children, and the credmon deletes a
-//! `.top` whose token gets `permission denied`. So a login token is never revoked while any
-//! destination's recorded `vault_root` still names it.
+//! `.top` whose token gets `permission denied`. Which token may be revoked when is the
+//! ledger's rule ([`super::ledger`]); this module mints and asks.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::plan::{file_root, host_target, owner, Results};
+use super::ledger::{holders_of, Ledger};
+use super::obtain::{expiry_of, record_or_revoke};
+use super::plan::{file_root, host_target, owner};
 use super::{error_chain, now_unix, CycleOptions, CycleSetupError, Ctx, DestinationKind, FileContent, RunReport, ServiceReport};
 use crate::broker::Broker;
 use crate::deliver::Removal;
 use crate::inventory::{HostSpec, Inventory, ServiceSpec};
-use crate::keep::{Kept, TokenKeeper};
+use crate::keep::TokenKeeper;
 use crate::secret::Secret;
-use crate::state::{DestinationStatus, StateStore};
+use crate::state::{DestinationStatus, Holding, LedgerToken, NewToken, StateStore, TokenKind};
 
 /// How much earlier than its parent a child token expires.
 const CHILD_MARGIN_SECS: i64 = 60;
@@ -37,7 +39,7 @@ pub(super) type Children = BTreeMap<(String, String), Result<Child, String>>;
 
 /// Mints, for every Vault-token file of every service that obtained valid tokens, a child of
 /// the login token whose TTL is the destination's `ttl` but never beyond what the parent has
-/// left. A dry run mints nothing.
+/// left, and records it in the ledger before anything uses it. A dry run mints nothing.
 pub(super) async fn mint_children(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport]) -> Children {
     let mut children = Children::new();
     if ctx.dry_run {
@@ -53,9 +55,15 @@ pub(super) async fn mint_children(ctx: &Ctx<'_>, services: &[&ServiceSpec], repo
             let ttl = (*ttl).min(tokens.vault_ttl).min(Duration::from_secs(parent_left));
             let child = match ctx.broker.create_child(&tokens.vault_token, ttl).await {
                 Ok(login) => {
+                    let parent = tokens.vault_token.short_hash();
                     info!(service = %spec.name, host = %dest.host, destination = %dest.id, vault = %login.token.short_hash(),
-                          parent = %tokens.vault_token.short_hash(), ttl = %humantime::format_duration(ttl), "child token minted");
-                    Ok(Child { expiry: now_unix() + i64::try_from(ttl.min(login.lease).as_secs()).unwrap_or(i64::MAX), token: login.token })
+                          parent = %parent, ttl = %humantime::format_duration(ttl), "child token minted");
+                    let expiry = expiry_of(ttl.min(login.lease)).unwrap_or(tokens.vault_expiry);
+                    let row = NewToken { hash: login.token.short_hash(), service: spec.name.clone(), kind: TokenKind::Child, parent: Some(parent), expiry: Some(expiry) };
+                    match record_or_revoke(&ctx.ledger, &ctx.broker, Some(ctx.run), &login.token, row).await {
+                        Ok(()) => Ok(Child { expiry, token: login.token }),
+                        Err(reason) => Err(format!("deliver: child token: {reason}")),
+                    }
                 }
                 Err(e) => Err(format!("deliver: cannot mint a child token: {}", error_chain(&e))),
             };
@@ -63,75 +71,6 @@ pub(super) async fn mint_children(ctx: &Ctx<'_>, services: &[&ServiceSpec], repo
         }
     }
     children
-}
-
-/// After delivery: a child that landed is kept and the one it replaced is revoked; a child that
-/// did not land is revoked at once (the destination keeps its old one).
-pub(super) async fn settle_children(ctx: &Ctx<'_>, children: Children, results: &Results) {
-    for ((service, dest), child) in children {
-        let Ok(child) = child else { continue };
-        let delivered = matches!(results.get(&(service.clone(), dest.clone())), Some(Ok(_)));
-        if !delivered {
-            revoke_token(&ctx.broker, &child.token, &service, "child token that was not delivered").await;
-            continue;
-        }
-        match ctx.keeper.set_child(&service, &dest, &child.token) {
-            Ok(Some(old)) => {
-                revoke_token(&ctx.broker, &old.token, &service, "child token replaced at its destination").await;
-            }
-            Ok(None) => {}
-            Err(e) => warn!(service = %service, destination = %dest, error = %e, "cannot keep the delivered child token"),
-        }
-    }
-}
-
-/// Revokes a token with its own `revoke-self`; `true` when it is gone (also when Vault already
-/// refuses it: expired or revoked before).
-async fn revoke_token(broker: &Broker, token: &Secret, service: &str, what: &str) -> bool {
-    match broker.revoke_self(token).await {
-        Ok(()) => {
-            info!(service = %service, vault = %token.short_hash(), "{what} revoked");
-            true
-        }
-        Err(e) if e.is_permission_denied() => {
-            info!(service = %service, vault = %token.short_hash(), "{what} was already dead");
-            true
-        }
-        Err(e) => {
-            warn!(service = %service, vault = %token.short_hash(), error = %error_chain(&e), "cannot revoke {what}");
-            false
-        }
-    }
-}
-
-/// Revokes each superseded login token of the run's services that no destination depends on
-/// any more (every destination now holds its replacement or a child of it).
-pub(super) async fn retire_superseded(ctx: &Ctx<'_>, services: &[&ServiceSpec], statuses: &[DestinationStatus]) {
-    for spec in services {
-        let superseded = match ctx.keeper.superseded(&spec.name) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(service = %spec.name, error = %e, "cannot read superseded Vault tokens");
-                continue;
-            }
-        };
-        for old in superseded {
-            let hash = old.token.short_hash();
-            let users: Vec<&str> = statuses
-                .iter()
-                .filter(|s| s.service == spec.name && s.vault_root.as_deref() == Some(hash.as_str()))
-                .map(|s| s.destination.as_str())
-                .collect();
-            if !users.is_empty() {
-                info!(service = %spec.name, vault = %hash, still_at = ?users, "superseded Vault token kept: destinations still depend on it");
-                continue;
-            }
-            if revoke_token(&ctx.broker, &old.token, &spec.name, "superseded Vault token").await
-                && let Err(e) = ctx.keeper.forget(&old) {
-                    warn!(service = %spec.name, error = %e, "cannot delete a revoked token's file");
-                }
-        }
-    }
 }
 
 /// A service no longer in the inventory that still has credentials out there or tokens kept.
@@ -151,16 +90,17 @@ impl Orphan {
     }
 }
 
-/// Removed services with recorded destinations or kept tokens: never left behind silently.
-pub(super) fn orphans(inv: &Inventory, keeper: &TokenKeeper, statuses: &[DestinationStatus]) -> Vec<Orphan> {
+/// Removed services with recorded destinations or live tokens in the ledger: never left behind
+/// silently.
+pub(super) fn orphans(inv: &Inventory, tokens: &[LedgerToken], statuses: &[DestinationStatus]) -> Vec<Orphan> {
     let mut out: Vec<Orphan> = statuses
         .iter()
         .filter(|s| !inv.services.contains_key(&s.service) && s.last_success.is_some())
         .map(|s| Orphan { service: s.service.clone(), destination: s.destination.clone(), host: s.host.clone() })
         .collect();
-    for service in keeper.services().unwrap_or_default() {
-        if !inv.services.contains_key(&service) && !out.iter().any(|o| o.service == service) {
-            out.push(Orphan { service, destination: "kept Vault tokens".into(), host: "bastion".into() });
+    for t in tokens.iter().filter(|t| t.state.is_alive()) {
+        if !inv.services.contains_key(&t.service) && !out.iter().any(|o| o.service == t.service) {
+            out.push(Orphan { service: t.service.clone(), destination: "kept Vault tokens".into(), host: "bastion".into() });
         }
     }
     for o in &out {
@@ -213,7 +153,7 @@ fn removal(host: &HostSpec, path: String) -> Removal {
         Some(spool) if path.strip_prefix(spool).is_some_and(|rest| rest.starts_with('/')) => {
             Removal { root: spool.to_string(), dir_owner: Some(owner(&host.spool_owner)), path }
         }
-        _ => Removal { root: file_root(&path), dir_owner: None, path },
+        _ => Removal { root: file_root(host, &path), dir_owner: None, path },
     }
 }
 
@@ -233,21 +173,18 @@ pub fn revoke(
     let mut report = RevokeReport::default();
     {
         let _lock = super::take_lock(state_dir, lock_wait)?;
-        let store = StateStore::open(state_dir)?;
-        let keeper = TokenKeeper::open(state_dir)?;
-        let broker = Broker::new(&inv.broker.client_config()).map_err(|e| CycleSetupError::Cycle(super::CycleError::Broker(e)))?;
-        let statuses = store.statuses()?;
+        let (ledger, broker, statuses) = open_ledger(inv, state_dir)?;
         let targets: Vec<&DestinationStatus> =
             statuses.iter().filter(|s| s.service == service && host.is_none_or(|h| s.host == h)).collect();
 
         // Tokens first: once revoked, whatever is left on a host no longer works, even if it
-        // cannot be reached to be removed.
-        let kept: Vec<Kept> = keeper.all(service)?;
+        // cannot be reached to be removed. Children first: a parent takes them along.
+        let mut tokens: Vec<LedgerToken> = ledger.db(|s| s.tokens())?.into_iter().filter(|t| t.service == service && t.state.is_alive()).collect();
+        tokens.sort_by_key(|t| t.kind == TokenKind::Login);
         runtime.block_on(async {
-            for k in &kept {
-                let ok = revoke_token(&broker, &k.token, service, "kept Vault token").await;
-                let outcome = if ok { keeper.forget(k).map_err(|e| e.to_string()) } else { Err("revocation failed; see the log".into()) };
-                report.revoked.push((k.token.short_hash(), outcome));
+            for t in &tokens {
+                let outcome = ledger.retire(&broker, &t.hash, service, "kept Vault token").await;
+                report.revoked.push((t.hash.clone(), outcome));
             }
         });
 
@@ -282,7 +219,10 @@ pub fn revoke(
                     }
                 };
                 if result.is_ok() {
-                    store.forget_destination(&st.service, &st.destination)?;
+                    ledger.db(|s| {
+                        s.forget_destination(&st.service, &st.destination)?;
+                        s.forget_holdings(&st.service, &st.destination)
+                    })?;
                     info!(service = %service, host = %host_name, destination = %st.destination, "credentials removed");
                 } else {
                     warn!(service = %service, host = %host_name, destination = %st.destination, "credentials not removed");
@@ -293,10 +233,70 @@ pub fn revoke(
     }
 
     // A compromised schedd: the others lost their tokens with the revocation; give them new
-    // ones now rather than at the next scheduled cycle.
+    // ones now rather than at the next scheduled cycle. (The cycle takes the lock itself.)
     if let (Some(h), true) = (host, inv.services.contains_key(service)) {
         let opts = CycleOptions { skip_hosts: vec![h.to_string()], ..CycleOptions::services(vec![service.to_string()]) };
         report.redelivered = Some(super::run_once(inv, state_dir, &opts, runtime, lock_wait)?);
     }
+    Ok(report)
+}
+
+/// The ledger of `state_dir` (with anything an older version kept imported), a broker client,
+/// and the recorded destinations.
+fn open_ledger(inv: &Inventory, state_dir: &Path) -> Result<(Ledger, Broker, Vec<DestinationStatus>), CycleSetupError> {
+    let store = StateStore::open(state_dir)?;
+    let keeper = TokenKeeper::open(state_dir)?;
+    let broker = Broker::new(&inv.broker.client_config()).map_err(|e| CycleSetupError::Cycle(super::CycleError::Broker(e)))?;
+    let statuses = store.statuses()?;
+    let ledger = Ledger::new(store, keeper);
+    super::ledger::adopt_legacy(&ledger, inv, &statuses)?;
+    Ok((ledger, broker, statuses))
+}
+
+/// A live token that only destinations on absent hosts may still hold, with those holders.
+#[derive(Clone, Debug)]
+pub struct KeptAlive<'a> {
+    pub token: &'a LedgerToken,
+    pub holders: Vec<&'a Holding>,
+}
+
+/// Live tokens, other than a service's current one, that only destinations on `host` may
+/// still hold (themselves or through a live child).
+pub fn kept_alive_by<'a>(host: &str, tokens: &'a [LedgerToken], holdings: &'a [Holding]) -> Vec<KeptAlive<'a>> {
+    tokens
+        .iter()
+        .filter(|t| t.state.is_alive() && !t.current)
+        .filter_map(|t| {
+            let holders = holders_of(t, tokens, holdings);
+            (!holders.is_empty() && holders.iter().all(|h| h.host == host)).then_some(KeptAlive { token: t, holders })
+        })
+        .collect()
+}
+
+/// `revoke --host HOST` without a service: revokes every token that only destinations on
+/// `host` may still hold (an unreachable schedd, or one removed from the inventory), which
+/// nothing else needs. Current login tokens stay: the other destinations hold them. What the
+/// host's files hold stops working; the next delivery there replaces it.
+pub fn settle_host(
+    inv: &Inventory,
+    state_dir: &Path,
+    host: &str,
+    runtime: &tokio::runtime::Handle,
+    lock_wait: Duration,
+) -> Result<RevokeReport, CycleSetupError> {
+    let _lock = super::take_lock(state_dir, lock_wait)?;
+    let (ledger, broker, _) = open_ledger(inv, state_dir)?;
+    let (tokens, holdings) = ledger.db(|s| Ok((s.tokens()?, s.holdings()?)))?;
+    let mut kept = kept_alive_by(host, &tokens, &holdings);
+    kept.sort_by_key(|k| k.token.kind == TokenKind::Login);
+    let mut report = RevokeReport::default();
+    runtime.block_on(async {
+        for k in &kept {
+            let held_at: Vec<&str> = k.holders.iter().map(|h| h.destination.as_str()).collect();
+            info!(service = %k.token.service, vault = %k.token.hash, host, held_at = ?held_at, "kept alive only by this host: revoking");
+            let outcome = ledger.retire(&broker, &k.token.hash, &k.token.service, "Vault token only this host held").await;
+            report.revoked.push((k.token.hash.clone(), outcome));
+        }
+    });
     Ok(report)
 }

@@ -6,15 +6,17 @@
 //! meaningless (no usable broker client, an unknown `--service`) are the only errors returned;
 //! everything else is a line in the [`RunReport`].
 
+mod ledger;
 mod lifecycle;
 mod mail;
 mod obtain;
 mod plan;
 
-pub use lifecycle::{revoke, RevokeReport};
+pub use ledger::{holders_of, LedgerError};
+pub use lifecycle::{kept_alive_by, revoke, settle_host, KeptAlive, RevokeReport};
 pub use mail::{expiring, smtp_config};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::broker::{AccessRequest, Broker};
@@ -30,7 +33,8 @@ use crate::jwks::{IssuerSource, JwksCache};
 use crate::keep::{KeepError, TokenKeeper};
 use crate::notify::{NotifyError, OutboxReport, Templates};
 use crate::secret::{Fingerprint, Secret};
-use crate::state::{CycleLock, Delivered, DeliveryRecord, LockError, RunId, RunKind, RunOutcome, StateError, StateStore};
+use crate::state::{CycleLock, Delivered, DeliveryRecord, DestinationStatus, LockError, RunId, RunKind, RunOutcome, StateError, StateStore};
+use ledger::Ledger;
 use crate::validate::ValidatedToken;
 
 /// How many services talk to the broker at once.
@@ -50,10 +54,14 @@ pub struct CycleOptions {
     pub skip_hosts: Vec<String>,
     /// Started by the daemon's scheduler rather than by hand.
     pub scheduled: bool,
-    /// Set when shutdown's grace period ends: writes not yet renamed into place are abandoned.
-    pub abandon: Arc<AtomicBool>,
+    /// Cancelled when shutdown's grace period ends: the lock wait gives up, no later stage,
+    /// host or file starts, and writes not yet renamed into place are abandoned.
+    pub cancel: CancellationToken,
     /// Told of progress and broker request durations (a TTY progress bar, metrics).
     pub observer: Option<Observer>,
+    /// Issuer keys that outlive the cycle (the daemon's); without one, the cycle loads the keys
+    /// persisted in the state directory.
+    pub jwks: Option<Arc<JwksCache>>,
 }
 
 /// What a cycle reports as it goes. Every method has a no-op default.
@@ -84,8 +92,9 @@ impl CycleOptions {
             dry_run: false,
             skip_hosts: Vec::new(),
             scheduled: false,
-            abandon: Arc::new(AtomicBool::new(false)),
+            cancel: CancellationToken::new(),
             observer: None,
+            jwks: None,
         }
     }
 }
@@ -100,34 +109,8 @@ pub enum CycleError {
     Issuer { issuer: String, #[source] source: crate::http::HttpError },
 }
 
-/// The stage at which a service stopped (also the `stage` label of metrics).
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    Login,
-    Lookup,
-    Fetch,
-    Validate,
-    Deliver,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Login => "login",
-            Stage::Lookup => "lookup",
-            Stage::Fetch => "fetch",
-            Stage::Validate => "validate",
-            Stage::Deliver => "deliver",
-        }
-    }
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The stage at which a service stopped: shared with the daemon and metrics.
+pub use crate::outcome::Stage;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StageFailure {
@@ -189,12 +172,16 @@ pub struct RunReport {
     pub services: Vec<ServiceReport>,
     /// Mail handed to the relay / left queued in the outbox by this run.
     pub mail: OutboxReport,
+    /// What the state database could not record (secret-free): the run is not a success, and
+    /// the next run recovers what it can from the intents it did record.
+    pub state_errors: Vec<String>,
 }
 
 impl RunReport {
-    /// True when every selected service got through every stage to every destination.
+    /// True when every selected service got through every stage to every destination and
+    /// everything was recorded.
     pub fn all_ok(&self) -> bool {
-        self.services.iter().all(|s| s.tokens.is_ok() && s.destinations.iter().all(|d| d.result.is_ok()))
+        self.state_errors.is_empty() && self.services.iter().all(|s| s.tokens.is_ok() && s.destinations.iter().all(|d| d.result.is_ok()))
     }
 
     pub fn destinations(&self) -> impl Iterator<Item = (&str, &DestinationReport)> {
@@ -218,6 +205,10 @@ pub enum CycleSetupError {
     Runtime(#[source] std::io::Error),
     #[error("{0}")]
     Keep(#[from] KeepError),
+    #[error("token ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("shutting down: the cycle did not start")]
+    Cancelled,
 }
 
 fn selected<'a>(inv: &'a Inventory, opts: &CycleOptions) -> Result<Vec<&'a ServiceSpec>, CycleError> {
@@ -234,8 +225,9 @@ fn selected<'a>(inv: &'a Inventory, opts: &CycleOptions) -> Result<Vec<&'a Servi
         .collect()
 }
 
-/// The JWKS cache for every configured issuer, each reached with its own CA.
-pub fn jwks_cache(inv: &Inventory) -> Result<JwksCache, CycleError> {
+/// The JWKS cache for every configured issuer, each reached with its own CA, holding the keys
+/// persisted in `state_dir` (and persisting what it fetches there).
+pub fn jwks_cache(inv: &Inventory, state_dir: &Path) -> Result<JwksCache, CycleError> {
     let sources = inv
         .issuers
         .values()
@@ -245,7 +237,7 @@ pub fn jwks_cache(inv: &Inventory) -> Result<JwksCache, CycleError> {
             Ok(IssuerSource { issuer: i.url.clone(), client })
         })
         .collect::<Result<Vec<_>, CycleError>>()?;
-    Ok(JwksCache::new(sources))
+    Ok(JwksCache::new(sources).persisted_at(&state_dir.join(crate::jwks::CACHE_FILE)))
 }
 
 fn now_unix() -> i64 {
@@ -254,21 +246,32 @@ fn now_unix() -> i64 {
 
 /// What the broker is asked for on behalf of `spec`.
 pub fn access_request(spec: &ServiceSpec) -> AccessRequest {
-    AccessRequest {
-        credkey: spec.credkey.clone(),
-        role: spec.role.clone(),
-        scopes: spec.requested_scopes(),
-        audiences: spec.audience.iter().cloned().collect(),
-        minimum_seconds: spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN,
-    }
+    spec.access_request(spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN)
 }
+
+/// How often a lock wait looks at its cancellation token.
+const LOCK_WAIT_SLICE: Duration = Duration::from_secs(1);
 
 /// The state directory's cycle lock, waiting up to `wait` for another holder.
 fn take_lock(state_dir: &Path, wait: Duration) -> Result<CycleLock, CycleSetupError> {
-    CycleLock::acquire(state_dir, Some(wait)).map_err(|e| match e {
-        LockError::Busy { .. } => CycleSetupError::Busy(e),
-        other => CycleSetupError::Lock(other),
-    })
+    take_lock_unless(state_dir, wait, &CancellationToken::new())
+}
+
+/// [`take_lock`] that gives up as soon as `cancel` fires.
+fn take_lock_unless(state_dir: &Path, wait: Duration, cancel: &CancellationToken) -> Result<CycleLock, CycleSetupError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(CycleSetupError::Cancelled);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match CycleLock::acquire(state_dir, Some(left.min(LOCK_WAIT_SLICE))) {
+            Ok(lock) => return Ok(lock),
+            Err(e @ LockError::Busy { .. }) if left <= LOCK_WAIT_SLICE => return Err(CycleSetupError::Busy(e)),
+            Err(LockError::Busy { .. }) => {}
+            Err(other) => return Err(CycleSetupError::Lock(other)),
+        }
+    }
 }
 
 /// What every stage of one cycle shares: cheap to clone into tasks.
@@ -277,9 +280,13 @@ pub(crate) struct Ctx<'a> {
     pub inv: &'a Inventory,
     pub broker: Broker,
     pub jwks: Arc<JwksCache>,
-    pub keeper: TokenKeeper,
+    pub ledger: Ledger,
+    pub run: RunId,
     pub dry_run: bool,
     pub skip_hosts: &'a [String],
+    /// Grace over: no later stage or host starts.
+    pub cancel: CancellationToken,
+    /// The same, as the flag `deliver` reads between files.
     pub abandon: Arc<AtomicBool>,
     pub observer: Option<Observer>,
     /// Each service × destination as recorded before this cycle.
@@ -289,12 +296,14 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(
+    fn new(
         inv: &'a Inventory,
-        keeper: TokenKeeper,
+        ledger: Ledger,
+        run: RunId,
         opts: &'a CycleOptions,
         state_dir: &'a Path,
-        prior: Vec<crate::state::DestinationStatus>,
+        prior: Vec<DestinationStatus>,
+        abandon: Arc<AtomicBool>,
     ) -> Result<Self, CycleError> {
         let mut broker = Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?;
         if let Some(Observer(o)) = &opts.observer {
@@ -307,11 +316,16 @@ impl<'a> Ctx<'a> {
             observer: opts.observer.clone(),
             prior: prior.into_iter().map(|st| ((st.service.clone(), st.destination.clone()), st)).collect(),
             broker,
-            jwks: Arc::new(jwks_cache(inv)?),
-            keeper,
+            jwks: match &opts.jwks {
+                Some(cache) => cache.clone(),
+                None => Arc::new(jwks_cache(inv, state_dir)?),
+            },
+            ledger,
+            run,
             dry_run: opts.dry_run,
             skip_hosts: &opts.skip_hosts,
-            abandon: opts.abandon.clone(),
+            cancel: opts.cancel.clone(),
+            abandon,
         })
     }
 }
@@ -327,7 +341,16 @@ pub fn run_once(
     lock_wait: Duration,
 ) -> Result<RunReport, CycleSetupError> {
     let services = selected(inv, opts)?;
-    let _lock = take_lock(state_dir, lock_wait)?;
+    let _lock = take_lock_unless(state_dir, lock_wait, &opts.cancel)?;
+    // `deliver` reads a flag between files on its blocking threads: set it when the token fires.
+    let abandon = Arc::new(AtomicBool::new(opts.cancel.is_cancelled()));
+    let _bridge = tokio_util::task::AbortOnDropHandle::new(runtime.spawn({
+        let (cancel, abandon) = (opts.cancel.clone(), abandon.clone());
+        async move {
+            cancel.cancelled().await;
+            abandon.store(true, Ordering::SeqCst);
+        }
+    }));
     let store = StateStore::open(state_dir)?;
     let keeper = TokenKeeper::open(state_dir)?;
     let templates = Templates::load(inv.notify.templates_dir.as_deref()).map_err(CycleSetupError::Templates)?;
@@ -342,16 +365,30 @@ pub fn run_once(
     let run_span = tracing::info_span!("run", run_id = run_id.0, dry_run = opts.dry_run);
     let _entered = run_span.enter();
 
-    let ctx = match Ctx::new(inv, keeper, opts, state_dir, store.statuses()?) {
-        Ok(c) => c,
+    let prior = match store.statuses() {
+        Ok(p) => p,
         Err(e) => {
-            store.finish_run(run_id, RunOutcome::Error, 2)?;
+            let _ = store.finish_run(run_id, RunOutcome::Error, 2);
             return Err(e.into());
         }
     };
-    let services_done = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
-    let mut report = RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default() };
+    let ledger = Ledger::new(store, keeper);
+    let ctx = match ledger::adopt_legacy(&ledger, inv, &prior).map_err(CycleSetupError::from).and_then(|_| {
+        Ctx::new(inv, ledger.clone(), run_id, opts, state_dir, prior, abandon).map_err(CycleSetupError::from)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ledger.db(|s| s.finish_run(run_id, RunOutcome::Error, 2));
+            return Err(e);
+        }
+    };
+    let (services_done, pushed, unrecorded) = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
+    let mut report =
+        RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default(), state_errors: Vec::new() };
 
+    // From here on a failing state database loses nothing: what could not be written is tried
+    // once more, then reported; the intents already recorded keep every file "may hold".
+    let mut retry: Vec<DeliveryRecord> = Vec::new();
     for (service, d) in report.destinations() {
         let record = DeliveryRecord {
             service: service.to_string(),
@@ -360,45 +397,92 @@ pub fn run_once(
             result: d.result.clone(),
             dry_run: opts.dry_run,
         };
-        store.record_delivery(run_id, &record)?;
+        if let Err(e) = ledger.write(|s| s.record_delivery(run_id, &record)) {
+            warn!(service, destination = %d.id, error = %error_chain(&e), "cannot record the delivery; retried once more");
+            retry.push(record);
+        }
+    }
+    for u in unrecorded {
+        match ledger.write(|s| s.record_settled(Some(run_id), &u.settled)) {
+            Ok(()) => info!(host = %u.host, "what the host's files hold is recorded after all"),
+            Err(e) => report.state_errors.push(format!(
+                "{}: what its files now hold could not be recorded ({}; first try: {}); the next run treats them as holding either token until it settles them",
+                u.host,
+                error_chain(&e),
+                error_chain(&u.error)
+            )),
+        }
+    }
+    for record in retry {
+        if let Err(e) = ledger.write(|s| s.record_delivery(run_id, &record)) {
+            let what = if record.result.is_ok() { "delivered" } else { "not delivered" };
+            report.state_errors.push(format!(
+                "{}/{}: {what}, but the state database could not record it: {}",
+                record.service,
+                record.destination,
+                error_chain(&e)
+            ));
+        }
+    }
+    for e in &report.state_errors {
+        tracing::error!("{e}");
     }
 
     if !opts.dry_run {
-        // Login tokens this run superseded are revoked once no destination depends on them.
-        let statuses = store.statuses()?;
-        runtime.block_on(lifecycle::retire_superseded(&ctx, &services, &statuses).instrument(run_span.clone()));
-        let orphans = lifecycle::orphans(inv, &ctx.keeper, &statuses);
-        report.mail = mail::notify_run(inv, &store, &templates, &report, &orphans);
+        // Files left "may hold" on hosts this cycle did not push to are read back; then tokens
+        // nothing may hold any more are revoked (those that fail are retried next time). Past the
+        // grace period neither starts: a later cycle does both.
+        if !opts.cancel.is_cancelled() {
+            let skip: BTreeSet<String> = pushed.into_iter().chain(opts.skip_hosts.iter().cloned()).collect();
+            runtime.block_on(ledger::read_back_elsewhere(&ledger, inv, run_id, &skip).instrument(run_span.clone()));
+            report.state_errors.extend(runtime.block_on(ledger::reconcile(&ledger, &ctx.broker, inv, now_unix()).instrument(run_span.clone())));
+        }
+        let (statuses, tokens) = match ledger.db(|s| Ok((s.statuses()?, s.tokens()?))) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot read the state for orphaned services");
+                (Vec::new(), Vec::new())
+            }
+        };
+        let orphans = lifecycle::orphans(inv, &tokens, &statuses);
+        report.mail = mail::notify_run(inv, &ledger, &templates, &report, &orphans);
     }
     let ok = report.all_ok();
-    let outcome = if opts.abandon.load(Ordering::SeqCst) && !ok {
+    let outcome = if opts.cancel.is_cancelled() && !ok {
         RunOutcome::Interrupted
     } else if ok {
         RunOutcome::Success
     } else {
         RunOutcome::Failures
     };
-    store.finish_run(run_id, outcome, if ok { 0 } else { 1 })?;
+    if let Err(e) = ledger.write(|s| s.finish_run(run_id, outcome, if ok { 0 } else { 1 })) {
+        warn!(error = %error_chain(&e), "cannot record the end of the run");
+    }
     Ok(report)
 }
 
-/// The network part of a cycle: obtain and validate every service's tokens, mint the child
-/// tokens that Vault-token files receive, deliver to every host (hosts in parallel), then keep
-/// the children that landed and revoke those they replaced.
-async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport> {
+/// The network part of a cycle: obtain and validate every service's tokens (each recorded in
+/// the ledger as its reply arrives), mint the child tokens that Vault-token files receive, and
+/// deliver to every host (hosts in parallel, each with its intent and outcome recorded).
+/// Returns the reports and the outcomes the ledger could not take yet.
+async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport>, BTreeSet<String>, Vec<plan::Unrecorded>) {
     let gate = Arc::new(Semaphore::new(BROKER_FAN_OUT));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, spec) in services.iter().enumerate() {
         let mut spec = (*spec).clone();
         spec.login = spec.login.with_ccache_under(ctx.state_dir);
         let issuer_url = ctx.inv.issuers.get(&spec.issuer).map(|i| i.url.clone()).unwrap_or_default();
-        let job = obtain::Job { broker: ctx.broker.clone(), jwks: ctx.jwks.clone(), keeper: ctx.keeper.clone(), dry_run: ctx.dry_run };
+        let job = obtain::Job { broker: ctx.broker.clone(), jwks: ctx.jwks.clone(), ledger: ctx.ledger.clone(), run: Some(ctx.run), dry_run: ctx.dry_run };
         let gate = gate.clone();
         let observer = ctx.observer.clone();
+        let cancel = ctx.cancel.clone();
         let span = tracing::info_span!("service", service = %spec.name);
         tasks.spawn(
             async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+                if cancel.is_cancelled() {
+                    return (i, Err(StageFailure { stage: Stage::Login, reason: NOT_STARTED.into() }), Vec::new());
+                }
                 let mut timings = Vec::new();
                 let tokens = job.obtain(&spec, &issuer_url, &mut timings).await;
                 match &tokens {
@@ -434,14 +518,16 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
         })
         .collect();
 
-    let children = lifecycle::mint_children(ctx, services, &reports).await;
+    // Past the grace period nothing more starts: no child token, no host.
+    let stopping = ctx.cancel.is_cancelled();
+    let children = if stopping { lifecycle::Children::new() } else { lifecycle::mint_children(ctx, services, &reports).await };
     let delivering = std::time::Instant::now();
-    let (mut results, mut warnings) = plan::deliver_all(ctx, services, &reports, &children).await;
+    let plan::Delivery { mut results, mut warnings, hosts, unrecorded } =
+        if stopping { plan::Delivery::default() } else { plan::deliver_all(ctx, services, &reports, &children).await };
     let took = delivering.elapsed();
-    for r in reports.iter_mut().filter(|r| r.tokens.is_ok()) {
+    for r in reports.iter_mut().filter(|r| r.tokens.is_ok() && !stopping) {
         r.timings.push((Stage::Deliver, took));
     }
-    lifecycle::settle_children(ctx, children, &results).await;
 
     for (report, spec) in reports.iter_mut().zip(services) {
         report.destinations = spec
@@ -453,15 +539,18 @@ async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> Vec<ServiceReport>
                     Err(f) => Err(format!("{}: {}", f.stage, f.reason)),
                     Ok(_) => results
                         .remove(&(spec.name.clone(), d.id.clone()))
-                        .unwrap_or_else(|| Err("deliver: no outcome for this destination".into())),
+                        .unwrap_or_else(|| Err(if stopping { format!("deliver: {NOT_STARTED}") } else { "deliver: no outcome for this destination".into() })),
                 };
                 let warning = warnings.remove(&(spec.name.clone(), d.id.clone()));
                 DestinationReport { id: d.id.clone(), host: d.host.clone(), result, warning }
             })
             .collect();
     }
-    reports
+    (reports, hosts, unrecorded)
 }
+
+/// Why a stage, host or file was not started: the grace period after SIGTERM is over.
+pub(crate) const NOT_STARTED: &str = "shutting down: not started (the grace period is over)";
 
 fn fail(stage: Stage, e: impl std::fmt::Display) -> StageFailure {
     StageFailure { stage, reason: e.to_string() }
@@ -542,6 +631,7 @@ mod tests {
                 }],
             }],
             mail: OutboxReport::default(),
+            state_errors: Vec::new(),
         };
         let t = tokens();
         let top = TopFile { vault_token: t.vault_token.clone(), vault_url: "https://v:8200/v1/x".into(), scopes: None, audience: None };
@@ -560,6 +650,20 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} shown in {shown}");
         }
         assert!(shown.contains(&t.validated.fingerprint.hash), "fingerprints are what is shown");
+    }
+
+    #[test]
+    fn a_lock_wait_gives_up_when_the_grace_period_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = CycleLock::acquire(dir.path(), None).unwrap();
+        let cancel = CancellationToken::new();
+        let waiter = {
+            let (dir, cancel) = (dir.path().to_path_buf(), cancel.clone());
+            std::thread::spawn(move || take_lock_unless(&dir, Duration::from_secs(20), &cancel).map(|_| ()))
+        };
+        cancel.cancel();
+        assert!(matches!(waiter.join().unwrap(), Err(CycleSetupError::Cancelled)));
+        assert!(matches!(take_lock_unless(dir.path(), Duration::ZERO, &CancellationToken::new()), Err(CycleSetupError::Busy(_))));
     }
 
     #[test]

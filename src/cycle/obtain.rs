@@ -1,33 +1,55 @@
-//! One service's tokens: the kept login token, reused while it has more than `renew_before`
-//! left (else a fresh login, kept for the next cycles), then the access token, validated.
+//! One service's tokens: the current login token from the ledger, reused while it has more
+//! than `renew_before` left (else a fresh login, recorded the moment the reply arrives), then
+//! the access token, validated.
 //!
-//! A fresh login token that does not end up kept (validation failed, or a dry run) is revoked
-//! at once: the bastion never leaves a live token behind that nothing holds.
+//! A fresh login token that does not become current (validation failed, or a dry run) is
+//! revoked at once: the bastion never leaves a live token behind that nothing holds. One that
+//! cannot be recorded is revoked before anything uses it.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::ledger::Ledger;
 use super::{access_request, error_chain, fail, fail_chain, now_unix, ServiceTokens, Stage, StageFailure, CLOCK_LEEWAY};
 use crate::broker::{Broker, TokenInfo};
 use crate::inventory::ServiceSpec;
 use crate::jwks::JwksCache;
-use crate::keep::TokenKeeper;
 use crate::secret::{Fingerprint, Secret};
+use crate::state::{NewToken, RunId, TokenKind, TokenState};
 use crate::validate::Expectation;
 
 /// What one service's task needs; owned, so it can move into a task.
 pub(super) struct Job {
     pub broker: Broker,
-    pub jwks: Arc<JwksCache>,
-    pub keeper: TokenKeeper,
+    pub jwks: std::sync::Arc<JwksCache>,
+    pub ledger: Ledger,
+    pub run: Option<RunId>,
     pub dry_run: bool,
 }
 
 /// Time left of a token; a token that never expires (`ttl` 0, no expiry) has all the time.
 fn time_left(info: &TokenInfo) -> Duration {
     if info.ttl.is_zero() && info.expire_time.is_none() { Duration::MAX } else { info.ttl }
+}
+
+/// Expiry (Unix seconds) of a token granted `lease` now; `None` for a token that never expires.
+pub(super) fn expiry_of(lease: Duration) -> Option<i64> {
+    (!lease.is_zero()).then(|| now_unix().saturating_add(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX)))
+}
+
+/// Records a token the broker just handed out for `service`; when that fails it is revoked at
+/// once (nothing may use a token the ledger does not know) and the failure is returned.
+pub(super) async fn record_or_revoke(ledger: &Ledger, broker: &Broker, run: Option<RunId>, token: &Secret, row: NewToken) -> Result<(), String> {
+    let recorded = ledger.record_obtained(run, token, row).await;
+    crate::failpoint!("cycle::after_broker_reply");
+    let Err(e) = recorded else { return Ok(()) };
+    let reason = error_chain(&e);
+    match broker.revoke_self(token).await {
+        Ok(()) => warn!(vault = %token.short_hash(), error = %reason, "cannot record a new Vault token; it was revoked unused"),
+        Err(r) => warn!(vault = %token.short_hash(), error = %reason, revoke_error = %error_chain(&r), "cannot record a new Vault token, nor revoke it; it expires on its own"),
+    }
+    Err(format!("cannot record the new Vault token in the state directory, so it was revoked unused: {reason}"))
 }
 
 impl Job {
@@ -37,12 +59,13 @@ impl Job {
         let result = self.access(spec, issuer_url, &token, &info, fresh, timings).await;
         match (&result, fresh) {
             (Ok(_), true) if !self.dry_run => {
-                if let Err(e) = self.keeper.set_current(&spec.name, &token) {
-                    // Still usable this cycle; the next one logs in again.
-                    warn!(error = %e, "cannot keep the new Vault token for later cycles");
+                let (service, hash) = (spec.name.clone(), token.short_hash());
+                if let Err(e) = self.ledger.db_async(move |s| s.set_current(&service, &hash)).await {
+                    // Still usable this cycle (the ledger has it); the next cycle logs in again.
+                    warn!(error = %error_chain(&e), "cannot make the new Vault token the one later cycles reuse");
                 }
             }
-            (_, true) => self.discard(&token, if self.dry_run { "dry run" } else { "its access token was refused" }).await,
+            (_, true) => self.discard(&spec.name, &token, if self.dry_run { "dry run" } else { "its access token was refused" }).await,
             _ => {}
         }
         result
@@ -51,23 +74,38 @@ impl Job {
     /// The kept token if it is still good for longer than `renew_before`, else a new login.
     async fn vault_token(&self, spec: &ServiceSpec, timings: &mut Vec<(Stage, Duration)>) -> Result<(Secret, TokenInfo, bool), StageFailure> {
         let started = Instant::now();
-        match self.keeper.current(&spec.name) {
-            Ok(Some(kept)) => match self.broker.lookup_self(&kept.token).await.inspect(|_| timings.push((Stage::Lookup, started.elapsed()))) {
+        match self.ledger.current(&spec.name).await {
+            Ok(Some((_, Some(kept)))) => match self.broker.lookup_self(&kept).await.inspect(|_| timings.push((Stage::Lookup, started.elapsed()))) {
                 Ok(info) if time_left(&info) > spec.renew_before && time_left(&info) >= spec.min_vault_lifetime => {
-                    return Ok((kept.token, info, false));
+                    return Ok((kept, info, false));
                 }
                 Ok(info) => info!(
                     left = %humantime::format_duration(Duration::from_secs(info.ttl.as_secs())),
                     renew_before = %humantime::format_duration(spec.renew_before),
                     "kept Vault token is due for renewal; logging in again"
                 ),
+                Err(e) if e.is_permission_denied() => {
+                    warn!(vault = %kept.short_hash(), error = %error_chain(&e), "Vault refuses the kept Vault token; logging in again");
+                    let hash = kept.short_hash();
+                    if let Err(e) = self.ledger.db_async(move |s| s.set_token_state(&hash, TokenState::Dead)).await {
+                        warn!(error = %error_chain(&e), "cannot record the refused token as dead");
+                    }
+                }
                 Err(e) => warn!(error = %error_chain(&e), "kept Vault token no longer works; logging in again"),
             },
+            Ok(Some((row, None))) => {
+                warn!(vault = %row.hash, "the kept Vault token's file is gone; logging in again (the token expires on its own)");
+                if let Err(e) = self.ledger.db_async(move |s| s.set_token_state(&row.hash, TokenState::Dead)).await {
+                    warn!(error = %error_chain(&e), "cannot record the lost token as dead");
+                }
+            }
             Ok(None) => {}
-            Err(e) => warn!(error = %e, "cannot read the kept Vault token; logging in again"),
+            Err(e) => warn!(error = %error_chain(&e), "cannot read the kept Vault token; logging in again"),
         }
         let started = Instant::now();
         let login = self.broker.login(&spec.login).await.map_err(|e| fail_chain(Stage::Login, &e))?;
+        let row = NewToken { hash: login.token.short_hash(), service: spec.name.clone(), kind: TokenKind::Login, parent: None, expiry: expiry_of(login.lease) };
+        record_or_revoke(&self.ledger, &self.broker, self.run, &login.token, row).await.map_err(|reason| fail(Stage::Login, reason))?;
         timings.push((Stage::Login, started.elapsed()));
         let started = Instant::now();
         let looked_up = self.broker.lookup_self(&login.token).await;
@@ -76,7 +114,7 @@ impl Job {
             Ok(info) => Ok((login.token, info, true)),
             Err(e) => {
                 let failure = fail_chain(Stage::Lookup, &e);
-                self.discard(&login.token, "lookup failed").await;
+                self.discard(&spec.name, &login.token, "lookup failed").await;
                 Err(failure)
             }
         }
@@ -132,10 +170,10 @@ impl Job {
         })
     }
 
-    async fn discard(&self, token: &Secret, why: &str) {
-        match self.broker.revoke_self(token).await {
-            Ok(()) => info!(vault = %token.short_hash(), why, "unused fresh Vault token revoked"),
-            Err(e) => warn!(vault = %token.short_hash(), why, error = %error_chain(&e), "cannot revoke an unused fresh Vault token"),
-        }
+    /// Revokes a fresh login token nothing will hold (through the ledger, so that a failed
+    /// revocation is retried by the next cycle).
+    async fn discard(&self, service: &str, token: &Secret, why: &str) {
+        info!(vault = %token.short_hash(), why, "the fresh Vault token will not be used");
+        let _ = self.ledger.retire(&self.broker, &token.short_hash(), service, "unused fresh Vault token").await;
     }
 }

@@ -1,19 +1,25 @@
 //! From validated tokens to one plan per host, and the plans carried out: every host on its own
 //! blocking thread (libssh2 is blocking), under a bound, each service × destination's result
 //! mapped back from its files.
+//!
+//! Around each host's push the ledger is told, from that host's thread: before it, what every
+//! Vault-token file may hold afterwards (no intent recorded, nothing written); after it, how
+//! each ended. An outcome that cannot be recorded is handed back to be retried.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 use tracing::{info, warn, Instrument};
 
+use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
 use super::lifecycle::Children;
 use super::{access_request, error_chain, Ctx, DestinationKind, FileContent, ServiceReport};
-use crate::deliver::{self, HostPlan, HostTarget, RemoteFile, TopFile};
+use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, RemoteFile, TopFile};
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
 use crate::secret::Secret;
-use crate::state::Delivered;
+use crate::state::{Delivered, Intent, RunId, Settled, StateError};
 
 /// How many hosts are written to at once.
 const HOST_FAN_OUT: usize = 8;
@@ -34,29 +40,32 @@ fn split_file_id(id: &str) -> Option<(&str, &str)> {
     Some((parts.next()?, parts.next()?))
 }
 
-/// Where the remote-write rule starts for a file destination: the longest of a few usual roots
-/// the path lies under, else the file's own directory. The directories above it are trusted.
-pub(super) fn file_root(path: &str) -> String {
-    const ROOTS: [&str; 5] = ["/tmp", "/var/tmp", "/run/user", "/home", "/data"];
-    ROOTS
-        .iter()
-        .filter(|r| path.strip_prefix(**r).is_some_and(|rest| rest.starts_with('/')))
-        .max_by_key(|r| r.len())
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| match path.rsplit_once('/') {
-            Some(("", _)) | None => "/".to_string(),
-            Some((dir, _)) => dir.to_string(),
-        })
+/// The directory a file destination's remote-write checks start from: the longest of the
+/// host's `file_roots` it lies under (`check` guarantees one for every configured path), else,
+/// for a path recorded before the roots changed, the file's own directory.
+pub(super) fn file_root(host: &HostSpec, path: &str) -> String {
+    crate::inventory::file_root_for(host, path).map(str::to_string).unwrap_or_else(|| match path.rsplit_once('/') {
+        Some(("", _)) | None => "/".to_string(),
+        Some((dir, _)) => dir.to_string(),
+    })
 }
 
 pub(super) fn owner(o: &InvOwner) -> deliver::Owner {
     deliver::Owner { user: o.user.clone(), group: o.group.clone().unwrap_or_default() }
 }
 
+/// A file that carries a Vault token, and what the ledger is told about it.
+struct Tracked {
+    file_id: String,
+    intent: Intent,
+}
+
 /// Every host's plan and what each destination will hold once its files land; destinations
 /// that cannot be planned get their failure at once.
 struct Plans {
     hosts: BTreeMap<String, HostPlan>,
+    /// Per host, the files that carry a Vault token (none in a dry run).
+    tracked: BTreeMap<String, Vec<Tracked>>,
     will_hold: BTreeMap<(String, String), Delivered>,
     failed: Results,
     /// `.top` paths expected to be there still, by host and path: whose they are.
@@ -65,7 +74,8 @@ struct Plans {
 
 fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Plans {
     let inv = ctx.inv;
-    let mut plans = Plans { hosts: BTreeMap::new(), will_hold: BTreeMap::new(), failed: BTreeMap::new(), expected: BTreeMap::new() };
+    let mut plans =
+        Plans { hosts: BTreeMap::new(), tracked: BTreeMap::new(), will_hold: BTreeMap::new(), failed: BTreeMap::new(), expected: BTreeMap::new() };
     let mut host_errors: BTreeMap<String, String> = BTreeMap::new();
     for (spec, report) in services.iter().zip(reports) {
         let Ok(tokens) = &report.tokens else { continue };
@@ -97,7 +107,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     let request = access_request(spec);
                     let top = TopFile {
                         vault_token: tokens.vault_token.clone(),
-                        vault_url: format!("{}{}", inv.broker.vault_url, crate::broker::access_path(&inv.broker.issuer, &request)),
+                        vault_url: inv.top_vault_url(spec),
                         scopes: (!request.scopes.is_empty()).then(|| request.scopes.join(",")),
                         audience: spec.audience.clone(),
                     };
@@ -115,6 +125,9 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     }
                     for (mut f, part) in files.into_iter().zip(["top", "use"]) {
                         f.id = file_id(&spec.name, &dest.id, part);
+                        if part == "top" && !ctx.dry_run {
+                            plans.tracked.entry(host.name.clone()).or_default().push(Tracked::of(&f, &spec.name, &dest.id, &host.name, &tokens.vault_token));
+                        }
                         plan.files.push(f);
                     }
                     if host.signal_credmon && !plan.signal_credmon.iter().any(|c| c.spool == spool) {
@@ -135,21 +148,41 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                         },
                         FileContent::AccessToken => (&tokens.access_token, tokens.validated.exp, access_fp, None),
                     };
-                    plan.files.push(RemoteFile {
+                    let file = RemoteFile {
                         id: file_id(&spec.name, &dest.id, "file"),
                         path: path.clone(),
-                        root: file_root(path),
+                        root: file_root(host, path),
                         uid_of: path.contains("{uid}").then(|| spec.account.clone()),
                         content: Secret::new(format!("{}\n", body.expose())),
                         mode: *mode,
                         owner: Some(owner(o)),
-                    });
+                    };
+                    if matches!(content, FileContent::VaultToken) && !ctx.dry_run {
+                        plans.tracked.entry(host.name.clone()).or_default().push(Tracked::of(&file, &spec.name, &dest.id, &host.name, body));
+                    }
+                    plan.files.push(file);
                     plans.will_hold.insert(key, Delivered { vault_expiry: Some(expiry), access, vault_root, paths: Vec::new() });
                 }
             }
         }
     }
     plans
+}
+
+impl Tracked {
+    fn of(file: &RemoteFile, service: &str, destination: &str, host: &str, token: &Secret) -> Tracked {
+        Tracked {
+            file_id: file.id.clone(),
+            intent: Intent {
+                service: service.to_string(),
+                destination: destination.to_string(),
+                host: host.to_string(),
+                template: file.path.clone(),
+                content: file.content.short_hash(),
+                token: token.short_hash(),
+            },
+        }
+    }
 }
 
 pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
@@ -174,23 +207,117 @@ pub(super) fn host_target(host: &HostSpec) -> Result<HostTarget, String> {
     })
 }
 
+/// What delivering to every host came to.
+#[derive(Default)]
+pub(super) struct Delivery {
+    pub results: Results,
+    pub warnings: Warnings,
+    /// Hosts a push was attempted on (their files were read back then, if they answered).
+    pub hosts: std::collections::BTreeSet<String>,
+    /// Outcomes the ledger could not take when they were known: retried before the cycle ends
+    /// (until they are written, their files count as "may hold" what was intended).
+    pub unrecorded: Vec<Unrecorded>,
+}
+
+/// One host's outcomes that could not be written.
+pub(super) struct Unrecorded {
+    pub host: String,
+    pub error: StateError,
+    pub settled: Vec<Settled>,
+}
+
+/// How one host's turn ended.
+enum HostRun {
+    /// What the host's files may hold could not be recorded, so nothing was written there.
+    NoIntent(StateError),
+    Pushed { outcome: Box<HostOutcome>, unrecorded: Option<(StateError, Vec<Settled>)> },
+}
+
+/// How a file's push ended for the ledger: a rename sent and not answered may have landed.
+fn landing_of(connected: &Result<(), DeliverError>, result: &Result<(), DeliverError>) -> Landing {
+    match (connected, result) {
+        (Ok(()), Ok(())) => Landing::Delivered,
+        (Ok(()), Err(e)) if e.may_have_landed() => Landing::Unknown,
+        _ => Landing::Failed,
+    }
+}
+
+/// One host's turn, on its own blocking thread: the intent, the push (which first reads back
+/// every file whose earlier outcome is not known), the outcome.
+fn push_recorded(ledger: &Ledger, run: RunId, mut plan: HostPlan, tracked: &[Tracked], dry_run: bool, abandon: &AtomicBool) -> HostRun {
+    let intents: Vec<Intent> = tracked.iter().map(|t| t.intent.clone()).collect();
+    let before = if intents.is_empty() {
+        Vec::new()
+    } else {
+        match ledger.db(|s| s.record_intents(run, &intents)) {
+            Ok(before) => before,
+            Err(e) => return HostRun::NoIntent(e),
+        }
+    };
+    crate::failpoint!("cycle::after_intent");
+    let unsettled: Vec<Option<String>> = before.iter().map(|rows| needs_read_back(rows).map(str::to_string)).collect();
+    for path in unsettled.iter().flatten() {
+        if !plan.read_back.contains(path) {
+            plan.read_back.push(path.clone());
+        }
+    }
+    let outcome = deliver::push_to_host_unless(&plan, dry_run, abandon);
+    let settled: Vec<Settled> = tracked
+        .iter()
+        .zip(&before)
+        .zip(&unsettled)
+        .map(|((t, before), unsettled)| {
+            let (landing, resolved) = match outcome.files.iter().find(|f| f.id == t.file_id) {
+                Some(f) => (landing_of(&outcome.connected, &f.result), Some(f.path.as_str()).filter(|p| !p.contains("{uid}"))),
+                None => (Landing::Unknown, None),
+            };
+            let found = unsettled.as_deref().and_then(|p| found_at(&outcome.read_back, p));
+            settle_file(before, found, &t.intent, resolved, landing)
+        })
+        .collect();
+    let unrecorded =
+        if settled.is_empty() { None } else { ledger.write(|s| s.record_settled(Some(run), &settled)).err().map(|e| (e, settled)) };
+    HostRun::Pushed { outcome: Box::new(outcome), unrecorded }
+}
+
+/// A host left alone because the grace period ended before its turn: every file keeps what it
+/// had.
+fn not_started(plan: &HostPlan) -> deliver::HostOutcome {
+    let host = plan.target.name.clone();
+    let abandoned = |path: &str| deliver::DeliverError::Abandoned { host: host.clone(), path: path.to_string() };
+    let files = plan.files.iter().map(|f| deliver::FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(abandoned(&f.path)) }).collect();
+    deliver::HostOutcome { host: host.clone(), connected: Ok(()), files, signalled: Vec::new(), missing: Vec::new(), read_back: Vec::new() }
+}
+
 /// Pushes every host's plan, hosts in parallel on blocking threads, and returns each
 /// service × destination's result.
-pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> (Results, Warnings) {
-    let Plans { hosts, mut will_hold, failed, expected } = plan_hosts(ctx, services, reports, children);
+pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Delivery {
+    let Plans { hosts, mut tracked, mut will_hold, failed, expected } = plan_hosts(ctx, services, reports, children);
     let mut warnings = Warnings::new();
+    let mut unrecorded = Vec::new();
     let dry_run = ctx.dry_run;
     let abandon = ctx.abandon.clone();
     let gate = Arc::new(Semaphore::new(HOST_FAN_OUT));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut files_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let attempted = hosts.keys().cloned().collect();
     for (name, plan) in hosts {
         let gate = gate.clone();
         let abandon = abandon.clone();
+        let (ledger, run) = (ctx.ledger.clone(), ctx.run);
+        let mine = tracked.remove(&name).unwrap_or_default();
+        files_of.insert(name.clone(), plan.files.iter().map(|f| f.id.clone()).collect());
+        let cancel = ctx.cancel.clone();
         let span = tracing::info_span!("host", host = %name);
         tasks.spawn(
             async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore never closed");
-                let outcome = tokio::task::spawn_blocking(move || deliver::push_to_host_unless(&plan, dry_run, &abandon)).await;
+                // A host not yet started when the grace period ends is not started: nothing is
+                // recorded or written there.
+                if cancel.is_cancelled() {
+                    return (name, Ok(HostRun::Pushed { outcome: Box::new(not_started(&plan)), unrecorded: None }));
+                }
+                let outcome = tokio::task::spawn_blocking(move || push_recorded(&ledger, run, plan, &mine, dry_run, &abandon)).await;
                 (name, outcome)
             }
             .instrument(span),
@@ -198,9 +325,28 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
     }
     let mut results: Results = failed;
     while let Some(joined) = tasks.join_next().await {
-        let Ok((host, outcome)) = joined else { continue };
-        let outcome = match outcome {
-            Ok(o) => o,
+        let Ok((host, run)) = joined else { continue };
+        let outcome = match run {
+            Ok(HostRun::Pushed { outcome, unrecorded: lost }) => {
+                if let Some((error, settled)) = lost {
+                    warn!(host = %host, error = %error_chain(&error), "cannot record what the host's files now hold; retried before the cycle ends");
+                    unrecorded.push(Unrecorded { host: host.clone(), error, settled });
+                }
+                outcome
+            }
+            Ok(HostRun::NoIntent(e)) => {
+                let reason = format!("state: cannot record what {host} may hold afterwards, so nothing was written there: {}", error_chain(&e));
+                warn!(host = %host, error = %error_chain(&e), "cannot record the intent; the host is left as it is");
+                for id in files_of.get(&host).into_iter().flatten() {
+                    if let Some((service, dest)) = split_file_id(id) {
+                        results.entry((service.to_string(), dest.to_string())).or_insert_with(|| Err(reason.clone()));
+                    }
+                }
+                if let Some(super::Observer(o)) = &ctx.observer {
+                    o.host_done(&host, false);
+                }
+                continue;
+            }
             Err(e) => {
                 warn!(host = %host, error = %e, "delivery thread ended abnormally");
                 continue;
@@ -260,21 +406,35 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
         info!(service = %key.0, host = %host, destination = %key.1, dry_run, "{}", if dry_run { "deliverable" } else { "delivered" });
         results.insert(key, Ok(held));
     }
-    (results, warnings)
+    Delivery { results, warnings, hosts: attempted, unrecorded }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::file_root;
+    use super::{file_root, HostSpec};
 
     #[test]
     fn file_roots() {
-        assert_eq!(file_root("/tmp/vt_u{uid}-cms"), "/tmp");
-        assert_eq!(file_root("/var/tmp/x"), "/var/tmp");
-        assert_eq!(file_root("/run/user/{uid}/bt_u{uid}"), "/run/user");
-        assert_eq!(file_root("/data/tier0/tokens/bt"), "/data");
-        assert_eq!(file_root("/datax/bt"), "/datax");
-        assert_eq!(file_root("/etc/token"), "/etc");
-        assert_eq!(file_root("/token"), "/");
+        let host = HostSpec {
+            name: "h".into(),
+            address: "h.example".into(),
+            port: 22,
+            user: "root".into(),
+            key_file: "/k".into(),
+            key_passphrase_file: None,
+            known_hosts: "/kh".into(),
+            spool: None,
+            spool_owner: crate::inventory::Owner { user: "root".into(), group: None },
+            signal_credmon: true,
+            timeout: std::time::Duration::from_secs(1),
+            file_roots: ["/tmp", "/var/tmp", "/run/user", "/data", "/data/tier0"].map(String::from).to_vec(),
+        };
+        assert_eq!(file_root(&host, "/tmp/vt_u{uid}-cms"), "/tmp");
+        assert_eq!(file_root(&host, "/var/tmp/x"), "/var/tmp");
+        assert_eq!(file_root(&host, "/run/user/{uid}/bt_u{uid}"), "/run/user");
+        assert_eq!(file_root(&host, "/data/tier0/tokens/bt"), "/data/tier0");
+        assert_eq!(file_root(&host, "/data/x/bt"), "/data");
+        assert_eq!(file_root(&host, "/datax/bt"), "/datax");
+        assert_eq!(file_root(&host, "/token"), "/");
     }
 }

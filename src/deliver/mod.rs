@@ -718,7 +718,10 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
             fallback.push(i);
             continue;
         }
-        match remote.rename(&temp, &w.path) {
+        let renamed = remote.rename(&temp, &w.path);
+        #[cfg(feature = "failpoints")]
+        let renamed = after_rename_before_reply(renamed, &remote.host, &w.path);
+        match renamed {
             Renamed::Done => {
                 w.temp = None;
                 check_landed(remote, w);
@@ -778,6 +781,18 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
                 remove_temp(remote, w);
             }
         }
+    }
+}
+
+/// Failpoint `deliver::after_rename_before_reply`: the server renamed the file; `panic` kills
+/// the process before the answer is used, `return` loses the answer (the rename's outcome is
+/// then unknown, as when a connection drops at that moment).
+#[cfg(feature = "failpoints")]
+fn after_rename_before_reply(renamed: Renamed, host: &str, path: &str) -> Renamed {
+    failpoints::set(host, path);
+    match (fail::eval("deliver::after_rename_before_reply", |_| ()), renamed) {
+        (Some(()), Renamed::Done) => Renamed::Unknown("the answer to the rename was lost (failpoint)".into()),
+        (_, renamed) => renamed,
     }
 }
 

@@ -1,4 +1,6 @@
 use super::*;
+use super::validate::DEFAULT_MIN_ACCESS;
+use std::time::Duration;
 use crate::broker::AuthMethod;
 
 const BASE: &str = r#"broker:
@@ -153,7 +155,7 @@ fn durations_modes_owners_and_templates() {
     check("          mode: \"0600\"\n", "          mode: \"rw\"\n", "36:17", "not an octal");
     check("          mode: \"0600\"\n", "          mode: \"0600\"\n          owner: \"bad user\"\n", "37:18", "not an owner");
     check("          mode: \"0600\"\n", "          mode: \"0600\"\n          path: /tmp/{user}\n", "37:17", "unknown placeholder `{user}`");
-    check("    role_id_file: /etc/tb/{service}.role_id\n", "    role_id_file: /etc/tb/{uid}.role_id\n", "7:5: broker.auth.role_id_file", "unknown placeholder `{uid}`");
+    check("    role_id_file: /etc/tb/{service}.role_id\n", "    role_id_file: /etc/tb/{uid}.role_id\n", "8:19: broker.auth.role_id_file", "unknown placeholder `{uid}`");
     let inv = parse_str(&BASE.replacen("mode: \"0600\"", "mode: 400", 1)).unwrap();
     assert!(matches!(inv.services["prod"].destinations[1].kind, DestinationKind::File { mode: 0o400, .. }));
 }
@@ -250,15 +252,15 @@ fn kerberos_login_defaults_to_the_htvault_mount_and_a_ccache_per_service() {
 #[test]
 fn kerberos_login_fields_are_validated() {
     let with = |extra: &str| format!("{KERBEROS_AUTH}{extra}");
-    check(APPROLE_AUTH, "    method: kerberos\n    keytab: /etc/tb/k\n", "6:3: broker.auth", "missing field `principal`");
-    check(APPROLE_AUTH, "    method: kerberos\n    principal: cmst1\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "with a realm");
-    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{account}@\"\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "with a realm");
-    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{user}@CERN.CH\"\n    keytab: /etc/tb/k\n", "7:5: broker.auth.principal", "unknown placeholder `{user}`");
-    check(APPROLE_AUTH, "    method: kerberos\n    principal: a@CERN.CH\n    keytab: tb.keytab\n", "7:5: broker.auth.keytab", "absolute path");
-    check(APPROLE_AUTH, &with("    ccache: cc/{service}\n"), "7:5: broker.auth.ccache", "absolute path");
-    check(APPROLE_AUTH, &with("    spn_host: host/vault\n"), "7:5: broker.auth.spn_host", "not a host name");
-    check(APPROLE_AUTH, &with("    mount: ../sys\n"), "7:5: broker.auth.mount", "not an auth mount path");
-    check(APPROLE_AUTH, &with("    role_id_file: /x\n"), "6:3: broker.auth", "unknown field `role_id_file`");
+    check(APPROLE_AUTH, "    method: kerberos\n    keytab: /etc/tb/k\n", "7:13: broker.auth", "missing field `principal`");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: cmst1\n    keytab: /etc/tb/k\n", "8:16: broker.auth.principal", "with a realm");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{account}@\"\n    keytab: /etc/tb/k\n", "8:16: broker.auth.principal", "with a realm");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: \"{user}@CERN.CH\"\n    keytab: /etc/tb/k\n", "8:16: broker.auth.principal", "unknown placeholder `{user}`");
+    check(APPROLE_AUTH, "    method: kerberos\n    principal: a@CERN.CH\n    keytab: tb.keytab\n", "9:13: broker.auth.keytab", "absolute path");
+    check(APPROLE_AUTH, &with("    ccache: cc/{service}\n"), "10:13: broker.auth.ccache", "absolute path");
+    check(APPROLE_AUTH, &with("    spn_host: host/vault\n"), "10:15: broker.auth.spn_host", "not a host name");
+    check(APPROLE_AUTH, &with("    mount: ../sys\n"), "10:12: broker.auth.mount", "not an auth mount path");
+    check(APPROLE_AUTH, &with("    role_id_file: /x\n"), "10:19: broker.auth.role_id_file", "unknown field `role_id_file` for method kerberos");
 }
 
 #[test]
@@ -269,13 +271,13 @@ fn cert_login_resolves_with_the_default_mount() {
         AuthMethod::Cert { cert_file: "/etc/tb/prod.crt".into(), key_file: "/etc/tb/prod.key".into(), mount: "cert".into(), name: None }
     );
     let kinds: Vec<(&str, FileKind)> = inv.local_files.iter().filter(|f| f.field.starts_with("broker.auth")).map(|f| (f.field.as_str(), f.kind)).collect();
-    assert_eq!(kinds, [("broker.auth.cert_file", FileKind::Public), ("broker.auth.key_file", FileKind::Secret)]);
+    assert_eq!(kinds, [("broker.auth.cert_file", FileKind::Certificates), ("broker.auth.key_file", FileKind::Secret)]);
 
     let named = format!("{CERT_AUTH}    mount: tls/cms\n    name: \"{{service}}\"\n");
     let inv = parse_str(&BASE.replacen(APPROLE_AUTH, &named, 1)).unwrap();
     assert!(matches!(&inv.services["prod"].login, AuthMethod::Cert { mount, name: Some(n), .. } if mount == "tls/cms" && n == "prod"));
-    check(APPROLE_AUTH, "    method: cert\n    cert_file: /etc/tb/c\n", "6:3: broker.auth", "missing field `key_file`");
-    check(APPROLE_AUTH, &format!("{CERT_AUTH}    mount: \"\"\n"), "7:5: broker.auth.mount", "not an auth mount path");
+    check(APPROLE_AUTH, "    method: cert\n    cert_file: /etc/tb/c\n", "7:13: broker.auth", "missing field `key_file`");
+    check(APPROLE_AUTH, &format!("{CERT_AUTH}    mount: \"\"\n"), "10:12: broker.auth.mount", "not an auth mount path");
 }
 
 #[test]
@@ -283,7 +285,7 @@ fn a_service_overrides_the_login_with_its_own_kerberos_principal() {
     let service_auth = "    auth:\n      method: kerberos\n      principal: cmsprod@CERN.CH\n      keytab: /etc/tb/cmsprod.keytab\n";
     let inv = parse_str(&BASE.replacen("    role: production\n", &format!("    role: production\n{service_auth}"), 1)).unwrap();
     assert!(matches!(&inv.services["prod"].login, AuthMethod::Kerberos { principal, mount, .. } if principal == "cmsprod@CERN.CH" && mount == "kerberos-cms_production"));
-    check("    role: production\n", "    role: production\n    auth:\n      method: kerberos\n      principal: x\n      keytab: /k\n", "31:7: services.prod.auth.principal", "with a realm");
+    check("    role: production\n", "    role: production\n    auth:\n      method: kerberos\n      principal: x\n      keytab: /k\n", "32:18: services.prod.auth.principal", "with a realm");
 }
 
 #[test]
@@ -321,4 +323,76 @@ fn schedules_are_parsed_with_their_position() {
     let inv = parse_str(&BASE.replacen("    role: production\n", "    role: production\n    schedule: \"*/20 * * * *\"\n", 1)).unwrap();
     let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:05:00Z").unwrap().with_timezone(&chrono::Utc);
     assert_eq!(inv.services["prod"].schedule.next_after(t).unwrap().to_rfc3339(), "2026-01-01T10:20:00+00:00");
+}
+
+
+#[test]
+fn an_oversized_inventory_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("services.yaml");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(MAX_INVENTORY_BYTES + 1).unwrap();
+    let e = load(&path).unwrap_err();
+    assert!(matches!(e, InventoryError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("larger than the 4 MiB an inventory may hold"), "{e}");
+}
+
+#[test]
+fn a_non_utf8_byte_is_placed_by_line_and_column() {
+    let mut bytes = BASE.as_bytes().to_vec();
+    let at = BASE.find("account: cmst1").unwrap() + "account: cm".len();
+    bytes[at] = 0xff;
+    let diags = match parse_bytes(Path::new("inv.yaml"), &bytes, SCHEDULE_FLOOR) {
+        Err(InventoryError::Invalid(d)) => d,
+        other => panic!("{:?}", other.map(|_| ())),
+    };
+    assert_eq!(diags[0].to_string(), "inv.yaml:28:16: services.prod.account: byte 0xff is not UTF-8 (the file must be UTF-8 text)");
+}
+
+#[test]
+fn yaml_budgets_are_named_where_repetition_starts() {
+    let aliases = vec!["*a"; ALIAS_BUDGET + 1].join(", ");
+    let text = BASE.replacen("    role: production\n", &format!("    role: production\n    audience: &a https://aud.example\n    allowed: [{aliases}]\n"), 1);
+    let diags = parse_str(&text).unwrap_err();
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert!(diags[0].message.contains("alias budget of 1000 aliases"), "{}", diags[0]);
+    assert_eq!((diags[0].line, diags[0].field.as_str()), (31, "services.prod.allowed"), "{}", diags[0]);
+
+    // Few aliases of a large value: the text budget, counting what the aliases repeat.
+    let big = "x".repeat(64 * 1024);
+    let text = BASE.replacen("    role: production\n", &format!("    role: production\n    audience: &a {big}\n    allowed: [{}]\n", vec!["*a"; 100].join(", ")), 1);
+    let diags = parse_str(&text).unwrap_err();
+    assert!(diags[0].message.contains("text budget of 4 MiB"), "{}", diags[0]);
+    assert!(diags[0].to_string().len() < 300, "{}", diags[0]);
+}
+
+#[test]
+fn schedules_keep_runs_a_minute_apart_unless_the_floor_is_lowered() {
+    let text = BASE.replacen("    role: production\n", "    role: production\n    schedule: \"*/2 * * * * *\"\n", 1);
+    let diags = parse_str(&text).unwrap_err();
+    assert!(diags[0].to_string().starts_with("inv.yaml:30:15: services.prod.schedule: `*/2 * * * * *` runs the service 2s apart; runs must be at least 1m apart"), "{}", diags[0]);
+    assert!(parse_bytes(Path::new("inv.yaml"), text.as_bytes(), Duration::from_secs(1)).is_ok());
+    let every_minute = BASE.replacen("    role: production\n", "    role: production\n    schedule: \"* * * * *\"\n", 1);
+    assert!(parse_str(&every_minute).is_ok());
+}
+
+#[test]
+fn file_roots_default_and_the_longest_root_holds_a_path() {
+    let inv = parse_str(BASE).unwrap();
+    let s1 = &inv.hosts["s1"];
+    assert_eq!(s1.file_roots, DEFAULT_FILE_ROOTS);
+    assert_eq!(file_root_for(s1, "/tmp/vt_u{uid}-cms_production"), Some("/tmp"));
+    assert_eq!(file_root_for(s1, "/run/user/{uid}/bt"), Some("/run/user"));
+    assert_eq!(file_root_for(s1, "/database/x"), None);
+    assert_eq!(file_root_for(s1, "/opt/x"), None);
+
+    let text = BASE.replacen("    spool: /var/lib/condor/oauth_credentials\n", "    spool: /var/lib/condor/oauth_credentials\n    file_roots: [/data, /data/tier0/, /srv/tokens]\n", 1);
+    let inv = parse_str(&text.replacen("          mode: \"0600\"\n", "          mode: \"0600\"\n          path: /data/tier0/bt\n", 1)).unwrap();
+    let s1 = &inv.hosts["s1"];
+    assert_eq!(s1.file_roots, ["/data", "/data/tier0", "/srv/tokens"]);
+    assert_eq!(file_root_for(s1, "/data/tier0/bt"), Some("/data/tier0"));
+    assert_eq!(file_root_for(s1, "/data/tier0x/bt"), Some("/data"));
+    assert_eq!(file_root_for(s1, "/srv/tokens"), Some("/srv/tokens"));
+    // s2 keeps the default roots, where /data/tier0/bt lies too.
+    assert_eq!(file_root_for(&inv.hosts["s2"], "/data/tier0/bt"), Some("/data"));
 }

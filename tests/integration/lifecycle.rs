@@ -1,7 +1,7 @@
 //! The Vault token lifecycle across cycles, against real OpenBao and sshd: a kept login token
 //! reused while it has more than `renew_before` left, a new login below it, superseded tokens
-//! revoked only once no destination depends on them, children for token files, and the
-//! `revoke` drill.
+//! revoked only once no destination depends on them, children for token files (revoked unless
+//! they landed), no token short of `min_vault_lifetime` delivered, and the `revoke` drill.
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::harness::openbao::JwtSpec;
 use crate::harness::stack::{shown, ServiceDef, Stack};
-use crate::harness::Leaks;
+use crate::harness::{tokens, Leaks};
 
 fn spec() -> JwtSpec {
     JwtSpec { scope: Some("compute.create".into()), ..JwtSpec::default() }
@@ -40,6 +40,11 @@ fn logins(stack: &Stack, service: &str) -> usize {
 
 fn alive(stack: &Stack, token: &str) -> bool {
     stack.bao.lookup(token).is_ok()
+}
+
+/// The ledger's row for `token`.
+fn ledger_row(stack: &Stack, token: &str) -> Option<Value> {
+    tokens::row(&tokens::ledger(stack), token).cloned()
 }
 
 /// One service `prod` (credd on every host) with `renew_before` as given; tokens from the
@@ -77,7 +82,9 @@ fn a_kept_token_is_reused_while_it_has_more_than_renew_before_left() {
     let t1 = vault_token_at(&stack, &leaks, "schedd1");
     assert_eq!(t1, vault_token_at(&stack, &leaks, "schedd2"));
     assert!(alive(&stack, &t1));
-    let kept = stack.state_dir.join("vault/prod.current");
+    let row = ledger_row(&stack, &t1).expect("in the ledger");
+    assert_eq!((row["state"].as_str(), row["current"].as_bool(), row["kind"].as_str()), (Some("live"), Some(true), Some("login")), "{row}");
+    let kept = stack.state_dir.join("vault").join(format!("{}.token", row["hash"].as_str().unwrap()));
     assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), t1, "kept in its own file in the state directory");
     leaks.assert_clean();
 }
@@ -96,7 +103,8 @@ fn below_renew_before_a_new_login_is_delivered_and_the_old_token_revoked() {
     assert_eq!(new, vault_token_at(&stack, &leaks, "schedd2"));
     assert!(alive(&stack, &new), "the delivered token works after the next login");
     assert!(!alive(&stack, &old), "superseded, held by no destination: revoked");
-    assert!(!stack.state_dir.join("vault").read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".superseded")));
+    assert_eq!(ledger_row(&stack, &old).unwrap()["state"], "revoked");
+    assert_eq!(stack.state_dir.join("vault").read_dir().unwrap().count(), 1, "only the current token's file is left");
     leaks.assert_clean();
 }
 
@@ -142,6 +150,60 @@ fn a_token_file_gets_a_child_that_is_replaced_and_revoked_each_cycle() {
     assert_eq!(vault_token_at(&stack, &leaks, "schedd1"), parent, "the parent is reused");
     assert!(alive(&stack, &c2) && alive(&stack, &parent));
     assert!(!alive(&stack, &c1), "the replaced child is revoked");
+    leaks.assert_clean();
+}
+
+#[test]
+fn a_vault_token_short_of_min_vault_lifetime_is_not_delivered_and_the_unused_login_is_revoked() {
+    let leaks = Leaks::default();
+    let mut stack = Stack::new(&leaks).with_hosts(1);
+    let mut def = ServiceDef::new("prod", &["compute.create"]);
+    // The AppRole's tokens live 1 h.
+    def.extra = "    min_vault_lifetime: 2h\n".into();
+    stack.add_service(def);
+    stack.put_token("prod", &spec());
+    stack.write_inventory();
+    let out = stack.run("short token", &["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("prod: FAILED at lookup") && text.contains("less than min_vault_lifetime 2h"), "{}", shown(&out));
+    assert!(!top(&stack, "schedd1").exists(), "nothing delivered");
+    let issued = tokens::issued(&stack, "prod");
+    assert_eq!(issued.len(), 1, "one login");
+    assert!(!alive(&stack, &issued[0]), "the fresh login token nothing holds is revoked");
+    assert_eq!(ledger_row(&stack, &issued[0]).unwrap()["state"], "revoked");
+    leaks.assert_clean();
+}
+
+#[test]
+fn an_undelivered_child_is_revoked_and_a_landed_one_is_not() {
+    let leaks = Leaks::default();
+    let mut stack = Stack::new(&leaks).with_hosts(2);
+    let mut def = ServiceDef::new("prod", &["compute.create"]);
+    def.extra = "    renew_before: 10m\n".into();
+    stack.add_service(def);
+    let files: Vec<PathBuf> = ["schedd1", "schedd2"].iter().map(|h| stack.host(h).dir.join("vt_prod")).collect();
+    let mut yaml = "    destinations:\n".to_string();
+    for (h, f) in ["schedd1", "schedd2"].iter().zip(&files) {
+        yaml.push_str(&format!("      - file:\n          hosts: [{h}]\n          path: {}\n          owner: root\n          ttl: 30m\n", f.display()));
+    }
+    stack.destinations.insert("prod".into(), yaml);
+    stack.put_token("prod", &spec());
+    stack.write_inventory();
+    stack.host_mut("schedd2").stop();
+    let out = stack.run("schedd2 down", &["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", shown(&out));
+
+    let issued = tokens::issued(&stack, "prod");
+    assert_eq!(issued.len(), 3, "a login and two children");
+    let (parent, children) = (&issued[0], &issued[1..]);
+    let landed = std::fs::read_to_string(&files[0]).unwrap().trim().to_string();
+    assert!(!files[1].exists());
+    assert!(children.contains(&landed));
+    assert!(alive(&stack, &landed), "the child that landed is not revoked");
+    assert!(alive(&stack, parent), "nor its parent");
+    let undelivered = children.iter().find(|c| **c != landed).unwrap();
+    assert!(!alive(&stack, undelivered), "the child that did not land is revoked");
     leaks.assert_clean();
 }
 

@@ -5,7 +5,11 @@
 mod harness;
 
 mod broker;
+mod chaos;
 mod check;
+#[cfg(feature = "failpoints")]
+mod crash;
+mod hostile;
 mod daemon;
 mod deliver;
 #[cfg(feature = "failpoints")]
@@ -14,6 +18,7 @@ mod deliver_hostkeys;
 mod deliver_protocol;
 mod lifecycle;
 mod kerberos;
+mod ledger;
 mod metrics;
 mod notify;
 mod push;

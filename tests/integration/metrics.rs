@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
-use token_bastion::metrics::{self, BrokerRequest, Metrics, MetricsError, MetricsServer, Stage};
+use token_bastion::metrics::{self, BrokerRequest, Held, Metrics, MetricsError, MetricsServer, Stage};
 
 use crate::harness::pushgateway::Pushgateway;
 
 /// One sample line of the exposition format.
 #[derive(Debug)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -21,7 +21,7 @@ struct Sample {
 
 /// Parses exposition text (OpenMetrics or classic): every non-comment line must be a valid
 /// sample, and every sample must belong to a family announced by a `# TYPE` line.
-fn parse(text: &str) -> Vec<Sample> {
+pub(crate) fn parse(text: &str) -> Vec<Sample> {
     let mut families: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -82,7 +82,7 @@ fn parse(text: &str) -> Vec<Sample> {
 }
 
 /// The value of the one sample named `name` whose labels include `labels`.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let matching: Vec<&Sample> = samples
         .iter()
         .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
@@ -99,7 +99,7 @@ fn recorded() -> Metrics {
     m.record_failure("crab", "credd@crab-sched-903", Stage::Login);
     m.observe_stage("wmagent", Stage::Fetch, Duration::from_millis(300));
     m.observe_broker_request(BrokerRequest::Login, Duration::from_millis(40));
-    m.set_time_left("wmagent", "credd@vocms0250", TimeDelta::hours(36));
+    m.set_held([Held { service: "wmagent".into(), destination: "credd@vocms0250".into(), expiry: Utc::now() + TimeDelta::hours(36) }]);
     m.record_cycle_completed("wmagent", Utc::now());
     m
 }
@@ -123,7 +123,10 @@ async fn metrics_and_healthz_are_served_over_http_and_parse() {
         Some(1.0)
     );
     assert_eq!(value(&samples, "token_bastion_failures_total", &[("service", "crab"), ("stage", "login")]), Some(1.0));
-    assert_eq!(value(&samples, "token_bastion_time_left_seconds", &wm), Some(36.0 * 3600.0));
+    let left = value(&samples, "token_bastion_time_left_seconds", &wm).unwrap();
+    assert!((36.0 * 3600.0 - 60.0..=36.0 * 3600.0).contains(&left), "{left}");
+    let expiry = value(&samples, "token_bastion_expiry_timestamp_seconds", &wm).unwrap();
+    assert!((expiry - Utc::now().timestamp() as f64 - left).abs() <= 2.0, "time left is expiry minus now: {expiry} {left}");
     assert_eq!(value(&samples, "token_bastion_stage_duration_seconds_count", &[("stage", "fetch")]), Some(1.0));
     assert_eq!(value(&samples, "token_bastion_stage_duration_seconds_bucket", &[("stage", "fetch"), ("le", "+Inf")]), Some(1.0));
     assert_eq!(value(&samples, "token_bastion_broker_request_duration_seconds_count", &[("request", "login")]), Some(1.0));
@@ -174,7 +177,7 @@ async fn push_reaches_a_real_pushgateway_with_types_intact() {
     assert!(text.contains("# TYPE token_bastion_deliveries_total counter"), "counters stay counters:\n{text}");
     assert!(text.contains("# TYPE token_bastion_stage_duration_seconds histogram"), "{text}");
     assert_eq!(value(&samples, "token_bastion_stage_duration_seconds_count", &[job, ("stage", "fetch")]), Some(1.0));
-    assert_eq!(value(&samples, "token_bastion_time_left_seconds", &wm), Some(36.0 * 3600.0));
+    assert!(value(&samples, "token_bastion_time_left_seconds", &wm).is_some_and(|l| l > 35.0 * 3600.0), "{text}");
 
     // A push replaces what the job pushed before: the old failure series is gone.
     let later = Metrics::new();

@@ -344,7 +344,7 @@ fn status_shows_every_destination_and_exits_by_the_expiry_warning() {
     assert_eq!(code, Some(1));
     assert!(rows.iter().all(|r| r["health"] == "expiring"), "{rows:#?}");
     let table = stdout(&stack.run("status", &["status"]));
-    assert!(table.contains("EXPIRING"), "{table}");
+    assert!(table.contains("expiring"), "{table}");
     for host in HOSTS {
         leaks.secret(read_top(&top_path(&stack, host, "acctprod", "cms_prod"))["vault_token"].as_str().unwrap());
     }

@@ -1,11 +1,13 @@
 //! `token-bastion run --dry-run` end to end against a real OpenBao laid out like HTVault: what
-//! the product asks the broker for, and how each kind of bad token is refused.
+//! the product asks the broker for, how each kind of bad token is refused, and issuer keys that
+//! outlive a run.
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::harness::Leaks;
+use crate::harness::proxy::TcpRelay;
 use crate::harness::openbao::{JwtAlg, JwtSpec, OpenBao, WLCG_ANY_AUDIENCE};
 use crate::harness::stack::{shown, ServiceDef, Stack, VAULT_ISSUER};
 
@@ -199,6 +201,35 @@ async fn a_rotated_key_is_found_by_refetching_once() {
     assert_ne!(first.jti, second.jti);
     let kids_after = cache.keys(&issuer, now()).await.unwrap().kids().iter().map(|k| k.to_string()).collect::<Vec<_>>();
     assert!(kids_after.contains(&new_kid), "the cache now holds the new key");
+    leaks.assert_clean();
+}
+
+/// Issuer keys are kept in the state directory: a run that validated once keeps validating
+/// through an outage of the issuer, with no daemon holding the keys in memory (keys younger
+/// than 6 h are not even asked for).
+#[test]
+fn a_run_validates_through_an_issuer_outage_on_persisted_keys() {
+    let leaks = Leaks::default();
+    let mut stack = Stack::new(&leaks).with_hosts(1);
+    // The issuer is reached through a relay that can be cut while the broker stays up.
+    let mut relay = TcpRelay::start(stack.bao.port());
+    stack.bao.serve_issuer_at(&format!("https://127.0.0.1:{}", relay.port()));
+    stack.add_service(ServiceDef::new("prod", &["compute.create"]));
+    stack.put_token("prod", &spec("compute.create"));
+    stack.write_inventory();
+    let out = stack.run("issuer up", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let cache = stack.state_dir.join("jwks.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&cache).unwrap().contains(&stack.bao.issuer_url()));
+
+    relay.stop();
+    let jwt = stack.put_token("prod", &spec("compute.create"));
+    let out = stack.run("issuer down", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let delivered = std::fs::read_to_string(stack.host("schedd1").spool.join("acctprod/cms_prod.use")).unwrap();
+    assert_eq!(delivered.trim(), jwt, "the new access token was validated and delivered");
     leaks.assert_clean();
 }
 

@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 
 pub mod bao_http;
 pub mod delay_proxy;
+pub mod hostile;
 pub mod kdc;
 pub mod measure;
 pub mod openbao;
+pub mod proxy;
 pub mod pushgateway;
 pub mod stack;
+pub mod tokens;
 
 /// The product binary under test: the one cargo built for the integration tests, or, for the
 /// local-stack example (which shares this harness), the one beside the example's own directory.
@@ -127,6 +130,34 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Makes (with `openssl`) a throw-away CA `<dir>/<name>-ca.pem` and an EC P-256 certificate
+/// `<dir>/<name>.pem` with key `<dir>/<name>.key` (mode 0600) it signed, for `leaf_subject` with
+/// the X.509 extensions `ext` (one `key=value` a line): (CA, certificate, key).
+pub fn make_ca_and_leaf(dir: &Path, name: &str, ca_subject: &str, leaf_subject: &str, ext: &str) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = |suffix: &str| dir.join(format!("{name}{suffix}"));
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (ca_key, ca, key, csr, cert, ext_file) = (p("-ca.key"), p("-ca.pem"), p(".key"), p(".csr"), p(".pem"), p(".ext"));
+    let [ca_key_s, ca_s, key_s, csr_s, cert_s, ext_s] = [&ca_key, &ca, &key, &csr, &cert, &ext_file].map(|p| p.display().to_string());
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key_s, "-out", &ca_s, "-days", "1", "-subj", ca_subject]);
+    openssl(&args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", leaf_subject]);
+    openssl(&args);
+    std::fs::write(&ext_file, ext).unwrap();
+    openssl(&["x509", "-req", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s, "-CAcreateserial", "-out", &cert_s, "-days", "1", "-extfile", &ext_s]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (ca, cert, key)
+}
+
 /// Every secret the harness minted for one test, and every place the product may have written
 /// or printed one. `assert_clean` fails the test if any secret appears anywhere.
 #[derive(Default)]
@@ -141,7 +172,7 @@ impl Leaks {
     /// Remembers a secret to look for. Very short strings are ignored (they would match noise).
     pub fn secret(&self, s: &str) {
         let s = s.trim();
-        if s.len() >= 8 {
+        if s.len() >= PREFIX {
             self.secrets.lock().unwrap().push(s.to_string());
         }
     }
@@ -209,20 +240,34 @@ impl Leaks {
             }
         }
         files.retain(|f| !kept.iter().any(|k| f.starts_with(k)));
+        // One pass per file, looking up each position's first bytes among the secrets' (every
+        // secret is at least 8 bytes): long runs leave logs and databases too large to search
+        // once per secret.
+        let mut by_prefix: std::collections::HashMap<&[u8], Vec<usize>> = std::collections::HashMap::new();
+        for (i, s) in secrets.iter().enumerate() {
+            by_prefix.entry(&s.as_bytes()[..PREFIX]).or_default().push(i);
+        }
         for f in files {
             let mut bytes = Vec::new();
             if std::fs::File::open(&f).and_then(|mut h| h.read_to_end(&mut bytes)).is_err() {
                 continue;
             }
-            for (i, s) in secrets.iter().enumerate() {
-                if bytes.windows(s.len()).any(|w| w == s.as_bytes()) {
-                    found.push(format!("secret #{i} in {}", f.display()));
+            let mut hits = std::collections::BTreeSet::new();
+            for at in 0..bytes.len().saturating_sub(PREFIX - 1) {
+                for &i in by_prefix.get(&bytes[at..at + PREFIX]).into_iter().flatten() {
+                    if bytes[at..].starts_with(secrets[i].as_bytes()) {
+                        hits.insert(i);
+                    }
                 }
             }
+            found.extend(hits.into_iter().map(|i| format!("secret #{i} in {}", f.display())));
         }
         assert!(found.is_empty(), "minted secrets leaked: {found:?}");
     }
 }
+
+/// The shortest secret the leak check looks for.
+const PREFIX: usize = 8;
 
 /// Runs the product with `args`, the given extra environment, and records its output for the
 /// leak check.

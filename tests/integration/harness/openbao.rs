@@ -141,6 +141,9 @@ pub struct OpenBao<'l> {
     /// AppRole login token (it has an entity) used only to mint identity tokens.
     minter_token: String,
     counter: AtomicU32,
+    /// Base URL of the OIDC issuer (`<base>/v1/identity/oidc`): the server itself unless a test
+    /// put a relay in front of it.
+    issuer_base: String,
     /// Set by [`OpenBao::use_http`]: requests go over the HTTP API instead of the CLI.
     http: OnceLock<BaoHttp>,
 }
@@ -202,7 +205,18 @@ impl<'l> OpenBao<'l> {
                 child.stop();
                 continue;
             }
-            let mut bao = OpenBao { child, dir: dir.to_path_buf(), port, addr, root: root.clone(), leaks, minter_token: String::new(), counter: AtomicU32::new(0), http: OnceLock::new() };
+            let mut bao = OpenBao {
+                child,
+                dir: dir.to_path_buf(),
+                port,
+                issuer_base: addr.clone(),
+                addr,
+                root: root.clone(),
+                leaks,
+                minter_token: String::new(),
+                counter: AtomicU32::new(0),
+                http: OnceLock::new(),
+            };
             // The health endpoint answers for any server; only ours knows our root token.
             if bao.api_as(&bao.root, "read", "auth/token/lookup-self", None).is_err() {
                 last_log = bao.child.log_text();
@@ -346,7 +360,14 @@ impl<'l> OpenBao<'l> {
 
     /// The `iss` of every minted JWT.
     pub fn issuer_url(&self) -> String {
-        format!("{}/v1/identity/oidc", self.addr)
+        format!("{}/v1/identity/oidc", self.issuer_base)
+    }
+
+    /// Makes the OIDC issuer `<base>/v1/identity/oidc` (e.g. a relay in front of this server):
+    /// JWTs minted from now on name it, and its discovery document points there.
+    pub fn serve_issuer_at(&mut self, base: &str) {
+        self.write("identity/oidc/config", json!({"issuer": base}));
+        self.issuer_base = base.to_string();
     }
 
     pub fn discovery_url(&self) -> String {
@@ -516,29 +537,13 @@ pub struct ClientCertFiles {
 /// Makes (with `openssl`) a throw-away client CA `<dir>/<name>-ca.pem` and an EC P-256
 /// client certificate `CN=<name>` (extended key usage clientAuth) it signed.
 pub fn make_client_cert(dir: &Path, name: &str, leaks: &Leaks) -> ClientCertFiles {
-    std::fs::create_dir_all(dir).unwrap();
-    let p = |suffix: &str| dir.join(format!("{name}{suffix}"));
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).output().expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let (ca_key, ca, key, csr, cert, ext) = (p("-ca.key"), p("-ca.pem"), p(".key"), p(".csr"), p(".pem"), p(".ext"));
-    let [ca_key_s, ca_s, key_s, csr_s, cert_s, ext_s] = [&ca_key, &ca, &key, &csr, &cert, &ext].map(|p| p.display().to_string());
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    let ca_subject = format!("/CN={name} test client CA");
-    let subject = format!("/CN={name}");
-    let mut args = vec!["req", "-x509"];
-    args.extend(ec);
-    args.extend(["-keyout", &ca_key_s, "-out", &ca_s, "-days", "1", "-subj", &ca_subject]);
-    openssl(&args);
-    let mut args = vec!["req"];
-    args.extend(ec);
-    args.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", &subject]);
-    openssl(&args);
-    std::fs::write(&ext, "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n").unwrap();
-    openssl(&["x509", "-req", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s, "-CAcreateserial", "-out", &cert_s, "-days", "1", "-extfile", &ext_s]);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ca, cert, key) = super::make_ca_and_leaf(
+        dir,
+        name,
+        &format!("/CN={name} test client CA"),
+        &format!("/CN={name}"),
+        "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
+    );
     for line in std::fs::read_to_string(&key).unwrap().lines().filter(|l| !l.starts_with("-----")) {
         leaks.secret(line);
     }

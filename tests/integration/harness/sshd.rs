@@ -154,19 +154,35 @@ impl Sshd {
         self.child = None;
     }
 
+    /// Started and not stopped since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The listening sshd's pid; every connection's processes descend from it.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("sshd running").pid()
     }
 
-    /// Makes `command` (e.g. `id`) take `secs` seconds longer on this host: a wrapper of that
-    /// name, first on the PATH of every SSH session, sleeps and then runs the real one. Restarts
+    /// Makes the next call of `command` (e.g. `id`) on this host take `secs` seconds longer: a
+    /// wrapper of that name, first on the PATH of every SSH session, sleeps once and then runs
+    /// the real one. Restarts
     /// sshd to apply it. For tests that need a delivery in flight for a while.
     pub fn slow_down(&mut self, command: &str, secs: u32) {
         let bin = self.dir.join("slowbin");
         std::fs::create_dir_all(&bin).unwrap();
         let wrapper = bin.join(command);
-        std::fs::write(&wrapper, format!("#!/bin/sh\nsleep {secs}\nexec /usr/bin/env PATH=/usr/sbin:/usr/bin:/sbin:/bin {command} \"$@\"\n")).unwrap();
+        // Only the first call sleeps (the marker directory is made atomically), so the delay
+        // does not depend on how many times a delivery happens to run the command.
+        let once = bin.join(format!(".{command}.slowed"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nif mkdir {once} 2>/dev/null; then sleep {secs}; fi\nexec /usr/bin/env PATH=/usr/sbin:/usr/bin:/sbin:/bin {command} \"$@\"\n",
+                once = once.display()
+            ),
+        )
+        .unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut config = std::fs::read_to_string(&self.config).unwrap();
         if !config.contains("SetEnv PATH=") {

@@ -16,6 +16,9 @@ use super::{run_product, Leaks};
 /// The Vault issuer name (path segment) every stack uses.
 pub const VAULT_ISSUER: &str = "cms";
 
+/// The schedule floor every stack's product runs with: daemon tests schedule cycles seconds apart.
+pub const TEST_SCHEDULE_FLOOR: &str = "1s";
+
 /// One service as the test wants it in `services.yaml`.
 #[derive(Clone, Debug)]
 pub struct ServiceDef {
@@ -81,7 +84,8 @@ impl<'l> Stack<'l> {
         let broker_url = bao.addr().to_string();
         Stack {
             broker_url,
-            env: Vec::new(),
+            // Test services may run seconds apart.
+            env: vec![(token_bastion::inventory::SCHEDULE_FLOOR_ENV.into(), TEST_SCHEDULE_FLOOR.into())],
             _dir: dir,
             config: root.join("services.yaml"),
             root,
@@ -209,6 +213,14 @@ impl<'l> Stack<'l> {
             }
         }
         std::fs::write(&self.config, y).unwrap();
+        // What `check` accepts must give the credmon a vault_url it accepts.
+        let floor = humantime::parse_duration(TEST_SCHEDULE_FLOOR).unwrap();
+        if let Ok(inv) = token_bastion::inventory::parse_bytes(&self.config, &std::fs::read(&self.config).unwrap(), floor) {
+            for spec in inv.services.values() {
+                let url = inv.top_vault_url(spec);
+                assert!(credmon_accepts(&url), "the credmon would refuse {url} ({})", spec.name);
+            }
+        }
     }
 
     pub fn inventory_text(&self) -> String {
@@ -225,9 +237,39 @@ impl<'l> Stack<'l> {
         run_product(self.leaks, label, &all, &env)
     }
 
+    /// Starts the product like [`Stack::run`] without waiting for it (stdout and stderr piped),
+    /// for a test that kills it; hand the child to [`Stack::reap`].
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut cmd = std::process::Command::new(super::product_bin());
+        cmd.arg("--config").arg(&self.config).arg("--state-dir").arg(&self.state_dir).args(args);
+        cmd.env("NO_COLOR", "1").env_remove("RUST_LOG").envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).stdin(std::process::Stdio::null());
+        cmd.spawn().expect("start token-bastion")
+    }
+
+    /// Waits for a child from [`Stack::spawn`] and records its output for the leak check.
+    pub fn reap(&self, label: &str, child: std::process::Child) -> Output {
+        let out = child.wait_with_output().expect("wait for token-bastion");
+        self.leaks.record_output(label, &out);
+        out
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// Whether the Vault credmon accepts `url` as a `.top` file's `vault_url`, restated from
+/// HTCondor's `VaultCredmon.request_url` (urllib3's `parse_url`): scheme `https`, port 8200,
+/// a path starting `/v1`. Written apart from the product's own check on purpose.
+pub fn credmon_accepts(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("https://") else { return false };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let port = host_port.rsplit_once(':').map(|(_, p)| p);
+    let path = tail.split(['?', '#']).next().unwrap_or_default();
+    port.is_some_and(|p| p.parse::<u32>() == Ok(8200)) && path.starts_with("/v1")
 }
 
 /// stdout and stderr of a run, for assertion messages.
