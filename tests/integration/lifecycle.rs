@@ -74,11 +74,22 @@ fn stack_with<'l>(leaks: &'l Leaks, hosts: usize, renew_before: &str, file_dest:
 fn a_kept_token_is_reused_while_it_has_more_than_renew_before_left() {
     let leaks = Leaks::default();
     let stack = stack_with(&leaks, 2, "10m", false);
+    let lookups_before = stack.bao.audit_requests("auth/token/lookup-self").len();
     for label in ["first", "second", "third"] {
         let out = stack.run(label, &["run"]);
         assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     }
     assert_eq!(logins(&stack, "prod"), 1, "one login, reused by the later cycles");
+    // One broker request per service and cycle: the recorded expiry says the kept token is
+    // good, the access-token read proves it works; the fresh login needed no lookup either.
+    assert_eq!(stack.bao.audit_requests("auth/token/lookup-self").len(), lookups_before, "no lookup-self");
+    let reads = stack
+        .bao
+        .audit_entries()
+        .iter()
+        .filter(|e| e["type"] == "request" && e["request"]["operation"] == "read" && e["request"]["path"].as_str().is_some_and(|p| p.starts_with("secret/oauth/")))
+        .count();
+    assert_eq!(reads, 3, "one access-token read per cycle");
     let t1 = vault_token_at(&stack, &leaks, "schedd1");
     assert_eq!(t1, vault_token_at(&stack, &leaks, "schedd2"));
     assert!(alive(&stack, &t1));
@@ -86,6 +97,28 @@ fn a_kept_token_is_reused_while_it_has_more_than_renew_before_left() {
     assert_eq!((row["state"].as_str(), row["current"].as_bool(), row["kind"].as_str()), (Some("live"), Some(true), Some("login")), "{row}");
     let kept = stack.state_dir.join("vault").join(format!("{}.token", row["hash"].as_str().unwrap()));
     assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), t1, "kept in its own file in the state directory");
+    leaks.assert_clean();
+}
+
+/// A kept token revoked behind the bastion's back still has a good recorded expiry: the
+/// refused read is followed by a lookup, the token is recorded dead, and a fresh login is
+/// delivered in the same cycle.
+#[test]
+fn a_kept_token_revoked_elsewhere_is_found_by_its_refused_read_and_replaced() {
+    let leaks = Leaks::default();
+    let stack = stack_with(&leaks, 1, "10m", false);
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let old = vault_token_at(&stack, &leaks, "schedd1");
+    stack.bao.revoke(&old);
+    let lookups_before = stack.bao.audit_requests("auth/token/lookup-self").len();
+    let out = stack.run("second", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(logins(&stack, "prod"), 2, "logged in again");
+    let new = vault_token_at(&stack, &leaks, "schedd1");
+    assert_ne!(old, new);
+    assert!(alive(&stack, &new));
+    assert_eq!(stack.bao.audit_requests("auth/token/lookup-self").len(), lookups_before + 1, "one lookup, after the refused read");
+    assert_eq!(ledger_row(&stack, &old).unwrap()["state"], "dead");
     leaks.assert_clean();
 }
 
