@@ -1,7 +1,7 @@
 //! The Vault token lifecycle across cycles, against real OpenBao and sshd: a kept login token
 //! reused while it has more than `renew_before` left, a new login below it, superseded tokens
-//! revoked only once no destination depends on them, children for token files (revoked unless
-//! they landed), no token short of `min_vault_lifetime` delivered, and the `revoke` drill.
+//! revoked only once no destination depends on them, children for token files (kept until
+//! `renew_before`, revoked unless they landed), no token short of `min_vault_lifetime` delivered, and the `revoke` drill.
 
 use std::path::PathBuf;
 
@@ -164,10 +164,12 @@ fn a_superseded_token_lives_while_a_destination_still_depends_on_it() {
 }
 
 #[test]
-fn a_token_file_gets_a_child_that_is_replaced_and_revoked_each_cycle() {
+fn a_token_file_keeps_its_child_until_renew_before_then_gets_a_new_one_and_the_old_is_revoked() {
     let leaks = Leaks::default();
-    let stack = stack_with(&leaks, 1, "10m", true);
+    let mut stack = stack_with(&leaks, 1, "10m", true);
     let file = stack.host("schedd1").dir.join("vt_prod");
+    let creates = |stack: &Stack| stack.bao.audit_requests("auth/token/create").len();
+    let creates_before = creates(&stack);
     assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
     let parent = vault_token_at(&stack, &leaks, "schedd1");
     let c1 = std::fs::read_to_string(&file).unwrap().trim().to_string();
@@ -176,10 +178,23 @@ fn a_token_file_gets_a_child_that_is_replaced_and_revoked_each_cycle() {
     let info = stack.bao.lookup(&c1).unwrap();
     assert!(info["ttl"].as_u64().unwrap() <= 1800, "the destination's ttl: {info}");
 
+    assert_eq!(creates(&stack) - creates_before, 1);
+
+    // The child has ~30 min left, more than renew_before: written again, not minted again.
     assert_eq!(stack.run("second", &["run"]).status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), c1, "the same child");
+    assert_eq!(creates(&stack) - creates_before, 1, "no new child");
+    assert!(alive(&stack, &c1));
+
+    // With renew_before above what the child has left (but below the parent's hour), it is
+    // replaced; the parent is not.
+    stack.defs.get_mut("prod").unwrap().extra = "    renew_before: 40m\n".into();
+    stack.write_inventory();
+    assert_eq!(stack.run("third", &["run"]).status.code(), Some(0));
     let c2 = std::fs::read_to_string(&file).unwrap().trim().to_string();
     leaks.secret(&c2);
     assert_ne!(c1, c2);
+    assert_eq!(creates(&stack) - creates_before, 2);
     assert_eq!(vault_token_at(&stack, &leaks, "schedd1"), parent, "the parent is reused");
     assert!(alive(&stack, &c2) && alive(&stack, &parent));
     assert!(!alive(&stack, &c1), "the replaced child is revoked");
