@@ -12,7 +12,7 @@
 //! reported, never judged.
 
 #[path = "../tests/integration/harness/mod.rs"]
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
