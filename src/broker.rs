@@ -14,7 +14,15 @@
 //! Errors name the method, the request path (never its query, never a token), the HTTP status and
 //! Vault's own error text. It logs nothing above debug level: errors are returned, and logged once
 //! by whoever handles them.
+//!
+//! Requests are paced ([`pace`]): a bound on those in flight, an optional start rate, and a
+//! bounded, jittered repeat of what is safe to repeat (reads, and anything the broker declined
+//! with 429 or 503 or that never left). A login or a child creation that was sent and not
+//! answered is never repeated: [`BrokerError::outcome_unknown`] says so.
 
+pub mod pace;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +46,8 @@ pub struct BrokerConfig {
     pub issuer: String,
     /// Bound on connecting and on every whole request.
     pub timeout: Duration,
+    /// Requests in flight and started per second at most.
+    pub limits: pace::Limits,
 }
 
 /// How the bastion proves itself to Vault. Holds only paths: the secrets stay on disk until a
@@ -174,6 +184,11 @@ pub enum BrokerError {
     Vault { method: Method, path: String, status: u16, errors: String },
     #[error("{method} {path}: unexpected reply (HTTP {status}): {reason}")]
     BadReply { method: Method, path: String, status: u16, reason: String },
+    /// A request that may have taken effect (a login, a child creation) was sent and not
+    /// answered: a token may exist that the bastion never saw (it expires with its TTL). Never
+    /// repeated.
+    #[error("{0}; the broker may have acted on it, so it was not repeated")]
+    Unanswered(#[source] Box<BrokerError>),
     /// The reply was (or declared itself) larger than [`http::MAX_REPLY_BYTES`]; it was not read.
     #[error("{method} {path}: the broker's reply (HTTP {status}) is larger than the {} limit{}; not read", http::show_bytes(*.limit as u64), declared.map(|n| format!(" (it declares {})", http::show_bytes(n))).unwrap_or_default())]
     TooLarge { method: Method, path: String, status: u16, limit: usize, declared: Option<u64> },
@@ -183,6 +198,7 @@ impl BrokerError {
     /// The HTTP status Vault answered with, when it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
+            BrokerError::Unanswered(e) => e.status(),
             BrokerError::PermissionDenied { status, .. }
             | BrokerError::Vault { status, .. }
             | BrokerError::BadReply { status, .. }
@@ -194,6 +210,7 @@ impl BrokerError {
     /// The request path (`/v1/...`, without query) of a failed request.
     pub fn path(&self) -> Option<&str> {
         match self {
+            BrokerError::Unanswered(e) => e.path(),
             BrokerError::Timeout { path, .. }
             | BrokerError::Transport { path, .. }
             | BrokerError::PermissionDenied { path, .. }
@@ -209,6 +226,12 @@ impl BrokerError {
     pub fn is_permission_denied(&self) -> bool {
         matches!(self, BrokerError::PermissionDenied { .. })
     }
+
+    /// True when a request that may have taken effect was sent and never answered: the
+    /// bastion does not know whether a token was issued.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, BrokerError::Unanswered(_))
+    }
 }
 
 /// The Vault client. Cheap to clone: the HTTP client is shared.
@@ -222,6 +245,8 @@ pub struct Broker {
     timeout: Duration,
     /// Told how long each request took (metrics); never sees the request itself.
     timing: Option<Arc<dyn Fn(RequestKind, Duration) + Send + Sync>>,
+    /// Shared by every clone: one bound and one rate for the whole client.
+    pace: Arc<pace::Pacer>,
 }
 
 /// What a broker request was for, as its duration is reported (the `request` metrics label).
@@ -380,7 +405,15 @@ impl Broker {
             return Err(BrokerError::InvalidRequest("the Vault issuer name is empty".into()));
         }
         let http = http::client(&cfg.ca, cfg.timeout).map_err(BrokerError::Client)?;
-        Ok(Broker { http, ca: cfg.ca.clone(), base: cfg.url.clone(), issuer: cfg.issuer.clone(), timeout: cfg.timeout, timing: None })
+        Ok(Broker {
+            http,
+            ca: cfg.ca.clone(),
+            base: cfg.url.clone(),
+            issuer: cfg.issuer.clone(),
+            timeout: cfg.timeout,
+            timing: None,
+            pace: Arc::new(pace::Pacer::new(cfg.limits)),
+        })
     }
 
     /// Reports every request's duration (answered or not) to `timing`.
@@ -392,6 +425,12 @@ impl Broker {
     /// The Vault issuer name this broker reads access tokens for.
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// Requests made more than once so far (declined with 429/503, never sent, or reads left
+    /// unanswered), by kind: the attempts beyond the first.
+    pub fn repeats(&self) -> BTreeMap<RequestKind, u64> {
+        self.pace.repeats()
     }
 
     pub async fn login(&self, auth: &AuthMethod) -> Result<VaultLogin, BrokerError> {
@@ -522,8 +561,29 @@ impl Broker {
         Call { method, path: url.path().to_string(), url, sent: Vec::new(), negotiate: None, client: None }
     }
 
-    /// Sends one request and turns anything but a 2xx JSON answer into a [`BrokerError`].
+    /// Sends a request, in its turn ([`pace::Pacer::turn`]), as many times as [`pace::next_wait`]
+    /// allows (a GET is safe to repeat; nothing else is once it may have been acted on), and
+    /// turns anything but a 2xx JSON answer into a [`BrokerError`].
     async fn send(&self, call: &Call<'_>, token: Option<&Secret>, query: &[(&str, String)], body: Option<&Value>) -> Result<Reply, BrokerError> {
+        let safe = call.method == Method::GET;
+        let mut attempt = 1;
+        loop {
+            let turn = self.pace.turn().await;
+            let (result, ended) = self.send_once(call, token, query, body).await;
+            drop(turn);
+            let Err(e) = result else { return result };
+            let Some(wait) = pace::next_wait(safe, ended, attempt, rand::random::<f64>()) else {
+                return Err(if ended == pace::Ended::Unanswered && !safe { BrokerError::Unanswered(Box::new(e)) } else { e });
+            };
+            tracing::debug!(method = %call.method, path = %call.path, attempt, wait_ms = wait.as_millis() as u64, error = %e, "broker request repeated");
+            self.pace.count_repeat(RequestKind::of(&call.path));
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// One attempt of [`Self::send`], and how it ended as far as repeating it goes.
+    async fn send_once(&self, call: &Call<'_>, token: Option<&Secret>, query: &[(&str, String)], body: Option<&Value>) -> (Result<Reply, BrokerError>, pace::Ended) {
         let client = call.client.as_ref().unwrap_or(&self.http);
         // Whatever is sent may come back in an error text.
         let sent: Vec<&Secret> = call.sent.iter().copied().chain(token).chain(call.negotiate).collect();
@@ -532,14 +592,16 @@ impl Broker {
             request = request.query(query);
         }
         if let Some(token) = token {
-            let mut value = reqwest::header::HeaderValue::from_str(token.expose())
-                .map_err(|_| BrokerError::InvalidRequest("the Vault token holds characters not allowed in a header".into()))?;
+            let Ok(mut value) = reqwest::header::HeaderValue::from_str(token.expose()) else {
+                return (Err(BrokerError::InvalidRequest("the Vault token holds characters not allowed in a header".into())), pace::Ended::Answered);
+            };
             value.set_sensitive(true);
             request = request.header("X-Vault-Token", value);
         }
         if let Some(negotiate) = call.negotiate {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Negotiate {}", negotiate.expose()))
-                .map_err(|_| BrokerError::InvalidRequest("the Negotiate token holds characters not allowed in a header".into()))?;
+            let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Negotiate {}", negotiate.expose())) else {
+                return (Err(BrokerError::InvalidRequest("the Negotiate token holds characters not allowed in a header".into())), pace::Ended::Answered);
+            };
             value.set_sensitive(true);
             request = request.header(reqwest::header::AUTHORIZATION, value);
         }
@@ -553,10 +615,18 @@ impl Broker {
             Err(e) => {
                 tracing::debug!(method = %call.method, path = %call.path, elapsed_ms = started.elapsed().as_millis() as u64, "broker request failed");
                 self.report_timing(call, started);
-                return Err(self.transport_error(call, e));
+                let ended = if e.is_connect() { pace::Ended::NotSent } else { pace::Ended::Unanswered };
+                return (Err(self.transport_error(call, e)), ended);
             }
         };
         let status = response.status();
+        let ended = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => pace::Ended::Declined {
+                retry_after: response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(pace::retry_after),
+            },
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => pace::Ended::Unanswered,
+            _ => pace::Ended::Answered,
+        };
         let content_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -572,24 +642,33 @@ impl Broker {
             },
         });
         self.report_timing(call, started);
-        let bytes = bytes?;
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e @ BrokerError::TooLarge { .. }) => return (Err(e), ended),
+            Err(e) => return (Err(e), pace::Ended::Unanswered),
+        };
         tracing::debug!(method = %call.method, path = %call.path, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "broker request");
         let parsed: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) { Some(Value::Null) } else { serde_json::from_slice(&bytes).ok() };
         let not_json = || match &content_type {
             Some(t) => format!("the body ({} bytes, {t}) is not JSON", bytes.len()),
             None => format!("the body ({} bytes) is not JSON", bytes.len()),
         };
+        (self.judge(call, &sent, status, parsed, not_json), ended)
+    }
+
+    /// A whole reply as a [`Reply`] or the [`BrokerError`] it amounts to.
+    fn judge(&self, call: &Call<'_>, sent: &[&Secret], status: StatusCode, parsed: Option<Value>, not_json: impl Fn() -> String) -> Result<Reply, BrokerError> {
         if status.is_success() {
             let body = parsed.ok_or_else(|| call.bad_reply(status.as_u16(), not_json()))?;
             // E.g. "Endpoint ignored these unrecognized parameters: [minimum_seconds]" is how a
             // broker without the oauthapp plugin behind these paths gives itself away.
             if let Some(warnings) = body.get("warnings").and_then(Value::as_array).filter(|w| !w.is_empty()) {
-                tracing::debug!(method = %call.method, path = %call.path, warnings = %vault_errors(&serde_json::json!({ "errors": warnings }), &sent), "broker warnings");
+                tracing::debug!(method = %call.method, path = %call.path, warnings = %vault_errors(&serde_json::json!({ "errors": warnings }), sent), "broker warnings");
             }
             return Ok(Reply { status: status.as_u16(), body });
         }
         let errors = match &parsed {
-            Some(body) => vault_errors(body, &sent),
+            Some(body) => vault_errors(body, sent),
             None => format!("({})", not_json()),
         };
         let (method, path, status) = (call.method.clone(), call.path.clone(), status.as_u16());
@@ -768,7 +847,7 @@ mod tests {
 
     #[test]
     fn plain_http_and_credentials_in_the_url_are_refused() {
-        let cfg = |u: &str| BrokerConfig { url: url::Url::parse(u).unwrap(), ca: CaSource::System, issuer: "cms".into(), timeout: Duration::from_secs(5) };
+        let cfg = |u: &str| BrokerConfig { url: url::Url::parse(u).unwrap(), ca: CaSource::System, issuer: "cms".into(), timeout: Duration::from_secs(5), limits: Default::default() };
         assert!(matches!(Broker::new(&cfg("http://vault:8200")), Err(BrokerError::BadUrl { .. })));
         let e = Broker::new(&cfg("https://user:hunter2pass@vault:8200")).unwrap_err();
         assert!(matches!(e, BrokerError::BadUrl { .. }));

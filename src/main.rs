@@ -514,6 +514,10 @@ fn print_report(report: &RunReport) {
     for e in &report.state_errors {
         println!("STATE NOT RECORDED: {}", redact::scrub(e));
     }
+    if !report.broker_repeats.is_empty() {
+        let by_kind: Vec<String> = report.broker_repeats.iter().map(|(k, n)| format!("{} {n}", k.as_str())).collect();
+        println!("broker requests repeated (declined with 429/503, or reads unanswered): {}", by_kind.join(", "));
+    }
     let total = report.destinations().count();
     let ok = report.destinations().filter(|(_, d)| d.result.is_ok()).count();
     let failed_services = report.services.iter().filter(|s| s.tokens.is_err()).count();

@@ -22,7 +22,7 @@ use crate::deliver::Removal;
 use crate::inventory::{HostSpec, Inventory, ServiceSpec};
 use crate::keep::TokenKeeper;
 use crate::secret::Secret;
-use crate::state::{DestinationStatus, Holding, LedgerToken, NewToken, StateStore, TokenKind};
+use crate::state::{DestinationStatus, HoldState, Holding, LedgerToken, NewToken, StateStore, TokenKind, TokenState};
 
 /// How much earlier than its parent a child token expires.
 const CHILD_MARGIN_SECS: i64 = 60;
@@ -37,18 +37,83 @@ pub(super) struct Child {
 /// Children by (service, destination id); `Err` when one could not be minted.
 pub(super) type Children = BTreeMap<(String, String), Result<Child, String>>;
 
-/// Mints, for every Vault-token file of every service that obtained valid tokens, a child of
-/// the login token whose TTL is the destination's `ttl` but never beyond what the parent has
-/// left, and records it in the ledger before anything uses it. A dry run mints nothing.
+/// The child (hash, expiry) a Vault-token file already holds, if it may simply be written
+/// again: the ledger says the file holds that one token and nothing else may be there, the
+/// token is a live child of `parent` (the login token in use) that a cycle minted (an imported
+/// one's expiry is a guess), and it has more than `renew_before` left at `now`.
+fn reusable_child<'t>(tokens: &'t [LedgerToken], holdings: &[Holding], key: &(String, String), parent: &str, renew_before: Duration, now: i64) -> Option<(&'t str, i64)> {
+    let mut held = holdings.iter().filter(|h| h.service == key.0 && h.destination == key.1 && h.state.may_hold());
+    let first = held.next()?;
+    if first.state != HoldState::Holds || held.any(|h| h.token != first.token || h.state != HoldState::Holds) {
+        return None;
+    }
+    let t = tokens.iter().find(|t| t.hash == first.token)?;
+    let expiry = t.expiry?;
+    let left = Duration::from_secs(u64::try_from(expiry.saturating_sub(now)).ok()?);
+    let usable = t.kind == TokenKind::Child
+        && t.state == TokenState::Live
+        && t.run_id.is_some()
+        && t.parent.as_deref() == Some(parent)
+        && left > renew_before;
+    usable.then_some((t.hash.as_str(), expiry))
+}
+
+/// Gives every Vault-token file of every service that obtained valid tokens its child of the
+/// login token: the one it holds while that may be reused ([`reusable_child`]), else a new one
+/// whose TTL is the destination's `ttl` but never beyond what the parent has left, recorded in
+/// the ledger before anything uses it. A dry run mints nothing. A creation whose reply was lost
+/// is not repeated: a child it may have made is unknown here and dies with its TTL or parent.
 pub(super) async fn mint_children(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport]) -> Children {
     let mut children = Children::new();
     if ctx.dry_run {
         return children;
     }
+    // Every Vault-token file to fill: (service, destination), the login token it descends from,
+    // and how long before its expiry a child is replaced.
+    let mut wanted = Vec::new();
+    for (spec, report) in services.iter().zip(reports) {
+        let Ok(tokens) = &report.tokens else { continue };
+        for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host)) {
+            if matches!(dest.kind, DestinationKind::File { content: FileContent::VaultToken, .. }) {
+                wanted.push(((spec.name.clone(), dest.id.clone()), tokens.vault_token.short_hash(), spec.renew_before));
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return children;
+    }
+    let ledger = ctx.ledger.clone();
+    let now = now_unix();
+    let mut reusable: BTreeMap<(String, String), Child> = tokio::task::spawn_blocking(move || {
+        let (known, holdings) = match ledger.db(|s| Ok((s.tokens()?, s.holdings()?))) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot read the token ledger; every token file gets a new child");
+                return BTreeMap::new();
+            }
+        };
+        wanted
+            .into_iter()
+            .filter_map(|(key, parent, renew_before)| {
+                let (hash, expiry) = reusable_child(&known, &holdings, &key, &parent, renew_before, now)?;
+                // Bytes that cannot be read mean a new child, as if none were kept.
+                let token = ledger.keeper.get(hash).ok()??;
+                Some((key, Child { token, expiry }))
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
     for (spec, report) in services.iter().zip(reports) {
         let Ok(tokens) = &report.tokens else { continue };
         for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host)) {
             let DestinationKind::File { content: FileContent::VaultToken, ttl, .. } = &dest.kind else { continue };
+            let key = (spec.name.clone(), dest.id.clone());
+            if let Some(child) = reusable.remove(&key) {
+                info!(service = %spec.name, host = %dest.host, destination = %dest.id, vault = %child.token.short_hash(), "child token reused");
+                children.insert(key, Ok(child));
+                continue;
+            }
             // What the parent has left now, less a minute, so that the child's expiry (counted
             // from its creation a moment later, in whole seconds) stays before the parent's.
             let parent_left = u64::try_from(tokens.vault_expiry - now_unix() - CHILD_MARGIN_SECS).unwrap_or(1).max(1);
@@ -65,9 +130,14 @@ pub(super) async fn mint_children(ctx: &Ctx<'_>, services: &[&ServiceSpec], repo
                         Err(reason) => Err(format!("deliver: child token: {reason}")),
                     }
                 }
-                Err(e) => Err(format!("deliver: cannot mint a child token: {}", error_chain(&e))),
+                Err(e) => {
+                    if e.outcome_unknown() {
+                        warn!(service = %spec.name, destination = %dest.id, error = %error_chain(&e), "the child creation's reply was lost: a child it may have made is unknown here and dies with its TTL or its parent");
+                    }
+                    Err(format!("deliver: cannot mint a child token: {}", error_chain(&e)))
+                }
             };
-            children.insert((spec.name.clone(), dest.id.clone()), child);
+            children.insert(key, child);
         }
     }
     children
@@ -300,4 +370,75 @@ pub fn settle_host(
         }
     });
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+    const DAY: i64 = 86_400;
+
+    fn child(hash: &str, parent: &str, expiry: i64, state: TokenState) -> LedgerToken {
+        LedgerToken {
+            hash: hash.into(),
+            service: "svc".into(),
+            kind: TokenKind::Child,
+            parent: Some(parent.into()),
+            expiry: Some(expiry),
+            state,
+            current: false,
+            run_id: Some(1),
+            created: NOW - DAY,
+            updated: NOW - DAY,
+        }
+    }
+
+    fn holds(token: &str, state: HoldState) -> Holding {
+        Holding {
+            service: "svc".into(),
+            destination: "file@h".into(),
+            host: "h".into(),
+            template: "/tmp/vt".into(),
+            path: Some("/tmp/vt".into()),
+            content: format!("c-{token}"),
+            token: token.into(),
+            state,
+            run_id: None,
+            updated: NOW - DAY,
+        }
+    }
+
+    fn key() -> (String, String) {
+        ("svc".into(), "file@h".into())
+    }
+
+    fn reused(tokens: &[LedgerToken], holdings: &[Holding], parent: &str) -> Option<String> {
+        reusable_child(tokens, holdings, &key(), parent, Duration::from_secs(DAY as u64), NOW).map(|(h, _)| h.to_string())
+    }
+
+    #[test]
+    fn a_child_the_file_holds_is_reused_until_renew_before() {
+        let fresh = [child("c1", "p1", NOW + 3 * DAY, TokenState::Live)];
+        assert_eq!(reused(&fresh, &[holds("c1", HoldState::Holds)], "p1").as_deref(), Some("c1"));
+        // What the file held before and was replaced does not count.
+        assert_eq!(reused(&fresh, &[holds("c0", HoldState::Replaced), holds("c1", HoldState::Holds)], "p1").as_deref(), Some("c1"));
+        let due = [child("c1", "p1", NOW + DAY, TokenState::Live)];
+        assert_eq!(reused(&due, &[holds("c1", HoldState::Holds)], "p1"), None, "within renew_before: a new child");
+    }
+
+    #[test]
+    fn no_reuse_unless_the_ledger_is_sure() {
+        let tokens = [child("c1", "p1", NOW + 3 * DAY, TokenState::Live), child("c2", "p1", NOW + 3 * DAY, TokenState::Live)];
+        assert_eq!(reused(&tokens, &[holds("c1", HoldState::Holds)], "p2"), None, "a child of another login token");
+        assert_eq!(reused(&tokens, &[holds("c1", HoldState::Unknown)], "p1"), None, "an outcome not known");
+        assert_eq!(reused(&tokens, &[holds("c1", HoldState::Intended)], "p1"), None, "an intent without outcome");
+        assert_eq!(reused(&tokens, &[holds("c1", HoldState::Holds), holds("c2", HoldState::Unknown)], "p1"), None, "may hold another");
+        assert_eq!(reused(&tokens, &[], "p1"), None, "holds nothing");
+        let pending = [child("c1", "p1", NOW + 3 * DAY, TokenState::RevokePending)];
+        assert_eq!(reused(&pending, &[holds("c1", HoldState::Holds)], "p1"), None, "a child being revoked");
+        let mut imported = child("c1", "p1", NOW + 3 * DAY, TokenState::Live);
+        imported.run_id = None;
+        assert_eq!(reused(&[imported], &[holds("c1", HoldState::Holds)], "p1"), None, "imported from an older version: its expiry is a guess");
+    }
 }

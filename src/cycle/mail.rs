@@ -485,7 +485,7 @@ services:
                 timings: vec![],
             })
             .collect();
-        RunReport { run_id: None, started: at, dry_run: false, services, mail: OutboxReport::default(), state_errors: vec![], alerts: vec![] }
+        RunReport { run_id: None, started: at, dry_run: false, services, mail: OutboxReport::default(), state_errors: vec![], alerts: vec![], broker_repeats: Default::default() }
     }
 
     /// The alerts table, in memory: `decide` at `at` with `failed` (and `expiring` for service

@@ -39,8 +39,6 @@ use crate::state::{CycleLock, Delivered, DeliveryRecord, DestinationStatus, Lock
 use ledger::Ledger;
 use crate::validate::ValidatedToken;
 
-/// How many services talk to the broker at once.
-const BROKER_FAN_OUT: usize = 4;
 /// Asked of the broker on top of the service's minimum so that a token that just meets the
 /// minimum at the broker still meets it when validated a moment later.
 const MINIMUM_SECONDS_MARGIN: u64 = 60;
@@ -194,6 +192,9 @@ pub struct RunReport {
     /// Conditions the cycle found that on-call must hear about at once (e.g.
     /// [`mail::credmon_not_refreshing`]).
     pub alerts: Vec<crate::notify::FailureLine>,
+    /// Broker requests made more than once (declined with 429/503, never sent, or reads left
+    /// unanswered): the attempts beyond the first, by kind.
+    pub broker_repeats: BTreeMap<crate::broker::RequestKind, u64>,
 }
 
 impl RunReport {
@@ -403,7 +404,16 @@ pub fn run_once(
     };
     let (services_done, pushed, unrecorded) = runtime.block_on(execute(&ctx, &services).instrument(run_span.clone()));
     let mut report =
-        RunReport { run_id: Some(run_id), started, dry_run: opts.dry_run, services: services_done, mail: OutboxReport::default(), state_errors: Vec::new(), alerts: Vec::new() };
+        RunReport {
+            run_id: Some(run_id),
+            started,
+            dry_run: opts.dry_run,
+            services: services_done,
+            mail: OutboxReport::default(),
+            state_errors: Vec::new(),
+            broker_repeats: BTreeMap::new(),
+            alerts: Vec::new(),
+        };
 
     // From here on a failing state database loses nothing: what could not be written is tried
     // once more, then reported; the intents already recorded keep every file "may hold".
@@ -484,6 +494,7 @@ pub fn run_once(
         let orphans = lifecycle::orphans(inv, &tokens, &statuses);
         report.mail = mail::notify_run(inv, &ledger, &templates, &report, &orphans, runtime);
     }
+    report.broker_repeats = ctx.broker.repeats();
     let ok = report.all_ok();
     let outcome = if opts.cancel.is_cancelled() && !ok {
         RunOutcome::Interrupted
@@ -503,7 +514,8 @@ pub fn run_once(
 /// deliver to every host (hosts in parallel, each with its intent and outcome recorded).
 /// Returns the reports and the outcomes the ledger could not take yet.
 async fn execute(ctx: &Ctx<'_>, services: &[&ServiceSpec]) -> (Vec<ServiceReport>, BTreeSet<String>, Vec<plan::Unrecorded>) {
-    let gate = Arc::new(Semaphore::new(BROKER_FAN_OUT));
+    // As many services at once as the broker takes requests at once (its client holds the bound).
+    let gate = Arc::new(Semaphore::new(ctx.inv.broker.limits.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, spec) in services.iter().enumerate() {
         let mut spec = (*spec).clone();
@@ -679,6 +691,7 @@ mod tests {
             mail: OutboxReport::default(),
             state_errors: Vec::new(),
             alerts: Vec::new(),
+            broker_repeats: BTreeMap::new(),
         };
         let t = tokens();
         let top = TopFile { vault_token: t.vault_token.clone(), vault_url: "https://v:8200/v1/x".into(), scopes: None, audience: None };

@@ -2,6 +2,12 @@
 //! than `renew_before` left (else a fresh login, recorded the moment the reply arrives), then
 //! the access token, validated.
 //!
+//! One broker request per service in a warm cycle: the kept token's recorded expiry says
+//! whether it is still good for long enough, and the access-token read proves it works. Only
+//! a kept token whose expiry is not recorded is looked up first; when the read is refused, a
+//! lookup tells a dead token (log in again) from a path its policy does not allow. A fresh
+//! login's lease comes with its reply: no lookup either.
+//!
 //! A fresh login token that does not become current (validation failed, or a dry run) is
 //! revoked at once: the bastion never leaves a live token behind that nothing holds. One that
 //! cannot be recorded is revoked before anything uses it.
@@ -12,7 +18,7 @@ use tracing::{info, warn};
 
 use super::ledger::Ledger;
 use super::{access_request, error_chain, fail, fail_chain, now_unix, ServiceTokens, Stage, StageFailure, CLOCK_LEEWAY};
-use crate::broker::{Broker, TokenInfo};
+use crate::broker::{Broker, BrokerError, TokenInfo};
 use crate::inventory::ServiceSpec;
 use crate::jwks::JwksCache;
 use crate::secret::{Fingerprint, Secret};
@@ -31,6 +37,45 @@ pub(super) struct Job {
 /// Time left of a token; a token that never expires (`ttl` 0, no expiry) has all the time.
 fn time_left(info: &TokenInfo) -> Duration {
     if info.ttl.is_zero() && info.expire_time.is_none() { Duration::MAX } else { info.ttl }
+}
+
+/// Whether a token with `info` may be used (and kept) for `spec` rather than replaced.
+fn good_for(spec: &ServiceSpec, info: &TokenInfo) -> bool {
+    time_left(info) > spec.renew_before && time_left(info) >= spec.min_vault_lifetime
+}
+
+/// What the ledger's recorded expiry (Unix seconds) says of a token at `now`. Its policies are
+/// not recorded: nothing downstream reads them.
+fn recorded_info(expiry: i64, now: i64) -> TokenInfo {
+    TokenInfo {
+        ttl: Duration::from_secs(u64::try_from(expiry.saturating_sub(now)).unwrap_or(0)),
+        expire_time: chrono::DateTime::from_timestamp(expiry, 0),
+        policies: Vec::new(),
+        renewable: false,
+    }
+}
+
+/// How the Vault token in hand was come by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Logged in this cycle.
+    Fresh,
+    /// Kept, and looked up this cycle.
+    KeptLookedUp,
+    /// Kept, judged by its recorded expiry alone: the access-token read is its first use.
+    KeptUnchecked,
+}
+
+/// Why the access-token stage failed; `refused`: the broker refused the Vault token (403).
+struct AccessFailure {
+    failure: StageFailure,
+    refused: bool,
+}
+
+impl From<StageFailure> for AccessFailure {
+    fn from(failure: StageFailure) -> AccessFailure {
+        AccessFailure { failure, refused: false }
+    }
 }
 
 /// Expiry (Unix seconds) of a token granted `lease` now; `None` for a token that never expires.
@@ -55,8 +100,25 @@ pub(super) async fn record_or_revoke(ledger: &Ledger, broker: &Broker, run: Opti
 impl Job {
     /// `timings` gets how long each stage took.
     pub async fn obtain(&self, spec: &ServiceSpec, issuer_url: &str, timings: &mut Vec<(Stage, Duration)>) -> Result<ServiceTokens, StageFailure> {
-        let (token, info, fresh) = self.vault_token(spec, timings).await?;
-        let result = self.access(spec, issuer_url, &token, &info, fresh, timings).await;
+        let (mut token, info, mut origin) = self.vault_token(spec, timings).await?;
+        let mut result = self.access(spec, issuer_url, &token, &info, origin == Origin::Fresh, timings).await;
+        if origin == Origin::KeptUnchecked && result.as_ref().is_err_and(|f| f.refused) {
+            // A dead token, or a path its policy does not allow? Only a lookup tells them apart.
+            let started = Instant::now();
+            let looked_up = self.broker.lookup_self(&token).await;
+            timings.push((Stage::Lookup, started.elapsed()));
+            if let Err(e) = &looked_up
+                && e.is_permission_denied()
+            {
+                warn!(vault = %token.short_hash(), error = %error_chain(e), "Vault refuses the kept Vault token; logging in again");
+                self.mark_dead(&token.short_hash()).await;
+                let (fresh, info) = self.login(spec, timings).await?;
+                (token, origin) = (fresh, Origin::Fresh);
+                result = self.access(spec, issuer_url, &token, &info, true, timings).await;
+            }
+        }
+        let result = result.map_err(|f| f.failure);
+        let fresh = origin == Origin::Fresh;
         match (&result, fresh) {
             (Ok(_), true) if !self.dry_run => {
                 let (service, hash) = (spec.name.clone(), token.short_hash());
@@ -71,53 +133,68 @@ impl Job {
         result
     }
 
-    /// The kept token if it is still good for longer than `renew_before`, else a new login.
-    async fn vault_token(&self, spec: &ServiceSpec, timings: &mut Vec<(Stage, Duration)>) -> Result<(Secret, TokenInfo, bool), StageFailure> {
-        let started = Instant::now();
+    /// The kept token if it is still good for longer than `renew_before` (by its recorded
+    /// expiry, else by a lookup), else a new login.
+    async fn vault_token(&self, spec: &ServiceSpec, timings: &mut Vec<(Stage, Duration)>) -> Result<(Secret, TokenInfo, Origin), StageFailure> {
         match self.ledger.current(&spec.name).await {
-            Ok(Some((_, Some(kept)))) => match self.broker.lookup_self(&kept).await.inspect(|_| timings.push((Stage::Lookup, started.elapsed()))) {
-                Ok(info) if time_left(&info) > spec.renew_before && time_left(&info) >= spec.min_vault_lifetime => {
-                    return Ok((kept, info, false));
+            Ok(Some((row, Some(kept)))) => {
+                // Only an expiry recorded from the broker's own reply (not imported) is trusted.
+                if let Some(info) = row.expiry.filter(|_| row.run_id.is_some()).map(|e| recorded_info(e, now_unix())).filter(|i| good_for(spec, i)) {
+                    return Ok((kept, info, Origin::KeptUnchecked));
                 }
-                Ok(info) => info!(
-                    left = %humantime::format_duration(Duration::from_secs(info.ttl.as_secs())),
-                    renew_before = %humantime::format_duration(spec.renew_before),
-                    "kept Vault token is due for renewal; logging in again"
-                ),
-                Err(e) if e.is_permission_denied() => {
-                    warn!(vault = %kept.short_hash(), error = %error_chain(&e), "Vault refuses the kept Vault token; logging in again");
-                    let hash = kept.short_hash();
-                    if let Err(e) = self.ledger.db_async(move |s| s.set_token_state(&hash, TokenState::Dead)).await {
-                        warn!(error = %error_chain(&e), "cannot record the refused token as dead");
+                let started = Instant::now();
+                match self.broker.lookup_self(&kept).await.inspect(|_| timings.push((Stage::Lookup, started.elapsed()))) {
+                    Ok(info) if good_for(spec, &info) => return Ok((kept, info, Origin::KeptLookedUp)),
+                    Ok(info) => info!(
+                        left = %humantime::format_duration(Duration::from_secs(info.ttl.as_secs())),
+                        renew_before = %humantime::format_duration(spec.renew_before),
+                        "kept Vault token is due for renewal; logging in again"
+                    ),
+                    Err(e) if e.is_permission_denied() => {
+                        warn!(vault = %kept.short_hash(), error = %error_chain(&e), "Vault refuses the kept Vault token; logging in again");
+                        self.mark_dead(&kept.short_hash()).await;
                     }
+                    Err(e) => warn!(error = %error_chain(&e), "kept Vault token no longer works; logging in again"),
                 }
-                Err(e) => warn!(error = %error_chain(&e), "kept Vault token no longer works; logging in again"),
-            },
+            }
             Ok(Some((row, None))) => {
                 warn!(vault = %row.hash, "the kept Vault token's file is gone; logging in again (the token expires on its own)");
-                if let Err(e) = self.ledger.db_async(move |s| s.set_token_state(&row.hash, TokenState::Dead)).await {
-                    warn!(error = %error_chain(&e), "cannot record the lost token as dead");
-                }
+                self.mark_dead(&row.hash).await;
             }
             Ok(None) => {}
             Err(e) => warn!(error = %error_chain(&e), "cannot read the kept Vault token; logging in again"),
         }
-        let started = Instant::now();
-        let login = self.broker.login(&spec.login).await.map_err(|e| fail_chain(Stage::Login, &e))?;
-        let row = NewToken { hash: login.token.short_hash(), service: spec.name.clone(), kind: TokenKind::Login, parent: None, expiry: expiry_of(login.lease) };
-        record_or_revoke(&self.ledger, &self.broker, self.run, &login.token, row).await.map_err(|reason| fail(Stage::Login, reason))?;
-        timings.push((Stage::Login, started.elapsed()));
-        let started = Instant::now();
-        let looked_up = self.broker.lookup_self(&login.token).await;
-        timings.push((Stage::Lookup, started.elapsed()));
-        match looked_up {
-            Ok(info) => Ok((login.token, info, true)),
-            Err(e) => {
-                let failure = fail_chain(Stage::Lookup, &e);
-                self.discard(&spec.name, &login.token, "lookup failed").await;
-                Err(failure)
-            }
+        let (token, info) = self.login(spec, timings).await?;
+        Ok((token, info, Origin::Fresh))
+    }
+
+    /// Records a token the broker refuses, or whose bytes are lost, as dead.
+    async fn mark_dead(&self, hash: &str) {
+        let hash = hash.to_string();
+        if let Err(e) = self.ledger.db_async(move |s| s.set_token_state(&hash, TokenState::Dead)).await {
+            warn!(error = %error_chain(&e), "cannot record the token as dead");
         }
+    }
+
+    /// A fresh login, recorded before anything uses it; what it is good for comes with the
+    /// reply. A login sent and never answered is not repeated: a token it may have issued is
+    /// unknown here and expires with its TTL.
+    async fn login(&self, spec: &ServiceSpec, timings: &mut Vec<(Stage, Duration)>) -> Result<(Secret, TokenInfo), StageFailure> {
+        let started = Instant::now();
+        let login = self.broker.login(&spec.login).await.map_err(|e| {
+            if e.outcome_unknown() {
+                warn!(error = %error_chain(&e), "the login's reply was lost: a token it may have issued is unknown here and expires with its TTL");
+            }
+            fail_chain(Stage::Login, &e)
+        })?;
+        let row = NewToken { hash: login.token.short_hash(), service: spec.name.clone(), kind: TokenKind::Login, parent: None, expiry: expiry_of(login.lease) };
+        record_or_revoke(&self.ledger, &self.broker, self.run, &login.token, row.clone()).await.map_err(|reason| fail(Stage::Login, reason))?;
+        timings.push((Stage::Login, started.elapsed()));
+        let info = match row.expiry {
+            Some(expiry) => recorded_info(expiry, now_unix()),
+            None => TokenInfo { ttl: Duration::ZERO, expire_time: None, policies: login.policies, renewable: login.renewable },
+        };
+        Ok((login.token, info))
     }
 
     async fn access(
@@ -128,23 +205,27 @@ impl Job {
         info: &TokenInfo,
         fresh: bool,
         timings: &mut Vec<(Stage, Duration)>,
-    ) -> Result<ServiceTokens, StageFailure> {
+    ) -> Result<ServiceTokens, AccessFailure> {
         let now = now_unix();
         let left = time_left(info);
         if left < spec.min_vault_lifetime {
-            return Err(fail(
+            return Err(AccessFailure::from(fail(
                 Stage::Lookup,
                 format!(
                     "the Vault token has {} left, less than min_vault_lifetime {}",
                     humantime::format_duration(left),
                     humantime::format_duration(spec.min_vault_lifetime)
                 ),
-            ));
+            )));
         }
         let vault_expiry = info.expire_time.map(|t| t.timestamp()).unwrap_or_else(|| now.saturating_add(i64::try_from(left.as_secs()).unwrap_or(i64::MAX)));
         let vault_fingerprint = Fingerprint::of(token, None, Some(vault_expiry));
         let started = Instant::now();
-        let reply = self.broker.access_token(token, &access_request(spec)).await.map_err(|e| fail_chain(Stage::Fetch, &e))?;
+        let reply = self
+            .broker
+            .access_token(token, &access_request(spec))
+            .await
+            .map_err(|e: BrokerError| AccessFailure { failure: fail_chain(Stage::Fetch, &e), refused: e.is_permission_denied() })?;
         timings.push((Stage::Fetch, started.elapsed()));
         let expect = Expectation {
             issuer: issuer_url,

@@ -1,5 +1,5 @@
 //! From validated tokens to one plan per host, and the plans carried out: every host on its own
-//! blocking thread (libssh2 is blocking), under a bound, each service × destination's result
+//! blocking thread (libssh2 is blocking), at most `delivery.hosts_at_once` at a time, each service × destination's result
 //! mapped back from its files.
 //!
 //! Around each host's push the ledger is told, from that host's thread: before it, what every
@@ -21,9 +21,6 @@ use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, Remo
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
 use crate::secret::Secret;
 use crate::state::{Delivered, Intent, RunId, Settled, StateError};
-
-/// How many hosts are written to at once.
-const HOST_FAN_OUT: usize = 8;
 
 /// Results keyed by (service, destination id).
 pub(super) type Results = BTreeMap<(String, String), Result<Delivered, String>>;
@@ -313,7 +310,8 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
     let mut unrecorded = Vec::new();
     let dry_run = ctx.dry_run;
     let abandon = ctx.abandon.clone();
-    let gate = Arc::new(Semaphore::new(HOST_FAN_OUT));
+    // Each host has one connection; a slow host holds one place, never the others.
+    let gate = Arc::new(Semaphore::new(ctx.inv.delivery.hosts_at_once.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut files_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let attempted = hosts.keys().cloned().collect();

@@ -20,6 +20,7 @@ pub struct Inventory {
     pub hosts: BTreeMap<String, HostSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
     pub notify: NotifySpec,
+    pub delivery: DeliverySpec,
     /// Every local file the inventory names, with where it is named: checked by
     /// [`super::check_local_files`].
     pub local_files: Vec<LocalFile>,
@@ -44,12 +45,31 @@ pub struct BrokerSpec {
     /// credmon needs the creds or sts path appended.
     pub vault_url: String,
     pub timeout: Duration,
+    /// Requests in flight and started per second at most.
+    pub limits: crate::broker::pace::Limits,
 }
 
 impl BrokerSpec {
     /// What the broker client needs of this section.
     pub fn client_config(&self) -> BrokerConfig {
-        BrokerConfig { url: self.url.clone(), ca: self.ca.clone(), issuer: self.issuer.clone(), timeout: self.timeout }
+        BrokerConfig { url: self.url.clone(), ca: self.ca.clone(), issuer: self.issuer.clone(), timeout: self.timeout, limits: self.limits }
+    }
+}
+
+/// How a cycle spreads its deliveries over the hosts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliverySpec {
+    /// Hosts written to at once, each over its one SSH connection.
+    pub hosts_at_once: usize,
+}
+
+impl DeliverySpec {
+    pub const DEFAULT_HOSTS_AT_ONCE: usize = 8;
+}
+
+impl Default for DeliverySpec {
+    fn default() -> DeliverySpec {
+        DeliverySpec { hosts_at_once: DeliverySpec::DEFAULT_HOSTS_AT_ONCE }
     }
 }
 

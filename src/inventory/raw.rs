@@ -26,6 +26,18 @@ pub(super) struct RawInventory {
     #[serde(default)]
     #[schemars(with = "Option<RawNotify>")]
     pub(super) notify: Option<Spanned<RawNotify>>,
+    #[serde(default)]
+    pub(super) delivery: RawDelivery,
+}
+
+/// How a cycle spreads its deliveries over the hosts.
+#[derive(Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Delivery")]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDelivery {
+    /// Hosts written to at once (one SSH connection each).
+    #[schemars(with = "Option<u32>")]
+    pub(super) hosts_at_once: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -44,6 +56,12 @@ pub(super) struct RawBroker {
     pub(super) vault_url: Spanned<String>,
     #[schemars(with = "Option<DurationValue>")]
     pub(super) timeout: Option<Spanned<DurationValue>>,
+    /// Requests to the broker in flight at once.
+    #[schemars(with = "Option<u32>")]
+    pub(super) concurrency: Option<Spanned<u32>>,
+    /// Requests started per second at most; no limit when absent.
+    #[schemars(with = "Option<f64>")]
+    pub(super) rate: Option<Spanned<f64>>,
     #[schemars(with = "AuthSchema")]
     pub(super) auth: Spanned<RawAuth>,
 }

@@ -446,3 +446,22 @@ fn idtoken_mistakes_are_named_where_they_are_written() {
     check_idtoken("hosts: [s1, s2]", "hosts: [s1, s2]\n          path: ~cmst0/.condor/tokens.d/prod", "46:17", "lies in ~cmst0, but the token belongs to the service account cmst1");
     check_idtoken("hosts: [s1, s2]", "hosts: [s1, s1]", "45:23", "listed twice");
 }
+
+#[test]
+fn broker_pace_and_host_fan_out_have_defaults_and_bounds() {
+    let inv = parse_str(BASE).unwrap();
+    assert_eq!(inv.broker.limits, crate::broker::pace::Limits::default());
+    assert_eq!(inv.delivery.hosts_at_once, DeliverySpec::DEFAULT_HOSTS_AT_ONCE);
+
+    let set = BASE.replacen("  issuer: cms\n", "  issuer: cms\n  concurrency: 4\n  rate: 20\n", 1) + "delivery:\n  hosts_at_once: 50\n";
+    let inv = parse_str(&set).unwrap();
+    assert_eq!(inv.broker.limits.concurrency, 4);
+    assert_eq!(inv.broker.limits.spacing, Some(Duration::from_millis(50)));
+    assert_eq!(inv.delivery.hosts_at_once, 50);
+
+    check("  issuer: cms\n", "  issuer: cms\n  concurrency: 0\n", "5:16: broker.concurrency", "not between 1 and 256");
+    check("  issuer: cms\n", "  issuer: cms\n  rate: 0\n", "5:9: broker.rate", "no rate");
+    check("  issuer: cms\n", "  issuer: cms\n  rate: -3\n", "5:9: broker.rate", "no rate");
+    let diags = parse_str(&(BASE.to_string() + "delivery:\n  hosts_at_once: 0\n")).unwrap_err();
+    assert!(diags.iter().any(|d| d.to_string().contains("delivery.hosts_at_once") && d.to_string().contains("not between 1 and 512")), "{diags:?}");
+}

@@ -14,6 +14,7 @@ use super::model::*;
 use super::raw::*;
 use super::rules::{self, shown, Bounds, UrlUse};
 use super::Diagnostic;
+use crate::broker::pace::Limits;
 use crate::http::CaSource;
 use crate::schedule::Schedule;
 
@@ -39,6 +40,12 @@ const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// More broker requests in flight than this is a typo, not a tuning.
+const MAX_BROKER_CONCURRENCY: u32 = 256;
+/// Requests per second beyond which a rate limits nothing a broker could serve.
+const MAX_BROKER_RATE: f64 = 100_000.0;
+/// Each host written to at once holds a connection and a blocking thread.
+const MAX_HOSTS_AT_ONCE: u32 = 512;
 pub(super) const DEFAULT_FILE_PATH: &str = "/tmp/vt_u{uid}-{oauth_service}";
 /// A service's Kerberos credential cache when none is configured: relative, so the cycle places
 /// it under the state directory (which the inventory does not know).
@@ -212,7 +219,22 @@ impl Validator {
         if raw.services.is_empty() {
             self.err(&raw.broker, "services", "no services defined");
         }
-        Some(Inventory { source: self.file.clone(), broker: broker?, issuers, hosts, services, notify: notify?, local_files: Vec::new() })
+        let delivery = self.delivery(&raw.delivery);
+        Some(Inventory { source: self.file.clone(), broker: broker?, issuers, hosts, services, notify: notify?, delivery, local_files: Vec::new() })
+    }
+
+    /// A count between 1 and `max`; `None` (and a diagnostic) when out of range.
+    fn count(&mut self, v: &Option<Spanned<u32>>, field: &str, max: u32) -> Option<usize> {
+        let v = v.as_ref()?;
+        if !(1..=max).contains(&v.value) {
+            self.err(v, field, format!("{} is not between 1 and {max}", v.value));
+            return None;
+        }
+        usize::try_from(v.value).ok()
+    }
+
+    fn delivery(&mut self, raw: &RawDelivery) -> DeliverySpec {
+        DeliverySpec { hosts_at_once: self.count(&raw.hosts_at_once, "delivery.hosts_at_once", MAX_HOSTS_AT_ONCE).unwrap_or(DeliverySpec::DEFAULT_HOSTS_AT_ONCE) }
     }
 
     fn defaults(&mut self, d: &RawDefaults) -> Defaults {
@@ -269,9 +291,18 @@ impl Validator {
             }
         };
         let timeout = self.duration(&raw.timeout, "broker.timeout", &rules::TIMEOUT).unwrap_or(DEFAULT_BROKER_TIMEOUT);
+        let concurrency = self.count(&raw.concurrency, "broker.concurrency", MAX_BROKER_CONCURRENCY).unwrap_or(Limits::DEFAULT_CONCURRENCY);
+        let spacing = raw.rate.as_ref().and_then(|r| {
+            if r.value.is_finite() && r.value > 0.0 && r.value <= MAX_BROKER_RATE {
+                Some(Duration::from_secs_f64(1.0 / r.value))
+            } else {
+                self.err(r, "broker.rate", format!("{} is no rate: give requests per second above 0 and at most {MAX_BROKER_RATE}, or leave it out for no limit", r.value));
+                None
+            }
+        });
         // The auth block is a template resolved per service; its shape is checked once here.
         self.auth_shape(&raw.auth, "broker.auth");
-        Some(BrokerSpec { url: url?, ca, issuer, vault_url: vault_url?, timeout })
+        Some(BrokerSpec { url: url?, ca, issuer, vault_url: vault_url?, timeout, limits: Limits { concurrency, spacing } })
     }
 
     fn issuer(&mut self, name: &str, i: &Spanned<RawIssuer>) -> Option<IssuerSpec> {

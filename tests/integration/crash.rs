@@ -102,14 +102,14 @@ fn killed_after_a_rename_before_its_answer_is_read() {
     crash_block_recover("deliver::after_rename_before_reply=panic(kill)");
 }
 
-/// One schedd with one Vault-token file for `prod` (whose login is reused, so each cycle only
-/// mints a child), and, with `other`, a second schedd with a credd destination for service
+/// One schedd with one Vault-token file for `prod` (whose login is reused, and whose child, with
+/// less than `renew_before` left, is replaced: each cycle mints one child), and, with `other`, a second schedd with a credd destination for service
 /// `other`.
 fn one_file(leaks: &Leaks, other: bool) -> (Stack<'_>, PathBuf) {
     let mut stack = Stack::new(leaks).with_hosts(if other { 2 } else { 1 });
     for name in if other { vec![SERVICE, "other"] } else { vec![SERVICE] } {
         let mut def = ServiceDef::new(name, &["compute.create"]);
-        def.extra = "    renew_before: 10m\n".into();
+        def.extra = "    renew_before: 40m\n".into();
         stack.add_service(def);
         stack.put_token(name, &JwtSpec { scope: Some("compute.create".into()), ..JwtSpec::default() });
     }

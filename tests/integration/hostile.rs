@@ -2,13 +2,15 @@
 //! `harness::hostile`): a reply of a gigabyte is refused at the size limit whether its length
 //! is declared or it is streamed, a reply of the wrong type is named as such, and secrets the
 //! broker (or a proxy before it) echoes back reach no error, log line, run report, state DB or
-//! mail.
+//! mail. What is repeated: a request the broker declined (429/503, after its `Retry-After`) or
+//! a read left unanswered, a bounded number of times; a login left unanswered never.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use token_bastion::broker::{AccessRequest, AuthMethod, Broker, BrokerConfig, BrokerError};
+use token_bastion::broker::pace::MAX_ATTEMPTS;
+use token_bastion::broker::{AccessRequest, AuthMethod, Broker, BrokerConfig, BrokerError, RequestKind};
 use token_bastion::http::CaSource;
 use token_bastion::secret::Secret;
 
@@ -18,7 +20,7 @@ use crate::harness::stack::{ServiceDef, Stack, shown};
 
 fn broker(server: &HostileServer) -> Broker {
     let url = url::Url::parse(&server.url()).unwrap();
-    Broker::new(&BrokerConfig { url, ca: CaSource::File(server.ca.clone()), issuer: "cms".into(), timeout: Duration::from_secs(20) }).unwrap()
+    Broker::new(&BrokerConfig { url, ca: CaSource::File(server.ca.clone()), issuer: "cms".into(), timeout: Duration::from_secs(20), limits: Default::default() }).unwrap()
 }
 
 fn request() -> AccessRequest {
@@ -179,4 +181,83 @@ fn echoed_secrets_reach_no_log_report_state_or_mail() {
     assert!(!mail.is_empty(), "a failure is mailed");
     smtp.record_in(&leaks);
     leaks.assert_clean();
+}
+
+fn approle_files(dir: &std::path::Path) -> AuthMethod {
+    let (role_id, secret_id) = (dir.join("role_id"), dir.join("secret_id"));
+    std::fs::write(&role_id, "role-id-fixture-0009\n").unwrap();
+    std::fs::write(&secret_id, "secret-id-fixture-0009\n").unwrap();
+    AuthMethod::AppRole { mount: "approle".into(), role_id_file: role_id, secret_id_file: secret_id }
+}
+
+const LOGIN_REPLY: &str = r#"{"auth":{"client_token":"hvs.hostile-fixture-token-0009","lease_duration":3600,"renewable":true,"policies":["p"]}}"#;
+const ACCESS_REPLY: &str = r#"{"data":{"access_token":"eyJ.fixture.jwt","type":"Bearer"}}"#;
+
+/// A login declined with 503 and a read declined twice with 429 and `Retry-After: 1` go
+/// through on later attempts, each repeat no sooner than the broker asked, and are counted.
+#[tokio::test]
+async fn declined_requests_are_repeated_after_retry_after_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Arc<Mutex<(usize, usize)>> = Arc::default();
+    let counts = seen.clone();
+    let server = HostileServer::start(
+        dir.path(),
+        Arc::new(move |req: &Request| {
+            let mut c = counts.lock().unwrap();
+            let ok = |body: &str| Reply::Body { status: 200, content_type: "application/json", body: body.into() };
+            if req.path.ends_with("/login") {
+                c.0 += 1;
+                if c.0 == 1 { Reply::Declined { status: 503, retry_after: None } } else { ok(LOGIN_REPLY) }
+            } else {
+                c.1 += 1;
+                if c.1 <= 2 { Reply::Declined { status: 429, retry_after: Some(1) } } else { ok(ACCESS_REPLY) }
+            }
+        }),
+    );
+    let b = broker(&server);
+    let login = b.login(&approle_files(dir.path())).await.expect("the second login attempt goes through");
+    b.access_token(&login.token, &request()).await.expect("the third read goes through");
+    assert_eq!(*seen.lock().unwrap(), (2, 3));
+    let repeats = b.repeats();
+    assert_eq!((repeats.get(&RequestKind::Login), repeats.get(&RequestKind::AccessToken)), (Some(&1), Some(&2)), "{repeats:?}");
+    let reads: Vec<_> = server.requests().into_iter().filter(|r| r.path.contains("/secret/oauth/")).collect();
+    for pair in reads.windows(2) {
+        assert!(pair[1].at.duration_since(pair[0].at) >= Duration::from_secs(1), "a repeat came before the Retry-After it was given");
+    }
+}
+
+/// A broker that keeps declining is asked a bounded number of times, then its answer stands.
+#[tokio::test]
+async fn repeats_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = HostileServer::start(dir.path(), Arc::new(|_: &Request| Reply::Declined { status: 429, retry_after: None }));
+    let b = broker(&server);
+    let e = b.lookup_self(&Secret::new("hvs.hostile-fixture-token-0010")).await.unwrap_err();
+    assert_eq!(e.status(), Some(429), "{e}");
+    assert_eq!(server.requests().len(), MAX_ATTEMPTS as usize);
+    assert_eq!(b.repeats().get(&RequestKind::LookupSelf), Some(&u64::from(MAX_ATTEMPTS - 1)));
+}
+
+/// A login or a child creation whose reply is lost may have issued a token: sent once, never
+/// again, and its error says the outcome is unknown. A read whose reply is lost is repeated.
+#[tokio::test]
+async fn a_lost_login_or_child_creation_is_not_repeated_but_a_lost_read_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = HostileServer::start(dir.path(), Arc::new(|_: &Request| Reply::HangUp));
+    let b = broker(&server);
+    let token = Secret::new("hvs.hostile-fixture-token-0011");
+
+    let e = b.login(&approle_files(dir.path())).await.unwrap_err();
+    assert!(e.outcome_unknown(), "{e:?}");
+    assert!(e.to_string().contains("the broker may have acted on it, so it was not repeated"), "{e}");
+    let e = b.create_child(&token, Duration::from_secs(600)).await.unwrap_err();
+    assert!(e.outcome_unknown(), "{e:?}");
+    let posts = |path: &str| server.requests().iter().filter(|r| r.path.ends_with(path)).count();
+    assert_eq!((posts("/login"), posts("/auth/token/create")), (1, 1), "sent once each");
+
+    let e = b.access_token(&token, &request()).await.unwrap_err();
+    assert!(!e.outcome_unknown(), "a read changes nothing: {e:?}");
+    assert_eq!(server.requests().iter().filter(|r| r.path.contains("/secret/oauth/")).count(), MAX_ATTEMPTS as usize);
+    assert_eq!(b.repeats().get(&RequestKind::AccessToken), Some(&u64::from(MAX_ATTEMPTS - 1)));
+    assert_eq!(b.repeats().get(&RequestKind::Login), None);
 }

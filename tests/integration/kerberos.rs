@@ -58,20 +58,21 @@ impl<'l> KerberosStack<'l> {
         self.stack.state_dir.join("krb5cc").join(service)
     }
 
-    /// The Vault tokens OpenBao saw on `auth/token/lookup-self`.
-    fn lookup_self_tokens(&self) -> Vec<String> {
+    /// The Vault tokens OpenBao saw reading access tokens (the first use of a fresh login).
+    fn access_read_tokens(&self) -> Vec<String> {
         self.stack
             .bao
-            .audit_requests("auth/token/lookup-self")
-            .iter()
-            .filter_map(|r| r["client_token"].as_str().map(str::to_string))
+            .audit_entries()
+            .into_iter()
+            .filter(|e| e["type"] == "request" && e["request"]["path"].as_str().is_some_and(|p| p.starts_with("secret/oauth/")))
+            .filter_map(|e| e["request"]["client_token"].as_str().map(str::to_string))
             .collect()
     }
 
     /// Whether the product used, on OpenBao, the token the latest login on `mount` handed out.
     fn used_latest_login(&self, mount: &str) -> bool {
         let latest = self.standin.issued(mount).pop();
-        latest.is_some_and(|t| self.lookup_self_tokens().contains(&t))
+        latest.is_some_and(|t| self.access_read_tokens().contains(&t))
     }
 
     fn finish(&self, leaks: &Leaks) {

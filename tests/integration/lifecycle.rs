@@ -1,7 +1,7 @@
 //! The Vault token lifecycle across cycles, against real OpenBao and sshd: a kept login token
 //! reused while it has more than `renew_before` left, a new login below it, superseded tokens
-//! revoked only once no destination depends on them, children for token files (revoked unless
-//! they landed), no token short of `min_vault_lifetime` delivered, and the `revoke` drill.
+//! revoked only once no destination depends on them, children for token files (kept until
+//! `renew_before`, revoked unless they landed), no token short of `min_vault_lifetime` delivered, and the `revoke` drill.
 
 use std::path::PathBuf;
 
@@ -74,11 +74,22 @@ fn stack_with<'l>(leaks: &'l Leaks, hosts: usize, renew_before: &str, file_dest:
 fn a_kept_token_is_reused_while_it_has_more_than_renew_before_left() {
     let leaks = Leaks::default();
     let stack = stack_with(&leaks, 2, "10m", false);
+    let lookups_before = stack.bao.audit_requests("auth/token/lookup-self").len();
     for label in ["first", "second", "third"] {
         let out = stack.run(label, &["run"]);
         assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     }
     assert_eq!(logins(&stack, "prod"), 1, "one login, reused by the later cycles");
+    // One broker request per service and cycle: the recorded expiry says the kept token is
+    // good, the access-token read proves it works; the fresh login needed no lookup either.
+    assert_eq!(stack.bao.audit_requests("auth/token/lookup-self").len(), lookups_before, "no lookup-self");
+    let reads = stack
+        .bao
+        .audit_entries()
+        .iter()
+        .filter(|e| e["type"] == "request" && e["request"]["operation"] == "read" && e["request"]["path"].as_str().is_some_and(|p| p.starts_with("secret/oauth/")))
+        .count();
+    assert_eq!(reads, 3, "one access-token read per cycle");
     let t1 = vault_token_at(&stack, &leaks, "schedd1");
     assert_eq!(t1, vault_token_at(&stack, &leaks, "schedd2"));
     assert!(alive(&stack, &t1));
@@ -86,6 +97,28 @@ fn a_kept_token_is_reused_while_it_has_more_than_renew_before_left() {
     assert_eq!((row["state"].as_str(), row["current"].as_bool(), row["kind"].as_str()), (Some("live"), Some(true), Some("login")), "{row}");
     let kept = stack.state_dir.join("vault").join(format!("{}.token", row["hash"].as_str().unwrap()));
     assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), t1, "kept in its own file in the state directory");
+    leaks.assert_clean();
+}
+
+/// A kept token revoked behind the bastion's back still has a good recorded expiry: the
+/// refused read is followed by a lookup, the token is recorded dead, and a fresh login is
+/// delivered in the same cycle.
+#[test]
+fn a_kept_token_revoked_elsewhere_is_found_by_its_refused_read_and_replaced() {
+    let leaks = Leaks::default();
+    let stack = stack_with(&leaks, 1, "10m", false);
+    assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
+    let old = vault_token_at(&stack, &leaks, "schedd1");
+    stack.bao.revoke(&old);
+    let lookups_before = stack.bao.audit_requests("auth/token/lookup-self").len();
+    let out = stack.run("second", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(logins(&stack, "prod"), 2, "logged in again");
+    let new = vault_token_at(&stack, &leaks, "schedd1");
+    assert_ne!(old, new);
+    assert!(alive(&stack, &new));
+    assert_eq!(stack.bao.audit_requests("auth/token/lookup-self").len(), lookups_before + 1, "one lookup, after the refused read");
+    assert_eq!(ledger_row(&stack, &old).unwrap()["state"], "dead");
     leaks.assert_clean();
 }
 
@@ -131,10 +164,12 @@ fn a_superseded_token_lives_while_a_destination_still_depends_on_it() {
 }
 
 #[test]
-fn a_token_file_gets_a_child_that_is_replaced_and_revoked_each_cycle() {
+fn a_token_file_keeps_its_child_until_renew_before_then_gets_a_new_one_and_the_old_is_revoked() {
     let leaks = Leaks::default();
-    let stack = stack_with(&leaks, 1, "10m", true);
+    let mut stack = stack_with(&leaks, 1, "10m", true);
     let file = stack.host("schedd1").dir.join("vt_prod");
+    let creates = |stack: &Stack| stack.bao.audit_requests("auth/token/create").len();
+    let creates_before = creates(&stack);
     assert_eq!(stack.run("first", &["run"]).status.code(), Some(0));
     let parent = vault_token_at(&stack, &leaks, "schedd1");
     let c1 = std::fs::read_to_string(&file).unwrap().trim().to_string();
@@ -143,10 +178,23 @@ fn a_token_file_gets_a_child_that_is_replaced_and_revoked_each_cycle() {
     let info = stack.bao.lookup(&c1).unwrap();
     assert!(info["ttl"].as_u64().unwrap() <= 1800, "the destination's ttl: {info}");
 
+    assert_eq!(creates(&stack) - creates_before, 1);
+
+    // The child has ~30 min left, more than renew_before: written again, not minted again.
     assert_eq!(stack.run("second", &["run"]).status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), c1, "the same child");
+    assert_eq!(creates(&stack) - creates_before, 1, "no new child");
+    assert!(alive(&stack, &c1));
+
+    // With renew_before above what the child has left (but below the parent's hour), it is
+    // replaced; the parent is not.
+    stack.defs.get_mut("prod").unwrap().extra = "    renew_before: 40m\n".into();
+    stack.write_inventory();
+    assert_eq!(stack.run("third", &["run"]).status.code(), Some(0));
     let c2 = std::fs::read_to_string(&file).unwrap().trim().to_string();
     leaks.secret(&c2);
     assert_ne!(c1, c2);
+    assert_eq!(creates(&stack) - creates_before, 2);
     assert_eq!(vault_token_at(&stack, &leaks, "schedd1"), parent, "the parent is reused");
     assert!(alive(&stack, &c2) && alive(&stack, &parent));
     assert!(!alive(&stack, &c1), "the replaced child is revoked");

@@ -2,7 +2,8 @@
 //! speaks just enough HTTP/1.1 over TLS, with a certificate from a CA the test makes with
 //! `openssl`, to answer each request as the test's handler says: echo request headers and
 //! bodies back in error text, stream a body of a gigabyte (never allocated: one 64 KiB chunk
-//! written over and over until the client hangs up), or send the wrong content type.
+//! written over and over until the client hangs up), send the wrong content type, decline with
+//! 429/503 and `Retry-After`, or hang up without answering (a lost reply).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,6 +22,8 @@ pub struct Request {
     /// Header names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// When the server had read it.
+    pub at: std::time::Instant,
 }
 
 impl Request {
@@ -35,6 +38,10 @@ pub enum Reply {
     Body { status: u16, content_type: &'static str, body: String },
     /// `size` bytes of `x`, with `Content-Length` when `declared`, else chunked.
     Huge { size: u64, declared: bool },
+    /// A JSON error with this status (429, 503) and, if given, `Retry-After` in seconds.
+    Declined { status: u16, retry_after: Option<u64> },
+    /// The request is read and the connection closed without an answer: a lost reply.
+    HangUp,
 }
 
 pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
@@ -121,6 +128,18 @@ fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, handler: Handler, re
             }
         }
         Reply::Huge { size, declared } => send_huge(&mut tls, size, declared, &sent),
+        Reply::Declined { status, retry_after } => {
+            let body = r#"{"errors":["request declined: try again later"]}"#;
+            let retry = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+            let head = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{retry}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            if tls.write_all(head.as_bytes()).and_then(|()| tls.write_all(body.as_bytes())).is_ok() {
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+        Reply::HangUp => {
+            let _ = tls.sock.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -176,6 +195,6 @@ fn read_request(r: &mut impl Read) -> Option<Request> {
     let len: usize = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let mut body = vec![0; len.min(1 << 20)];
     reader.read_exact(&mut body).ok()?;
-    Some(Request { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    Some(Request { method, path, headers, body: String::from_utf8_lossy(&body).into_owned(), at: std::time::Instant::now() })
 }
 

@@ -14,10 +14,13 @@ use std::process::{Child, Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod bao_http;
+pub mod delay_proxy;
 pub mod condor;
 pub mod hostile;
 pub mod credmon;
 pub mod kdc;
+pub mod measure;
 pub mod openbao;
 pub mod proxy;
 pub mod pushgateway;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
+use super::bao_http::BaoHttp;
 use super::{ChildGuard, Leaks, free_port, wait_until};
 
 /// The `aud` value the WLCG profile reserves for "any relying party".
@@ -143,6 +144,8 @@ pub struct OpenBao<'l> {
     /// Base URL of the OIDC issuer (`<base>/v1/identity/oidc`): the server itself unless a test
     /// put a relay in front of it.
     issuer_base: String,
+    /// Set by [`OpenBao::use_http`]: requests go over the HTTP API instead of the CLI.
+    http: OnceLock<BaoHttp>,
 }
 
 impl std::fmt::Debug for OpenBao<'_> {
@@ -212,6 +215,7 @@ impl<'l> OpenBao<'l> {
                 leaks,
                 minter_token: String::new(),
                 counter: AtomicU32::new(0),
+                http: OnceLock::new(),
             };
             // The health endpoint answers for any server; only ours knows our root token.
             if bao.api_as(&bao.root, "read", "auth/token/lookup-self", None).is_err() {
@@ -259,10 +263,19 @@ impl<'l> OpenBao<'l> {
         self.dir.join("audit.log")
     }
 
-    /// Runs the `bao` CLI against this server as `token`; `body` goes in as JSON on stdin (so
-    /// secrets in it never show up in `ps`). Returns the JSON reply (`Null` for none) or the CLI's
-    /// error text.
+    /// From now on, sends every request over OpenBao's HTTP API instead of running the `bao`
+    /// CLI (a process per request): for setting up thousands of services.
+    pub fn use_http(&self) {
+        self.http.get_or_init(|| BaoHttp::new(&self.addr, &self.ca_path()));
+    }
+
+    /// Runs the `bao` CLI against this server as `token` (or, after [`OpenBao::use_http`], the
+    /// same request over HTTP); `body` goes in as JSON on stdin (so secrets in it never show up
+    /// in `ps`). Returns the JSON reply (`Null` for none) or the CLI's error text.
     pub fn api_as(&self, token: &str, verb: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        if let Some(http) = self.http.get() {
+            return http.call(token, verb, path, body);
+        }
         let mut cmd = Command::new(bao_bin());
         cmd.arg(verb).arg("-format=json").arg(path);
         if body.is_some() {
