@@ -48,12 +48,15 @@ struct Registry {
     index: Index,
 }
 
+/// Patterns by the bytes they end with.
+type Buckets = HashMap<Box<[u8]>, Vec<String>>;
+
 /// Patterns by the bytes they end with, each with how many values produced it.
 #[derive(Default)]
 struct Index {
     count: HashMap<String, usize>,
-    long: HashMap<Box<[u8]>, Vec<String>>,
-    short: HashMap<Box<[u8]>, Vec<String>>,
+    long: Buckets,
+    short: Buckets,
 }
 
 impl Index {
@@ -64,7 +67,7 @@ impl Index {
         if escaped == value { vec![value.to_string()] } else { vec![value.to_string(), escaped.to_string()] }
     }
 
-    fn bucket(&mut self, pattern: &str) -> (&mut HashMap<Box<[u8]>, Vec<String>>, Box<[u8]>) {
+    fn bucket(&mut self, pattern: &str) -> (&mut Buckets, Box<[u8]>) {
         let bytes = pattern.as_bytes();
         if bytes.len() >= LONG_TAIL {
             (&mut self.long, bytes[bytes.len() - LONG_TAIL..].into())
