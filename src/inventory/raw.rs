@@ -160,6 +160,10 @@ pub(super) struct RawHost {
     /// `DEFAULT_FILE_ROOTS`).
     #[schemars(with = "Option<Vec<String>>")]
     pub(super) file_roots: Option<Vec<Spanned<String>>>,
+    /// The Vault hosts this host's credd trusts (HTCondor's `TRUSTED_VAULT_HOSTS`): when given,
+    /// every credd destination here needs `broker.vault_url` on one of them.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub(super) trusted_vault_hosts: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Default, Deserialize, schemars::JsonSchema)]

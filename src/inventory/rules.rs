@@ -237,6 +237,39 @@ pub(super) fn vault_origin(text: &str) -> Result<&str, &'static str> {
     }
 }
 
+/// The host of a `vault_origin` (`https://<host>:8200`), brackets of an IPv6 address removed.
+pub(super) fn vault_host(origin: &str) -> &str {
+    let authority = origin.strip_prefix("https://").unwrap_or(origin);
+    unbracket(authority.strip_suffix(":8200").unwrap_or(authority))
+}
+
+fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
+/// Why `entry` cannot stand in `trusted_vault_hosts`: HTCondor's `TRUSTED_VAULT_HOSTS` takes
+/// bare host names (a DNS name or an IP address), one per entry.
+pub(super) fn trusted_host_problem(entry: &str) -> Option<&'static str> {
+    let bare = unbracket(entry);
+    if entry.contains("://") || entry.contains('/') {
+        Some("give the host name only, without scheme or path (vault.example.org)")
+    } else if entry.contains([',', ' ', '\t']) {
+        Some("one host per entry: write a YAML list")
+    } else if bare.contains(':') {
+        let ipv6 = bare.matches(':').count() >= 2 && bare.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+        (!ipv6).then_some("give the host name only, without a port (vault.example.org)")
+    } else if !bare.is_empty() && bare.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')) {
+        None
+    } else {
+        Some("not a host name (a DNS name or an IP address)")
+    }
+}
+
+/// Whether the trusted host `entry` names `host` (host names compare without regard to case).
+pub(super) fn trusted_host_matches(entry: &str, host: &str) -> bool {
+    unbracket(entry).eq_ignore_ascii_case(host)
+}
+
 /// Why the Vault credmon would refuse `url` as a `.top` file's `vault_url`: it must be https,
 /// port 8200, and a path starting `/v1` (`VaultCredmon.request_url`).
 pub(super) fn credmon_refuses(url: &str) -> Option<&'static str> {

@@ -429,6 +429,29 @@ impl Validator {
                 if kind == DestinationKind::Credd && raw_host.value.spool.is_none() {
                     self.err(h, hfield.clone(), format!("host `{}` has no spool: a credd destination needs hosts.{}.spool", h.value, h.value));
                 }
+                // The credd enforces TRUSTED_VAULT_HOSTS only in condor_store_cred, which the
+                // bastion bypasses: the `.top` it writes must pass the same test here.
+                if kind == DestinationKind::Credd
+                    && let (Some(trusted), Some(broker)) = (&raw_host.value.trusted_vault_hosts, ctx.broker)
+                {
+                    let vault_host = rules::vault_host(&broker.vault_url);
+                    // A list with a bad entry is reported with the host, once.
+                    let well_formed = !trusted.value.is_empty() && trusted.value.iter().all(|t| rules::trusted_host_problem(&t.value).is_none());
+                    if well_formed && !trusted.value.iter().any(|t| rules::trusted_host_matches(&t.value, vault_host)) {
+                        let list: Vec<&str> = trusted.value.iter().map(|t| t.value.as_str()).collect();
+                        self.err(
+                            h,
+                            hfield.clone(),
+                            format!(
+                                "host `{}` trusts only the Vault hosts {} (hosts.{}.trusted_vault_hosts), but service `{name}`'s .top would name vault host `{}` (broker.vault_url)",
+                                h.value,
+                                shown(&list.join(", ")),
+                                h.value,
+                                shown(vault_host)
+                            ),
+                        );
+                    }
+                }
                 let id = match &kind {
                     DestinationKind::Credd => format!("credd@{}", h.value),
                     DestinationKind::File { path, .. } => format!("file@{}:{}", h.value, path),

@@ -465,3 +465,39 @@ fn broker_pace_and_host_fan_out_have_defaults_and_bounds() {
     let diags = parse_str(&(BASE.to_string() + "delivery:\n  hosts_at_once: 0\n")).unwrap_err();
     assert!(diags.iter().any(|d| d.to_string().contains("delivery.hosts_at_once") && d.to_string().contains("not between 1 and 512")), "{diags:?}");
 }
+
+#[test]
+fn a_credd_host_with_trusted_vault_hosts_takes_only_a_vault_url_among_them() {
+    let spool = "    spool: /var/lib/condor/oauth_credentials\n";
+    let trusting = |list: &str| format!("{spool}    trusted_vault_hosts: {list}\n");
+    for list in ["[vault.example]", "[other.example, VAULT.Example]"] {
+        let inv = parse_str(&BASE.replacen(spool, &trusting(list), 1)).unwrap_or_else(|d| panic!("{list}: {d:?}"));
+        assert_eq!(inv.services.len(), 1);
+    }
+    check(
+        spool,
+        &trusting("[vault.cern.ch, vault2.cern.ch]"),
+        "34:19: services.prod.destinations[0].hosts[0]",
+        "host `s1` trusts only the Vault hosts vault.cern.ch, vault2.cern.ch (hosts.s1.trusted_vault_hosts), but service `prod`'s .top would name vault host `vault.example`",
+    );
+    // A file destination on the same host is not the credd's business.
+    let file_only = BASE.replacen(spool, &trusting("[vault.cern.ch]"), 1).replacen("      - credd:\n          hosts: [s1]\n", "", 1);
+    parse_str(&file_only).unwrap_or_else(|d| panic!("{d:?}"));
+    // An IPv6 vault_url matches its address, bracketed or not.
+    for list in ["[\"::1\"]", "[\"[::1]\"]"] {
+        let text = BASE.replacen(spool, &trusting(list), 1).replacen("vault_url: https://vault.example:8200", "vault_url: https://[::1]:8200", 1);
+        parse_str(&text).unwrap_or_else(|d| panic!("{list}: {d:?}"));
+    }
+}
+
+#[test]
+fn trusted_vault_hosts_entries_are_bare_host_names() {
+    let spool = "    spool: /var/lib/condor/oauth_credentials\n";
+    let trusting = |list: &str| format!("{spool}    trusted_vault_hosts: {list}\n");
+    let f = "hosts.s1.trusted_vault_hosts";
+    check(spool, &trusting("[]"), &format!("21:26: {f}"), "trust no Vault host");
+    check(spool, &trusting("[vault.example, \"https://vault.example\"]"), &format!("21:42: {f}[1]"), "without scheme");
+    check(spool, &trusting("[\"vault.example:8200\"]"), &format!("21:27: {f}[0]"), "without a port");
+    check(spool, &trusting("[\"vault.example, other.example\"]"), &format!("21:27: {f}[0]"), "one host per entry");
+    check(spool, &trusting("[\"vault..example\"]"), &format!("21:27: {f}[0]"), "not a host name");
+}

@@ -361,6 +361,19 @@ impl Validator {
             None => rules::DEFAULT_FILE_ROOTS.iter().map(|r| r.to_string()).collect(),
             Some(list) => list.iter().enumerate().filter_map(|(k, r)| self.file_root(r, &format!("{field}.file_roots[{k}]"))).collect(),
         };
+        match &raw.trusted_vault_hosts {
+            Some(list) if list.value.is_empty() => {
+                self.err(list, format!("{field}.trusted_vault_hosts"), "an empty list would trust no Vault host; leave the key out to trust any");
+            }
+            Some(list) => {
+                for (k, t) in list.value.iter().enumerate() {
+                    if let Some(problem) = rules::trusted_host_problem(&t.value) {
+                        self.err(t, format!("{field}.trusted_vault_hosts[{k}]"), format!("`{}`: {problem}", shown(&t.value)));
+                    }
+                }
+            }
+            None => {}
+        }
         (self.diags.len() == before).then(|| HostSpec {
             name: name.into(),
             address: raw.address.value.clone(),
