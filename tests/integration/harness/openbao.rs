@@ -418,7 +418,8 @@ impl<'l> OpenBao<'l> {
     /// OpenBao's own verdict on a JWT it issued (signature, expiry, key still published).
     pub fn introspect(&self, jwt: &str) -> bool {
         let reply = self.write("identity/oidc/introspect", json!({"token": jwt}));
-        reply["data"]["active"].as_bool().unwrap_or(false)
+        // The CLI wraps the endpoint's reply in `data`; over HTTP it is the body itself.
+        reply["data"]["active"].as_bool().or(reply["active"].as_bool()).unwrap_or(false)
     }
 
     /// An AppRole for a service whose tokens may read its own creds/sts paths and do the

@@ -172,11 +172,10 @@ impl Sshd {
 
     /// Makes the next call of `command` (e.g. `id`) on this host take `secs` seconds longer: a
     /// wrapper of that name, first on the PATH of every SSH session, sleeps once and then runs
-    /// the real one. Restarts
-    /// sshd to apply it. For tests that need a delivery in flight for a while.
+    /// the real one. For tests that need a delivery in flight for a while.
     pub fn slow_down(&mut self, command: &str, secs: u32) {
-        let bin = self.dir.join("slowbin");
-        std::fs::create_dir_all(&bin).unwrap();
+        // `bin` is first on every session's PATH (the sshd's `SetEnv`).
+        let bin = self.dir.join("bin");
         let wrapper = bin.join(command);
         // Only the first call sleeps (the marker directory is made atomically), so the delay
         // does not depend on how many times a delivery happens to run the command.
@@ -190,12 +189,6 @@ impl Sshd {
         )
         .unwrap();
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut config = std::fs::read_to_string(&self.config).unwrap();
-        if !config.contains("SetEnv PATH=") {
-            config.push_str(&format!("SetEnv PATH={}:/usr/sbin:/usr/bin:/sbin:/bin\n", bin.display()));
-            std::fs::write(&self.config, config).unwrap();
-        }
-        self.restart();
     }
 
     /// Serves SFTP through a stand-in that hides `posix-rename@openssh.com` (see
