@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -461,8 +461,17 @@ fn an_unprivileged_login_cannot_give_files_to_root() {
 
 /// A process whose command line is `name 600` (a renamed `sleep`), killed on drop.
 pub(crate) fn fake_process(dir: &Path, name: &str) -> ChildGuard {
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c").arg(format!("exec -a {name} sleep 600"));
+    let mut cmd = Command::new("sleep");
+    cmd.arg0(name).arg("600");
+    // SIGHUP back to its default, also when this test runs under `nohup` (an ignored signal
+    // is inherited across exec, and the credmon tests expect the process to die of it).
+    // SAFETY: `signal` is async-signal-safe, as `pre_exec` requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     let mut child = ChildGuard::spawn(name, cmd, &dir.join(format!("{name}.log")));
     let cmdline = PathBuf::from(format!("/proc/{}/cmdline", child.pid()));
     let ready = wait_until(Duration::from_secs(5), || {
