@@ -67,6 +67,7 @@ pub fn credd_layout(
         mode,
         owner: Some(owner.clone()),
         only_if_absent,
+        keep_if_same: false,
     };
     // The credmon owns a `.use` once there is one: a new `.top` is newer than it, so the
     // credmon rewrites it at its next scan; writing it here as well would hide a credmon that

@@ -73,6 +73,7 @@ pub(crate) fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, own
         mode,
         owner,
         only_if_absent: false,
+        keep_if_same: false,
     }
 }
 
@@ -240,6 +241,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
         mode: 0o600,
         owner: Some(test_owner()),
         only_if_absent: false,
+        keep_if_same: false,
     };
     let unknown_account = RemoteFile {
         id: "ghost/bearer@schedd-test".into(),
@@ -250,6 +252,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
         mode: 0o600,
         owner: None,
         only_if_absent: false,
+        keep_if_same: false,
     };
     let outcome = push(&leaks, &plan(&sshd, "root", vec![], vec![good, unknown_account], vec![]), false);
 
@@ -571,6 +574,7 @@ fn dry_run_checks_everything_and_writes_nothing() {
         mode: 0o600,
         owner: None,
         only_if_absent: false,
+        keep_if_same: false,
     });
     let mut credmon = fake_process(tmp.path(), "condor_credmon_vault");
     std::fs::write(sshd.spool.join("pid"), format!("{}\n", credmon.pid())).unwrap();
