@@ -325,7 +325,7 @@ impl<'a> Ctx<'a> {
         prior: Vec<DestinationStatus>,
         abandon: Arc<AtomicBool>,
     ) -> Result<Self, CycleError> {
-        let mut broker = Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?;
+        let mut broker = Broker::new(&inv.broker.client_config()).map_err(CycleError::Broker)?.with_cancel(opts.cancel.clone());
         if let Some(Observer(o)) = &opts.observer {
             let o = o.clone();
             broker = broker.with_timing(Arc::new(move |kind, took| o.broker_request(kind, took)));
