@@ -8,7 +8,8 @@
 //! final mode, written, fsynced, given its owner (fsetstat), checked, and put in place with one
 //! atomic `posix-rename@openssh.com`; the final path is checked before "delivered" is said.
 //! The result is a [`HostOutcome`] with one entry per file: a failure in one file never stops
-//! the others. [`credd_layout`] builds the plan entries of a credd credential-spool destination.
+//! the others. What needs no token (connect, host key, ids, credmon probes, expected files) can
+//! be done first with [`open`], and the plan carried out later on that session ([`push_opened`]). [`credd_layout`] builds the plan entries of a credd credential-spool destination.
 //!
 //! Must never: write anything to a host whose key known_hosts does not hold; change an owner or
 //! mode by name (only on a handle, or `chown -h` on a directory it just created); follow a
