@@ -18,7 +18,8 @@
 //! Requests are paced ([`pace`]): a bound on those in flight, an optional start rate, and a
 //! bounded, jittered repeat of what is safe to repeat (reads, and anything the broker declined
 //! with 429 or 503 or that never left). A login or a child creation that was sent and not
-//! answered is never repeated: [`BrokerError::outcome_unknown`] says so.
+//! answered is never repeated: [`BrokerError::outcome_unknown`] says so. A repeat still waiting
+//! when the client's cancellation token fires (shutdown) is not made.
 
 pub mod pace;
 
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -192,6 +194,10 @@ pub enum BrokerError {
     /// The reply was (or declared itself) larger than [`http::MAX_REPLY_BYTES`]; it was not read.
     #[error("{method} {path}: the broker's reply (HTTP {status}) is larger than the {} limit{}; not read", http::show_bytes(*.limit as u64), declared.map(|n| format!(" (it declares {})", http::show_bytes(n))).unwrap_or_default())]
     TooLarge { method: Method, path: String, status: u16, limit: usize, declared: Option<u64> },
+    /// Shutdown's grace period ended while the request waited to be repeated (a 429/503 backoff,
+    /// `Retry-After`): the attempts made were declined or never sent, so it did nothing.
+    #[error("{method} {path}: shutting down: not sent (the grace period is over)")]
+    Cancelled { method: Method, path: String },
 }
 
 impl BrokerError {
@@ -216,9 +222,16 @@ impl BrokerError {
             | BrokerError::PermissionDenied { path, .. }
             | BrokerError::Vault { path, .. }
             | BrokerError::BadReply { path, .. }
-            | BrokerError::TooLarge { path, .. } => Some(path),
+            | BrokerError::TooLarge { path, .. }
+            | BrokerError::Cancelled { path, .. } => Some(path),
             _ => None,
         }
+    }
+
+    /// True when shutdown stopped the request before it was repeated: nothing was done, and
+    /// nothing more should start.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, BrokerError::Cancelled { .. })
     }
 
     /// True when Vault refused the token: the credmon deletes a `.top` whose token gets this, so
@@ -247,6 +260,8 @@ pub struct Broker {
     timing: Option<Arc<dyn Fn(RequestKind, Duration) + Send + Sync>>,
     /// Shared by every clone: one bound and one rate for the whole client.
     pace: Arc<pace::Pacer>,
+    /// Fired when shutdown's grace period ends: a request waiting to be repeated is not.
+    cancel: CancellationToken,
 }
 
 /// What a broker request was for, as its duration is reported (the `request` metrics label).
@@ -413,7 +428,16 @@ impl Broker {
             timeout: cfg.timeout,
             timing: None,
             pace: Arc::new(pace::Pacer::new(cfg.limits)),
+            cancel: CancellationToken::new(),
         })
+    }
+
+    /// Gives up, with [`BrokerError::Cancelled`], a request waiting to be repeated (a 429/503
+    /// backoff, `Retry-After`) once `cancel` fires: the attempt that was declined did nothing and
+    /// no other is sent. First attempts and requests in flight are not affected.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Broker {
+        self.cancel = cancel;
+        self
     }
 
     /// Reports every request's duration (answered or not) to `timing`.
@@ -567,8 +591,19 @@ impl Broker {
     async fn send(&self, call: &Call<'_>, token: Option<&Secret>, query: &[(&str, String)], body: Option<&Value>) -> Result<Reply, BrokerError> {
         let safe = call.method == Method::GET;
         let mut attempt = 1;
+        let cancelled = || BrokerError::Cancelled { method: call.method.clone(), path: call.path.clone() };
         loop {
-            let turn = self.pace.turn().await;
+            // A first attempt goes out whatever happens (a revocation after a failed record must);
+            // a repeat is never started past the grace period.
+            let turn = if attempt == 1 {
+                self.pace.turn().await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => return Err(cancelled()),
+                    turn = self.pace.turn() => turn,
+                }
+            };
             let (result, ended) = self.send_once(call, token, query, body).await;
             drop(turn);
             let Err(e) = result else { return result };
@@ -577,7 +612,9 @@ impl Broker {
             };
             tracing::debug!(method = %call.method, path = %call.path, attempt, wait_ms = wait.as_millis() as u64, error = %e, "broker request repeated");
             self.pace.count_repeat(RequestKind::of(&call.path));
-            tokio::time::sleep(wait).await;
+            if !pace::backoff(wait, &self.cancel).await {
+                return Err(cancelled());
+            }
             attempt += 1;
         }
     }

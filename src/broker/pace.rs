@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::RequestKind;
 
@@ -117,6 +118,15 @@ impl Pacer {
     }
 }
 
+/// Sleeps `wait` (a backoff before a repeat) unless `cancel` fires first: shutdown does not wait
+/// out a `Retry-After`. False when it was cut short.
+pub async fn backoff(wait: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
 /// `Retry-After` in seconds (the form Vault sends); an HTTP date is not honoured (the backoff
 /// applies).
 pub fn retry_after(value: &str) -> Option<Duration> {
@@ -156,6 +166,24 @@ mod tests {
         assert_eq!(next_wait(false, asked(LONGEST_WAIT.as_secs() + 1), 1, 0.5), None, "too long a wait ends the request");
         assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_ends_when_cancelled() {
+        let cancel = CancellationToken::new();
+        let t0 = Instant::now();
+        assert!(backoff(Duration::from_millis(250), &cancel).await, "not cancelled: the whole wait");
+        assert_eq!(Instant::now() - t0, Duration::from_millis(250));
+        let waiting = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                let t0 = Instant::now();
+                (backoff(LONGEST_WAIT, &cancel).await, Instant::now() - t0)
+            }
+        });
+        tokio::task::yield_now().await;
+        cancel.cancel();
+        assert_eq!(waiting.await.unwrap(), (false, Duration::ZERO), "cut short at once, on the paused clock");
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,9 +14,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::ledger::{holders_of, Ledger};
-use super::obtain::{expiry_of, record_or_revoke};
+use super::obtain::{expiry_of, record_or_revoke, Job};
 use super::plan::{file_root, host_target, owner};
-use super::{error_chain, now_unix, CycleOptions, CycleSetupError, Ctx, DestinationKind, FileContent, RunReport, ServiceReport};
+use super::{error_chain, now_unix, CycleOptions, CycleSetupError, DestinationKind, FileContent, RunReport, ServiceTokens};
 use crate::broker::Broker;
 use crate::deliver::Removal;
 use crate::inventory::{HostSpec, Inventory, ServiceSpec};
@@ -58,31 +58,28 @@ fn reusable_child<'t>(tokens: &'t [LedgerToken], holdings: &[Holding], key: &(St
     usable.then_some((t.hash.as_str(), expiry))
 }
 
-/// Gives every Vault-token file of every service that obtained valid tokens its child of the
-/// login token: the one it holds while that may be reused ([`reusable_child`]), else a new one
-/// whose TTL is the destination's `ttl` but never beyond what the parent has left, recorded in
-/// the ledger before anything uses it. A dry run mints nothing. A creation whose reply was lost
+/// Gives every Vault-token file of a service that obtained valid tokens (`spec`, as `tokens`;
+/// destinations on `skip_hosts` left out) its child of the login token: the one it holds while
+/// that may be reused ([`reusable_child`]), else a new one whose TTL is the destination's `ttl`
+/// but never beyond what the parent has left, recorded in the ledger before anything uses it. A dry run mints nothing. A creation whose reply was lost
 /// is not repeated: a child it may have made is unknown here and dies with its TTL or parent.
-pub(super) async fn mint_children(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport]) -> Children {
+pub(super) async fn mint_children(job: &Job, skip_hosts: &[String], spec: &ServiceSpec, tokens: &ServiceTokens) -> Children {
     let mut children = Children::new();
-    if ctx.dry_run {
+    if job.dry_run {
         return children;
     }
     // Every Vault-token file to fill: (service, destination), the login token it descends from,
     // and how long before its expiry a child is replaced.
     let mut wanted = Vec::new();
-    for (spec, report) in services.iter().zip(reports) {
-        let Ok(tokens) = &report.tokens else { continue };
-        for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host)) {
-            if matches!(dest.kind, DestinationKind::File { content: FileContent::VaultToken, .. }) {
-                wanted.push(((spec.name.clone(), dest.id.clone()), tokens.vault_token.short_hash(), spec.renew_before));
-            }
+    for dest in spec.destinations.iter().filter(|d| !skip_hosts.contains(&d.host)) {
+        if matches!(dest.kind, DestinationKind::File { content: FileContent::VaultToken, .. }) {
+            wanted.push(((spec.name.clone(), dest.id.clone()), tokens.vault_token.short_hash(), spec.renew_before));
         }
     }
     if wanted.is_empty() {
         return children;
     }
-    let ledger = ctx.ledger.clone();
+    let ledger = job.ledger.clone();
     let now = now_unix();
     let mut reusable: BTreeMap<(String, String), Child> = tokio::task::spawn_blocking(move || {
         let (known, holdings) = match ledger.db(|s| Ok((s.tokens()?, s.holdings()?))) {
@@ -104,41 +101,38 @@ pub(super) async fn mint_children(ctx: &Ctx<'_>, services: &[&ServiceSpec], repo
     })
     .await
     .unwrap_or_default();
-    for (spec, report) in services.iter().zip(reports) {
-        let Ok(tokens) = &report.tokens else { continue };
-        for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host)) {
-            let DestinationKind::File { content: FileContent::VaultToken, ttl, .. } = &dest.kind else { continue };
-            let key = (spec.name.clone(), dest.id.clone());
-            if let Some(child) = reusable.remove(&key) {
-                info!(service = %spec.name, host = %dest.host, destination = %dest.id, vault = %child.token.short_hash(), "child token reused");
-                children.insert(key, Ok(child));
-                continue;
-            }
-            // What the parent has left now, less a minute, so that the child's expiry (counted
-            // from its creation a moment later, in whole seconds) stays before the parent's.
-            let parent_left = u64::try_from(tokens.vault_expiry - now_unix() - CHILD_MARGIN_SECS).unwrap_or(1).max(1);
-            let ttl = (*ttl).min(tokens.vault_ttl).min(Duration::from_secs(parent_left));
-            let child = match ctx.broker.create_child(&tokens.vault_token, ttl).await {
-                Ok(login) => {
-                    let parent = tokens.vault_token.short_hash();
-                    info!(service = %spec.name, host = %dest.host, destination = %dest.id, vault = %login.token.short_hash(),
-                          parent = %parent, ttl = %humantime::format_duration(ttl), "child token minted");
-                    let expiry = expiry_of(ttl.min(login.lease)).unwrap_or(tokens.vault_expiry);
-                    let row = NewToken { hash: login.token.short_hash(), service: spec.name.clone(), kind: TokenKind::Child, parent: Some(parent), expiry: Some(expiry) };
-                    match record_or_revoke(&ctx.ledger, &ctx.broker, Some(ctx.run), &login.token, row).await {
-                        Ok(()) => Ok(Child { expiry, token: login.token }),
-                        Err(reason) => Err(format!("deliver: child token: {reason}")),
-                    }
-                }
-                Err(e) => {
-                    if e.outcome_unknown() {
-                        warn!(service = %spec.name, destination = %dest.id, error = %error_chain(&e), "the child creation's reply was lost: a child it may have made is unknown here and dies with its TTL or its parent");
-                    }
-                    Err(format!("deliver: cannot mint a child token: {}", error_chain(&e)))
-                }
-            };
-            children.insert(key, child);
+    for dest in spec.destinations.iter().filter(|d| !skip_hosts.contains(&d.host)) {
+        let DestinationKind::File { content: FileContent::VaultToken, ttl, .. } = &dest.kind else { continue };
+        let key = (spec.name.clone(), dest.id.clone());
+        if let Some(child) = reusable.remove(&key) {
+            info!(service = %spec.name, host = %dest.host, destination = %dest.id, vault = %child.token.short_hash(), "child token reused");
+            children.insert(key, Ok(child));
+            continue;
         }
+        // What the parent has left now, less a minute, so that the child's expiry (counted
+        // from its creation a moment later, in whole seconds) stays before the parent's.
+        let parent_left = u64::try_from(tokens.vault_expiry - now_unix() - CHILD_MARGIN_SECS).unwrap_or(1).max(1);
+        let ttl = (*ttl).min(tokens.vault_ttl).min(Duration::from_secs(parent_left));
+        let child = match job.broker.create_child(&tokens.vault_token, ttl).await {
+            Ok(login) => {
+                let parent = tokens.vault_token.short_hash();
+                info!(service = %spec.name, host = %dest.host, destination = %dest.id, vault = %login.token.short_hash(),
+                      parent = %parent, ttl = %humantime::format_duration(ttl), "child token minted");
+                let expiry = expiry_of(ttl.min(login.lease)).unwrap_or(tokens.vault_expiry);
+                let row = NewToken { hash: login.token.short_hash(), service: spec.name.clone(), kind: TokenKind::Child, parent: Some(parent), expiry: Some(expiry) };
+                match record_or_revoke(&job.ledger, &job.broker, job.run, &login.token, row).await {
+                    Ok(()) => Ok(Child { expiry, token: login.token }),
+                    Err(reason) => Err(format!("deliver: child token: {reason}")),
+                }
+            }
+            Err(e) => {
+                if e.outcome_unknown() {
+                    warn!(service = %spec.name, destination = %dest.id, error = %error_chain(&e), "the child creation's reply was lost: a child it may have made is unknown here and dies with its TTL or its parent");
+                }
+                Err(format!("deliver: cannot mint a child token: {}", error_chain(&e)))
+            }
+        };
+        children.insert(key, child);
     }
     children
 }

@@ -150,6 +150,8 @@ impl Job {
                         renew_before = %humantime::format_duration(spec.renew_before),
                         "kept Vault token is due for renewal; logging in again"
                     ),
+                    // Shutting down: no login starts.
+                    Err(e) if e.is_cancelled() => return Err(fail_chain(Stage::Lookup, &e)),
                     Err(e) if e.is_permission_denied() => {
                         warn!(vault = %kept.short_hash(), error = %error_chain(&e), "Vault refuses the kept Vault token; logging in again");
                         self.mark_dead(&kept.short_hash()).await;

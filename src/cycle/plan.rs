@@ -1,23 +1,30 @@
 //! From validated tokens to one plan per host, and the plans carried out: every host on its own
-//! blocking thread (libssh2 is blocking), at most `delivery.hosts_at_once` at a time, each service × destination's result
-//! mapped back from its files.
+//! blocking thread (libssh2 is blocking), at most `delivery.hosts_at_once` at a time, each
+//! service × destination's result mapped back from its files.
+//!
+//! Delivery overlaps the fetching: a host's turn starts while services are still fetched (its
+//! connection, host-key check, account ids and credmon probe need the inventory only, see
+//! [`opening`]), and its plan is made and pushed on that session as soon as every service with
+//! a destination there is ready. Hosts take their places in the order their services are
+//! expected to be ready.
 //!
 //! Around each host's push the ledger is told, from that host's thread: before it, what every
 //! Vault-token file may hold afterwards (no intent recorded, nothing written); after it, how
 //! each ended. An outcome that cannot be recorded is handed back to be retried.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
 use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
-use super::lifecycle::Children;
-use super::{access_request, error_chain, CredmonReport, Ctx, DestinationKind, FileContent, ServiceReport};
+use super::{access_request, error_chain, CredmonReport, Ctx, DestinationKind, FileContent, Obtained};
 use crate::credmon::{self, CredmonCheck, CredmonState, Rules};
-use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, RemoteFile, TopFile};
+use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, Opened, Opening, RemoteFile, TopFile};
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
 use crate::secret::Secret;
 use crate::state::{Delivered, HoldState, Intent, RunId, Settled, StateError};
@@ -73,16 +80,17 @@ struct Plans {
     expected: BTreeMap<(String, String), (String, String)>,
 }
 
-fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Plans {
+/// The plan of `only` (a host's name) from the services with destinations there.
+fn plan_hosts(ctx: &Ctx<'_>, ready: &[(&ServiceSpec, &Obtained)], only: &str) -> Plans {
     let inv = ctx.inv;
     let mut plans =
         Plans { hosts: BTreeMap::new(), tracked: BTreeMap::new(), will_hold: BTreeMap::new(), failed: BTreeMap::new(), expected: BTreeMap::new() };
     let mut host_errors: BTreeMap<String, String> = BTreeMap::new();
-    for (spec, report) in services.iter().zip(reports) {
-        let Ok(tokens) = &report.tokens else { continue };
+    for (spec, obtained) in ready {
+        let Ok(tokens) = &obtained.tokens else { continue };
+        let children = &obtained.children;
         let root = Some(tokens.vault_token.short_hash());
-        // IDTokens are minted and delivered by `crate::idtoken`.
-        for dest in spec.destinations.iter().filter(|d| !ctx.skip_hosts.contains(&d.host) && !matches!(d.kind, DestinationKind::IdToken { .. })) {
+        for dest in spec.destinations.iter().filter(|d| d.host == only && delivered_here(ctx, d)) {
             let key = (spec.name.clone(), dest.id.clone());
             let Some(host) = inv.hosts.get(&dest.host) else { continue };
             if let Some(e) = host_errors.get(&host.name) {
@@ -117,19 +125,8 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     if !plan.dirs.iter().any(|d| d.path == dir.path) {
                         plan.dirs.push(dir);
                     }
-                    // A `.top` the last cycle delivered (and nothing failed since) must still be
-                    // there: the credmon deletes one whose Vault token is refused.
                     let top_path = files[0].path.clone();
-                    if !ctx.dry_run {
-                        let probe = deliver::ProbeFile { id: file_id(&spec.name, &dest.id, "credmon"), top: top_path.clone(), use_file: files[1].path.clone() };
-                        match plan.probe_credmon.iter_mut().find(|p| p.spool == spool) {
-                            Some(p) => p.files.push(probe),
-                            None => plan.probe_credmon.push(deliver::CredmonProbe { spool: spool.to_string(), files: vec![probe] }),
-                        }
-                    }
-                    let healthy = ctx.prior.get(&key).is_some_and(|st| st.last_success.is_some() && st.consecutive_failures == 0 && st.paths.contains(&top_path));
-                    if healthy && !ctx.dry_run {
-                        plan.expect_present.push(top_path.clone());
+                    if credd_checks(ctx, &key, spool, &top_path, &files[1].path, &mut plan.probe_credmon, &mut plan.expect_present) {
                         plans.expected.insert((host.name.clone(), top_path), key.clone());
                     }
                     for (mut f, part) in files.into_iter().zip(["top", "use"]) {
@@ -181,6 +178,74 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
     plans
 }
 
+/// A destination this module delivers: on a host of the inventory and not left out this cycle
+/// (IDTokens are minted and delivered by `crate::idtoken`).
+fn delivered_here(ctx: &Ctx<'_>, dest: &crate::inventory::Destination) -> bool {
+    !ctx.skip_hosts.contains(&dest.host) && !matches!(dest.kind, DestinationKind::IdToken { .. }) && ctx.inv.hosts.contains_key(&dest.host)
+}
+
+/// What a credd destination has looked at before anything is written (not in a dry run): its
+/// credmon, and its `.top` when the last cycle delivered it there and nothing failed since (the
+/// credmon deletes one whose Vault token is refused). True when that `.top` is expected.
+fn credd_checks(
+    ctx: &Ctx<'_>,
+    key: &(String, String),
+    spool: &str,
+    top: &str,
+    use_file: &str,
+    probes: &mut Vec<deliver::CredmonProbe>,
+    expect_present: &mut Vec<String>,
+) -> bool {
+    if ctx.dry_run {
+        return false;
+    }
+    let probe = deliver::ProbeFile { id: file_id(&key.0, &key.1, "credmon"), top: top.to_string(), use_file: use_file.to_string() };
+    match probes.iter_mut().find(|p| p.spool == spool) {
+        Some(p) => p.files.push(probe),
+        None => probes.push(deliver::CredmonProbe { spool: spool.to_string(), files: vec![probe] }),
+    }
+    let healthy = ctx.prior.get(key).is_some_and(|st| st.last_success.is_some() && st.consecutive_failures == 0 && st.paths.iter().any(|p| p == top));
+    if healthy {
+        expect_present.push(top.to_string());
+    }
+    healthy
+}
+
+/// What `host`'s session can do before any of `specs` has its tokens: everything its plan will
+/// look at before writing, and the accounts and groups it will name. `None` when the host
+/// cannot be reached as configured (its plan then fails every destination there).
+fn opening(ctx: &Ctx<'_>, host: &HostSpec, specs: &[&ServiceSpec]) -> Option<Opening> {
+    let target = host_target(host).ok()?;
+    let mut o = Opening { target, probe_credmon: Vec::new(), expect_present: Vec::new(), owners: Vec::new(), accounts: Vec::new() };
+    for spec in specs {
+        for dest in spec.destinations.iter().filter(|d| d.host == host.name && delivered_here(ctx, d)) {
+            let key = (spec.name.clone(), dest.id.clone());
+            match &dest.kind {
+                DestinationKind::Credd => {
+                    let spool = host.spool.as_deref().unwrap_or("/");
+                    let (_, top, use_file) = deliver::credd_paths(spool, &spec.account, &spec.oauth_service);
+                    credd_checks(ctx, &key, spool, &top, &use_file, &mut o.probe_credmon, &mut o.expect_present);
+                    o.owners.push(owner(&host.spool_owner));
+                    if host.signal_credmon {
+                        o.accounts.push(host.spool_owner.user.clone());
+                    }
+                }
+                DestinationKind::File { path, owner: file_owner, .. } => {
+                    o.owners.push(owner(file_owner));
+                    if path.contains("{uid}") {
+                        o.accounts.push(spec.account.clone());
+                    }
+                }
+                DestinationKind::IdToken { .. } => {}
+            }
+        }
+    }
+    o.owners.dedup();
+    o.accounts.sort();
+    o.accounts.dedup();
+    Some(o)
+}
+
 impl Tracked {
     fn of(file: &RemoteFile, service: &str, destination: &str, host: &str, token: &Secret) -> Tracked {
         Tracked {
@@ -226,10 +291,12 @@ pub(super) struct Delivery {
     pub warnings: Warnings,
     pub credmon: Credmons,
     /// Hosts a push was attempted on (their files were read back then, if they answered).
-    pub hosts: std::collections::BTreeSet<String>,
+    pub hosts: BTreeSet<String>,
     /// Outcomes the ledger could not take when they were known: retried before the cycle ends
     /// (until they are written, their files count as "may hold" what was intended).
     pub unrecorded: Vec<Unrecorded>,
+    /// When each host's turn ended.
+    pub done_at: BTreeMap<String, Instant>,
 }
 
 /// One host's outcomes that could not be written.
@@ -257,7 +324,17 @@ fn landing_of(connected: &Result<(), DeliverError>, result: &Result<(), DeliverE
 
 /// One host's turn, on its own blocking thread: the intent, the push (which first reads back
 /// every file whose earlier outcome is not known), the outcome.
-fn push_recorded(ledger: &Ledger, run: RunId, mut plan: HostPlan, tracked: &[Tracked], dry_run: bool, abandon: &AtomicBool) -> HostRun {
+/// `opened` is the session opened for the host while its services were fetched (`None`: open
+/// one now).
+fn push_recorded(
+    ledger: &Ledger,
+    run: RunId,
+    mut plan: HostPlan,
+    tracked: &[Tracked],
+    dry_run: bool,
+    abandon: &AtomicBool,
+    opened: Option<Result<Opened, DeliverError>>,
+) -> HostRun {
     let intents: Vec<Intent> = tracked.iter().map(|t| t.intent.clone()).collect();
     let before = if intents.is_empty() {
         Vec::new()
@@ -284,7 +361,8 @@ fn push_recorded(ledger: &Ledger, run: RunId, mut plan: HostPlan, tracked: &[Tra
             f.keep_if_same = true;
         }
     }
-    let outcome = deliver::push_to_host_unless(&plan, dry_run, abandon);
+    let opened = opened.unwrap_or_else(|| deliver::open(&Opening::of(&plan)));
+    let outcome = deliver::push_opened(opened, &plan, dry_run, abandon);
     let settled: Vec<Settled> = tracked
         .iter()
         .zip(&before)
@@ -303,85 +381,201 @@ fn push_recorded(ledger: &Ledger, run: RunId, mut plan: HostPlan, tracked: &[Tra
     HostRun::Pushed { outcome: Box::new(outcome), unrecorded }
 }
 
-/// A host left alone because the grace period ended before its turn: every file keeps what it
-/// had.
-fn not_started(plan: &HostPlan) -> deliver::HostOutcome {
-    let host = plan.target.name.clone();
-    let abandoned = |path: &str| deliver::DeliverError::Abandoned { host: host.clone(), path: path.to_string() };
-    let files = plan.files.iter().map(|f| deliver::FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(abandoned(&f.path)), kept: false, landed_mtime: None }).collect();
-    deliver::HostOutcome { host: host.clone(), connected: Ok(()), files, signalled: Vec::new(), missing: Vec::new(), read_back: Vec::new(), credmon: Vec::new() }
+/// How a host's task ended.
+enum HostEnd {
+    /// Its push ran (or its thread ended abnormally).
+    Ran(Result<HostRun, tokio::task::JoinError>),
+    /// The grace period ended before its turn or while it waited for its services: nothing was
+    /// recorded or written there.
+    NotStarted,
+    /// None of its services got tokens: nothing to write.
+    Nothing,
 }
 
-/// Pushes every host's plan, hosts in parallel on blocking threads, and returns each
-/// service × destination's result.
-pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport], children: &Children) -> Delivery {
-    let Plans { hosts, mut tracked, mut will_hold, failed, expected } = plan_hosts(ctx, services, reports, children);
-    let mut warnings = Warnings::new();
-    let mut credmons = Credmons::new();
-    let mut unrecorded = Vec::new();
-    let dry_run = ctx.dry_run;
-    let abandon = ctx.abandon.clone();
+/// What a host's turn is given once its services are ready: its plan and the files the ledger
+/// is told about.
+type Job = (HostPlan, Vec<Tracked>);
+
+/// One host's turn, as a task: a place among `hosts_at_once`, the session opened (while services
+/// are still fetched), then, once `job` brings the plan, the push on that session.
+#[allow(clippy::too_many_arguments)]
+async fn host_turn(
+    name: String,
+    gate: Arc<Semaphore>,
+    cancel: tokio_util::sync::CancellationToken,
+    opening: Option<Opening>,
+    job: oneshot::Receiver<Job>,
+    (ledger, run): (Ledger, RunId),
+    dry_run: bool,
+    abandon: Arc<AtomicBool>,
+) -> (String, HostEnd) {
+    let _permit = gate.acquire_owned().await.expect("semaphore never closed");
+    // A host not yet started when the grace period ends is not started: nothing is recorded or
+    // written there.
+    if cancel.is_cancelled() {
+        return (name, HostEnd::NotStarted);
+    }
+    let opened = match opening {
+        Some(o) => tokio::task::spawn_blocking(move || deliver::open(&o)).await.ok(),
+        None => None,
+    };
+    // Started: a plan that is ready is carried out (past the grace period its files are
+    // abandoned one by one, as in any push); one still awaited is not waited for.
+    let job = tokio::select! {
+        biased;
+        job = job => job,
+        () = cancel.cancelled() => return (name, HostEnd::NotStarted),
+    };
+    let Ok((plan, tracked)) = job else { return (name, HostEnd::Nothing) };
+    let ran = tokio::task::spawn_blocking(move || push_recorded(&ledger, run, plan, &tracked, dry_run, &abandon, opened)).await;
+    (name, HostEnd::Ran(ran))
+}
+
+/// Delivers to every host as its services become ready. `obtaining` are the services' tasks
+/// (each ends with its index in `services` and what it obtained); what they ended with is
+/// handed back with the delivery.
+pub(super) async fn deliver_all(
+    ctx: &Ctx<'_>,
+    services: &[&ServiceSpec],
+    mut obtaining: JoinSet<(usize, Obtained)>,
+) -> (Delivery, BTreeMap<usize, Obtained>) {
+    // Per host, the services with destinations there; hosts take their places in the order of
+    // the last of those (services are fetched roughly in order), so that a host seldom holds a
+    // place while it waits.
+    let mut members: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    for (i, spec) in services.iter().enumerate() {
+        for d in spec.destinations.iter().filter(|d| delivered_here(ctx, d)) {
+            members.entry(d.host.clone()).or_default().insert(i);
+        }
+    }
+    let mut order: Vec<&String> = members.keys().collect();
+    order.sort_by_key(|h| (members[*h].last().copied(), *h));
     // Each host has one connection; a slow host holds one place, never the others.
     let gate = Arc::new(Semaphore::new(ctx.inv.delivery.hosts_at_once.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut files_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let attempted = hosts.keys().cloned().collect();
-    for (name, plan) in hosts {
-        let gate = gate.clone();
-        let abandon = abandon.clone();
-        let (ledger, run) = (ctx.ledger.clone(), ctx.run);
-        let mine = tracked.remove(&name).unwrap_or_default();
-        files_of.insert(name.clone(), plan.files.iter().map(|f| f.id.clone()).collect());
-        let cancel = ctx.cancel.clone();
+    let mut turns = JoinSet::new();
+    let mut jobs: BTreeMap<String, oneshot::Sender<Job>> = BTreeMap::new();
+    for name in order {
+        let (tx, rx) = oneshot::channel();
+        jobs.insert(name.clone(), tx);
+        let specs: Vec<&ServiceSpec> = members[name].iter().map(|&i| services[i]).collect();
+        let opening = ctx.inv.hosts.get(name).and_then(|host| opening(ctx, host, &specs));
         let span = tracing::info_span!("host", host = %name);
-        tasks.spawn(
-            async move {
-                let _permit = gate.acquire_owned().await.expect("semaphore never closed");
-                // A host not yet started when the grace period ends is not started: nothing is
-                // recorded or written there.
-                if cancel.is_cancelled() {
-                    return (name, Ok(HostRun::Pushed { outcome: Box::new(not_started(&plan)), unrecorded: None }));
-                }
-                let outcome = tokio::task::spawn_blocking(move || push_recorded(&ledger, run, plan, &mine, dry_run, &abandon)).await;
-                (name, outcome)
-            }
-            .instrument(span),
+        turns.spawn(
+            host_turn(name.clone(), gate.clone(), ctx.cancel.clone(), opening, rx, (ctx.ledger.clone(), ctx.run), ctx.dry_run, ctx.abandon.clone())
+                .instrument(span),
         );
     }
-    let mut results: Results = failed;
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((host, run)) = joined else { continue };
-        let outcome = match run {
-            Ok(HostRun::Pushed { outcome, unrecorded: lost }) => {
+    let mut waiting = members.clone();
+    let mut obtained: BTreeMap<usize, Obtained> = BTreeMap::new();
+    let mut collected = Collected::default();
+    let mut all_obtained = obtaining.is_empty();
+    if all_obtained {
+        for (host, tx) in std::mem::take(&mut jobs) {
+            collected.plan_and_send(ctx, services, &members[&host], &obtained, &host, tx);
+        }
+    }
+    loop {
+        tokio::select! {
+            joined = obtaining.join_next(), if !all_obtained => {
+                match joined {
+                    Some(Ok((i, o))) => {
+                        obtained.insert(i, o);
+                        let ready: Vec<String> = waiting.iter_mut().filter_map(|(h, w)| (w.remove(&i) && w.is_empty()).then(|| h.clone())).collect();
+                        for host in ready {
+                            if let Some(tx) = jobs.remove(&host) {
+                                collected.plan_and_send(ctx, services, &members[&host], &obtained, &host, tx);
+                            }
+                        }
+                    }
+                    Some(Err(e)) => warn!(error = %e, "a service task ended abnormally"),
+                    None => {}
+                }
+                if obtaining.is_empty() {
+                    // Every service has ended: a host still waiting (for a service whose task
+                    // ended abnormally) gets what is ready.
+                    all_obtained = true;
+                    for (host, tx) in std::mem::take(&mut jobs) {
+                        collected.plan_and_send(ctx, services, &members[&host], &obtained, &host, tx);
+                    }
+                }
+            }
+            joined = turns.join_next(), if !turns.is_empty() => {
+                if let Some(Ok((host, end))) = joined {
+                    collected.take(ctx, &host, end);
+                }
+            }
+            else => break,
+        }
+    }
+    (collected.finish(services, ctx.dry_run), obtained)
+}
+
+/// Host outcomes gathered into service × destination results.
+#[derive(Default)]
+struct Collected {
+    results: Results,
+    warnings: Warnings,
+    credmons: Credmons,
+    unrecorded: Vec<Unrecorded>,
+    will_hold: BTreeMap<(String, String), Delivered>,
+    expected: BTreeMap<(String, String), (String, String)>,
+    files_of: BTreeMap<String, Vec<String>>,
+    attempted: BTreeSet<String>,
+    done_at: BTreeMap<String, Instant>,
+}
+
+impl Collected {
+    /// Plans `host` from its services (`members`) that are ready, and hands the plan to its
+    /// task; a host left with nothing to write is told so (its sender dropped).
+    fn plan_and_send(&mut self, ctx: &Ctx<'_>, services: &[&ServiceSpec], members: &BTreeSet<usize>, obtained: &BTreeMap<usize, Obtained>, host: &str, tx: oneshot::Sender<Job>) {
+        let ready: Vec<(&ServiceSpec, &Obtained)> = members.iter().filter_map(|i| obtained.get(i).map(|o| (services[*i], o))).collect();
+        let Plans { hosts: mut plans, mut tracked, will_hold, failed, expected } = plan_hosts(ctx, &ready, host);
+        self.results.extend(failed);
+        self.will_hold.extend(will_hold);
+        self.expected.extend(expected);
+        let Some(plan) = plans.remove(host) else { return };
+        self.files_of.insert(host.to_string(), plan.files.iter().map(|f| f.id.clone()).collect());
+        if tx.send((plan, tracked.remove(host).unwrap_or_default())).is_ok() {
+            self.attempted.insert(host.to_string());
+        }
+    }
+
+    /// Takes in how one host's turn ended.
+    fn take(&mut self, ctx: &Ctx<'_>, host: &str, end: HostEnd) {
+        let host = host.to_string();
+        self.done_at.insert(host.clone(), Instant::now());
+        let outcome = match end {
+            HostEnd::NotStarted | HostEnd::Nothing => return,
+            HostEnd::Ran(Ok(HostRun::Pushed { outcome, unrecorded: lost })) => {
                 if let Some((error, settled)) = lost {
                     warn!(host = %host, error = %error_chain(&error), "cannot record what the host's files now hold; retried before the cycle ends");
-                    unrecorded.push(Unrecorded { host: host.clone(), error, settled });
+                    self.unrecorded.push(Unrecorded { host: host.clone(), error, settled });
                 }
                 outcome
             }
-            Ok(HostRun::NoIntent(e)) => {
+            HostEnd::Ran(Ok(HostRun::NoIntent(e))) => {
                 let reason = format!("state: cannot record what {host} may hold afterwards, so nothing was written there: {}", error_chain(&e));
                 warn!(host = %host, error = %error_chain(&e), "cannot record the intent; the host is left as it is");
-                for id in files_of.get(&host).into_iter().flatten() {
+                for id in self.files_of.get(&host).into_iter().flatten() {
                     if let Some((service, dest)) = split_file_id(id) {
-                        results.entry((service.to_string(), dest.to_string())).or_insert_with(|| Err(reason.clone()));
+                        self.results.entry((service.to_string(), dest.to_string())).or_insert_with(|| Err(reason.clone()));
                     }
                 }
                 if let Some(super::Observer(o)) = &ctx.observer {
                     o.host_done(&host, false);
                 }
-                continue;
+                return;
             }
-            Err(e) => {
+            HostEnd::Ran(Err(e)) => {
                 warn!(host = %host, error = %e, "delivery thread ended abnormally");
-                continue;
+                return;
             }
         };
         if let Some(super::Observer(o)) = &ctx.observer {
             o.host_done(&host, outcome.all_delivered());
         }
         for m in &outcome.missing {
-            if let Some(key) = expected.get(&(host.clone(), m.path.clone())) {
+            if let Some(key) = self.expected.get(&(host.clone(), m.path.clone())) {
                 let path = &m.path;
                 let since = ctx.prior.get(key).and_then(|st| st.last_success).map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default();
                 if m.refused_by_credmon() {
@@ -389,13 +583,13 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
                         "credmon: {path} delivered at {since} had disappeared while its account directory stayed and no .mark was there: the credmon refused its Vault token; delivered again"
                     );
                     warn!(service = %key.0, host = %host, destination = %key.1, "{warning}");
-                    warnings.insert(key.clone(), warning);
+                    self.warnings.insert(key.clone(), warning);
                 } else {
                     info!(service = %key.0, host = %host, destination = %key.1, path = %path, "the credd swept the account directory after its .mark (its normal clean-up once the credentials were removed); delivered again");
                 }
             }
         }
-        judge_credmons(ctx, &host, &outcome, &mut credmons);
+        judge_credmons(ctx, &host, &outcome, &mut self.credmons);
         for (spool, signalled) in outcome.signalled.iter().filter(|_| outcome.connected.is_ok()) {
             if let Err(e) = signalled {
                 warn!(host = %host, spool = %spool, error = %error_chain(e), "cannot signal the credmon");
@@ -411,33 +605,44 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
             match file_result {
                 // The first failing file of a destination names the destination's failure.
                 Err(reason) => {
-                    if !matches!(results.get(&key), Some(Err(_))) {
+                    if !matches!(self.results.get(&key), Some(Err(_))) {
                         warn!(service = %service, host = %host, destination = %dest, path = %f.path, reason = %reason, "not delivered");
-                        results.insert(key, Err(reason));
+                        self.results.insert(key, Err(reason));
                     }
                 }
                 Ok(()) => {
-                    if let Some(held) = will_hold.get_mut(&key) {
+                    if let Some(held) = self.will_hold.get_mut(&key) {
                         held.paths.push(f.path.clone());
                     }
                 }
             }
         }
     }
-    for (key, held) in will_hold {
-        if results.contains_key(&key) || held.paths.is_empty() {
-            continue;
+
+    /// Every destination whose files all landed is delivered (or, in a dry run, deliverable).
+    fn finish(mut self, services: &[&ServiceSpec], dry_run: bool) -> Delivery {
+        for (key, held) in self.will_hold {
+            if self.results.contains_key(&key) || held.paths.is_empty() {
+                continue;
+            }
+            let host = services
+                .iter()
+                .find(|s| s.name == key.0)
+                .and_then(|s| s.destinations.iter().find(|d| d.id == key.1))
+                .map(|d| d.host.clone())
+                .unwrap_or_default();
+            info!(service = %key.0, host = %host, destination = %key.1, dry_run, "{}", if dry_run { "deliverable" } else { "delivered" });
+            self.results.insert(key, Ok(held));
         }
-        let host = services
-            .iter()
-            .find(|s| s.name == key.0)
-            .and_then(|s| s.destinations.iter().find(|d| d.id == key.1))
-            .map(|d| d.host.clone())
-            .unwrap_or_default();
-        info!(service = %key.0, host = %host, destination = %key.1, dry_run, "{}", if dry_run { "deliverable" } else { "delivered" });
-        results.insert(key, Ok(held));
+        Delivery {
+            results: self.results,
+            warnings: self.warnings,
+            credmon: self.credmons,
+            hosts: self.attempted,
+            unrecorded: self.unrecorded,
+            done_at: self.done_at,
+        }
     }
-    Delivery { results, warnings, credmon: credmons, hosts: attempted, unrecorded }
 }
 
 /// Judges every credd destination's credmon from what the host showed before the writes, and

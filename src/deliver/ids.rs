@@ -77,6 +77,20 @@ impl Ids {
         Ok((uid, gid))
     }
 
+    /// Adds what `more` resolved (names already here were resolved the same way).
+    pub fn extend(&mut self, more: Ids) {
+        self.users.extend(more.users);
+        self.groups.extend(more.groups);
+    }
+
+    /// The names of `users` and `groups` not resolved yet.
+    pub fn unknown(&self, users: &BTreeSet<String>, groups: &BTreeSet<String>) -> (BTreeSet<String>, BTreeSet<String>) {
+        (
+            users.iter().filter(|u| !self.users.contains_key(*u)).cloned().collect(),
+            groups.iter().filter(|g| !self.groups.contains_key(*g)).cloned().collect(),
+        )
+    }
+
     /// Names an owner needs looked up.
     pub fn want(owner: &Owner, users: &mut BTreeSet<String>, groups: &mut BTreeSet<String>) {
         users.insert(owner.user.clone());

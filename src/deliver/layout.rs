@@ -56,11 +56,11 @@ pub fn credd_layout(
     access_token: &Secret,
     owner: &Owner,
 ) -> (RemoteDir, Vec<RemoteFile>) {
+    let (dir, top_path, use_path) = credd_paths(spool, user, service);
     let spool = spool.trim_end_matches('/');
-    let dir = format!("{spool}/{user}");
-    let file = |suffix: &str, content: Secret, mode: u32, only_if_absent: bool| RemoteFile {
+    let file = |suffix: &str, path: String, content: Secret, mode: u32, only_if_absent: bool| RemoteFile {
         id: format!("{user}/{service}.{suffix}"),
-        path: format!("{dir}/{service}.{suffix}"),
+        path,
         root: spool.to_string(),
         uid_of: None,
         content,
@@ -73,10 +73,17 @@ pub fn credd_layout(
     // credmon rewrites it at its next scan; writing it here as well would hide a credmon that
     // no longer refreshes.
     let files = vec![
-        file("top", top.to_json(), TOP_MODE, false),
-        file("use", Secret::new(format!("{}\n", access_token.expose())), USE_MODE, true),
+        file("top", top_path, top.to_json(), TOP_MODE, false),
+        file("use", use_path, Secret::new(format!("{}\n", access_token.expose())), USE_MODE, true),
     ];
     (RemoteDir { path: dir, mode: SPOOL_DIR_MODE, owner: Some(owner.clone()), clear_mark: true }, files)
+}
+
+/// A credd destination's account directory `<spool>/<user>` and its `.top` and `.use` paths.
+pub fn credd_paths(spool: &str, user: &str, service: &str) -> (String, String, String) {
+    let dir = format!("{}/{user}", spool.trim_end_matches('/'));
+    let (top, use_file) = (format!("{dir}/{service}.top"), format!("{dir}/{service}.use"));
+    (dir, top, use_file)
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! final mode, written, fsynced, given its owner (fsetstat), checked, and put in place with one
 //! atomic `posix-rename@openssh.com`; the final path is checked before "delivered" is said.
 //! The result is a [`HostOutcome`] with one entry per file: a failure in one file never stops
-//! the others. [`credd_layout`] builds the plan entries of a credd credential-spool destination.
+//! the others. What needs no token (connect, host key, ids, credmon probes, expected files) can
+//! be done first with [`open`], and the plan carried out later on that session ([`push_opened`]). [`credd_layout`] builds the plan entries of a credd credential-spool destination.
 //!
 //! Must never: write anything to a host whose key known_hosts does not hold; change an owner or
 //! mode by name (only on a handle, or `chown -h` on a directory it just created); follow a
@@ -43,7 +44,7 @@ use ssh2::{FileStat, OpenFlags, OpenType};
 pub use command::{homes, list_dirs, read_text, run_command, secret_output};
 pub use error::DeliverError;
 pub use credmon::{CredmonProbe, CredmonSeen, FileSeen, Liveness, ProbeFile};
-pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout};
+pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout, credd_paths};
 pub use remove::{PathOutcome, Removal, remove_from_host};
 
 use crate::secret::{Secret, short_hash_bytes};
@@ -177,6 +178,30 @@ pub struct HostPlan {
     pub probe_credmon: Vec<CredmonProbe>,
 }
 
+/// What a host's session can do before any token is known (all of it comes from the
+/// inventory): connect, check the host key, log in, resolve the named accounts and groups, and
+/// look at the credmons and the files expected from the last delivery. [`open`] does it while
+/// tokens are still being fetched; [`push_opened`] then carries out the host's plan on that
+/// same session.
+#[derive(Clone, Debug)]
+pub struct Opening {
+    pub target: HostTarget,
+    pub probe_credmon: Vec<CredmonProbe>,
+    pub expect_present: Vec<String>,
+    /// Owners whose ids the plan will need (more are resolved later if it names others).
+    pub owners: Vec<Owner>,
+    /// Accounts whose uid fills `{uid}` or whose credmon is signalled.
+    pub accounts: Vec<String>,
+}
+
+/// A host's open session, and what it showed before anything was written.
+pub struct Opened {
+    remote: Remote,
+    ids: Ids,
+    credmon: Vec<CredmonSeen>,
+    missing: Vec<Missing>,
+}
+
 /// What happened to one file.
 #[derive(Debug)]
 pub struct FileOutcome {
@@ -255,22 +280,45 @@ pub fn push_to_host(plan: &HostPlan, dry_run: bool) -> HostOutcome {
 /// yet renamed fail with [`DeliverError::Abandoned`], their temp files are removed and the old
 /// files stay.
 pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool) -> HostOutcome {
-    let host = plan.target.name.clone();
-    let span = tracing::info_span!("push", host = %host, dry_run);
-    let _entered = span.enter();
+    push_opened(open(&Opening::of(plan)), plan, dry_run, abandon)
+}
 
-    let remote = match Remote::connect(&plan.target) {
-        Ok(remote) => remote,
-        Err(e) => {
-            tracing::debug!(host = %host, error = %e, "host failed before anything was written");
-            return host_failed(plan, e);
+impl Opening {
+    /// Everything `plan` looks at before writing, and the names it needs.
+    pub fn of(plan: &HostPlan) -> Opening {
+        Opening {
+            target: plan.target.clone(),
+            probe_credmon: plan.probe_credmon.clone(),
+            expect_present: plan.expect_present.clone(),
+            owners: plan.files.iter().filter_map(|f| f.owner.clone()).chain(plan.dirs.iter().filter_map(|d| d.owner.clone())).collect(),
+            accounts: plan.files.iter().filter_map(|f| f.uid_of.clone()).chain(plan.signal_credmon.iter().map(|c| c.user.clone())).collect(),
         }
-    };
-    let read_back = read_back_on(&remote, &plan.read_back);
-    let credmon: Vec<CredmonSeen> = plan.probe_credmon.iter().map(|p| credmon::probe(&remote, p)).collect();
+    }
+
+    /// Every account and group name to resolve, the `condor` account and group included.
+    fn names(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let mut users = BTreeSet::from([CONDOR_USER.to_string()]);
+        let mut groups = BTreeSet::from([CONDOR_GROUP.to_string()]);
+        users.extend(self.accounts.iter().cloned());
+        for o in &self.owners {
+            Ids::want(o, &mut users, &mut groups);
+        }
+        (users, groups)
+    }
+}
+
+/// Connects to `opening`'s host and does everything that needs no token: the account ids (one
+/// exec), the credmon probes and the look at files expected from the last delivery. Blocking.
+/// Writes nothing.
+pub fn open(opening: &Opening) -> Result<Opened, DeliverError> {
+    let host = opening.target.name.clone();
+    let span = tracing::info_span!("open", host = %host);
+    let _entered = span.enter();
+    let remote = Remote::connect(&opening.target)?;
+    let credmon: Vec<CredmonSeen> = opening.probe_credmon.iter().map(|p| credmon::probe(&remote, p)).collect();
 
     let gone = |p: &str| matches!(remote.lstat(p), Err(ref e) if is_no_such_file(e));
-    let missing: Vec<Missing> = plan
+    let missing: Vec<Missing> = opening
         .expect_present
         .iter()
         .filter(|p| gone(p))
@@ -282,8 +330,40 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
     for m in &missing {
         tracing::warn!(host = %host, path = %m.path, dir_present = m.dir_present, mark_present = m.mark_present, "a file delivered earlier has disappeared");
     }
+    let (users, groups) = opening.names();
+    let ids = Ids::resolve(&remote, &users, &groups);
+    Ok(Opened { remote, ids, credmon, missing })
+}
 
-    let ids = resolve_ids(&remote, plan);
+/// Carries out `plan` on the session [`open`] made for its host (a failed opening fails every
+/// file as not attempted). Blocking. What the opening saw is reported for the plan's own
+/// probes and expected files only; names the opening did not resolve are resolved now. See
+/// [`push_to_host_unless`].
+pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_run: bool, abandon: &AtomicBool) -> HostOutcome {
+    let host = plan.target.name.clone();
+    let span = tracing::info_span!("push", host = %host, dry_run);
+    let _entered = span.enter();
+
+    let Opened { remote, mut ids, mut credmon, mut missing } = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::debug!(host = %host, error = %e, "host failed before anything was written");
+            return host_failed(plan, e);
+        }
+    };
+    let read_back = read_back_on(&remote, &plan.read_back);
+    let probed: BTreeSet<&str> = plan.probe_credmon.iter().flat_map(|p| p.files.iter().map(|f| f.id.as_str())).collect();
+    for seen in &mut credmon {
+        seen.files.retain(|f| probed.contains(f.id.as_str()));
+    }
+    credmon.retain(|seen| plan.probe_credmon.iter().any(|p| p.spool == seen.spool));
+    missing.retain(|m| plan.expect_present.contains(&m.path));
+
+    let (users, groups) = Opening::of(plan).names();
+    let (users, groups) = ids.unknown(&users, &groups);
+    if !users.is_empty() || !groups.is_empty() {
+        ids.extend(Ids::resolve(&remote, &users, &groups));
+    }
     let mut work: Vec<Work> = plan.files.iter().map(Work::new).collect();
     resolve_paths(&remote, &ids, &mut work);
     let mut dirs = Dirs::new(plan, &ids);
@@ -470,30 +550,6 @@ impl<'a> Work<'a> {
     fn expected(&self) -> Expected {
         Expected { owner: self.owner_ids, mode: self.file.mode, size: self.file.content.expose().len() as u64 }
     }
-}
-
-/// Every account and group name the plan needs as a number, plus the `condor` account and
-/// group, in one exec request.
-fn resolve_ids(remote: &Remote, plan: &HostPlan) -> Ids {
-    let mut users = BTreeSet::from([CONDOR_USER.to_string()]);
-    let mut groups = BTreeSet::from([CONDOR_GROUP.to_string()]);
-    for f in &plan.files {
-        if let Some(account) = &f.uid_of {
-            users.insert(account.clone());
-        }
-        if let Some(o) = &f.owner {
-            Ids::want(o, &mut users, &mut groups);
-        }
-    }
-    for d in &plan.dirs {
-        if let Some(o) = &d.owner {
-            Ids::want(o, &mut users, &mut groups);
-        }
-    }
-    for c in &plan.signal_credmon {
-        users.insert(c.user.clone());
-    }
-    Ids::resolve(remote, &users, &groups)
 }
 
 /// Fills `{uid}`, checks every final path and root, and finds each file's numeric owner.

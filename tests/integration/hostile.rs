@@ -226,6 +226,29 @@ async fn declined_requests_are_repeated_after_retry_after_and_counted() {
     }
 }
 
+/// Shutdown cuts a backoff short: a read declined with `Retry-After: 10` is not repeated once
+/// the client's cancellation token fires, and fails as not sent rather than after the wait.
+#[tokio::test]
+async fn a_backoff_ends_when_shutdown_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = HostileServer::start(dir.path(), Arc::new(|_: &Request| Reply::Declined { status: 429, retry_after: Some(10) }));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let b = broker(&server).with_cancel(cancel.clone());
+    let read = tokio::spawn(async move { b.lookup_self(&Secret::new("hvs.hostile-fixture-token-0012")).await });
+    for _ in 0..500 {
+        if !server.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.requests().len(), 1, "the first attempt was declined");
+    cancel.cancel();
+    let e = read.await.unwrap().unwrap_err();
+    assert!(matches!(e, BrokerError::Cancelled { .. }), "{e}");
+    assert!(e.to_string().contains("shutting down"), "{e}");
+    assert_eq!(server.requests().len(), 1, "no repeat after the cancellation");
+}
+
 /// A broker that keeps declining is asked a bounded number of times, then its answer stands.
 #[tokio::test]
 async fn repeats_are_bounded() {

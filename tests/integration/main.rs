@@ -23,6 +23,7 @@ mod kerberos;
 mod ledger;
 mod metrics;
 mod notify;
+mod overlap;
 mod alerting;
 mod push;
 mod run;
