@@ -424,6 +424,17 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+impl StateError {
+    /// SQLite said the database is busy or locked by another connection.
+    fn is_busy(&self) -> bool {
+        let source = match self {
+            StateError::Open { source, .. } | StateError::Migrate { source, .. } | StateError::Query { source, .. } => source,
+            _ => return false,
+        };
+        matches!(source.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    }
+}
+
 /// Creates the state directory (and missing parents) with mode 0700. An existing directory is
 /// left as the operator made it.
 fn ensure_state_dir(dir: &Path) -> Result<(), StateError> {
@@ -454,17 +465,34 @@ impl StateStore {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(file_err)?;
 
+        // Another process setting up the same new database at this moment (the daemon starting
+        // while `status` runs) can make SQLite answer "busy" without waiting, around the switch
+        // to WAL: the set-up is idempotent, so it is simply done again, within the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::set_up(path.clone()) {
+                Err(e) if e.is_busy() && std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                done => return done,
+            }
+        }
+    }
+
+    /// Opens the database file, checks it is ours, and migrates it.
+    fn set_up(path: PathBuf) -> Result<StateStore, StateError> {
         let open_err = |source| StateError::Open { path: path.clone(), source };
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
 
-        // The first read of the header is where a file that is not SQLite at all fails.
+        // The first read of the header is where a file that is not SQLite at all fails. The id
+        // and the tables are read in one transaction: another process may be creating the
+        // database at this very moment, and must be seen before or after, not half-way.
+        let header = conn.transaction().map_err(open_err)?;
         let app_id: i32 =
-            conn.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(open_err)?;
+            header.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(open_err)?;
+        let objects: i64 =
+            header.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).map_err(open_err)?;
+        header.commit().map_err(open_err)?;
         if app_id != APPLICATION_ID {
-            let objects: i64 = conn
-                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-                .map_err(open_err)?;
             // A zero id on an empty file is a database we are about to create; a zero id on a
             // file with tables is someone else's SQLite that happens to sit at our path.
             if app_id != 0 || objects > 0 {
@@ -1053,7 +1081,7 @@ mod tests {
     /// `status` run beside it) all get a current schema: no migration runs twice.
     #[test]
     fn opens_racing_on_a_new_database_all_succeed() {
-        for _ in 0..10 {
+        for _ in 0..30 {
             let dir = tempfile::tempdir().unwrap();
             let start = std::sync::Arc::new(std::sync::Barrier::new(6));
             let opens: Vec<_> = (0..6)
