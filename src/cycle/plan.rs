@@ -16,6 +16,7 @@ use tracing::{info, warn, Instrument};
 use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
 use super::lifecycle::Children;
 use super::{access_request, error_chain, CredmonReport, Ctx, DestinationKind, FileContent, ServiceReport};
+use crate::credd_names;
 use crate::credmon::{self, CredmonCheck, CredmonState, Rules};
 use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, RemoteFile, TopFile};
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
@@ -92,7 +93,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
             if !plans.hosts.contains_key(&host.name) {
                 match host_target(host) {
                     Ok(target) => {
-                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new(), read_back: Vec::new(), probe_credmon: Vec::new() });
+                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new(), read_back: Vec::new(), probe_credmon: Vec::new(), credd_names: Vec::new() });
                     }
                     Err(e) => {
                         host_errors.insert(host.name.clone(), e.clone());
@@ -132,6 +133,13 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                         plan.expect_present.push(top_path.clone());
                         plans.expected.insert((host.name.clone(), top_path), key.clone());
                     }
+                    plan.credd_names.push(deliver::CreddName {
+                        service: spec.name.clone(),
+                        stem: spec.oauth_service.clone(),
+                        is_handle: false,
+                        spool: spool.to_string(),
+                        file_ids: ["top", "use"].iter().map(|part| file_id(&spec.name, &dest.id, part)).collect(),
+                    });
                     for (mut f, part) in files.into_iter().zip(["top", "use"]) {
                         f.id = file_id(&spec.name, &dest.id, part);
                         if part == "top" && !ctx.dry_run {
@@ -298,7 +306,7 @@ fn not_started(plan: &HostPlan) -> deliver::HostOutcome {
     let host = plan.target.name.clone();
     let abandoned = |path: &str| deliver::DeliverError::Abandoned { host: host.clone(), path: path.to_string() };
     let files = plan.files.iter().map(|f| deliver::FileOutcome { id: f.id.clone(), path: f.path.clone(), result: Err(abandoned(&f.path)), kept: false, landed_mtime: None }).collect();
-    deliver::HostOutcome { host: host.clone(), connected: Ok(()), files, signalled: Vec::new(), missing: Vec::new(), read_back: Vec::new(), credmon: Vec::new() }
+    deliver::HostOutcome { host: host.clone(), connected: Ok(()), files, signalled: Vec::new(), missing: Vec::new(), read_back: Vec::new(), credmon: Vec::new(), schedd: None }
 }
 
 /// Pushes every host's plan, hosts in parallel on blocking threads, and returns each
@@ -433,6 +441,11 @@ pub(super) async fn deliver_all(ctx: &Ctx<'_>, services: &[&ServiceSpec], report
 /// logs a change of state once.
 fn judge_credmons(ctx: &Ctx<'_>, host: &str, outcome: &HostOutcome, into: &mut Credmons) {
     let now = super::now_unix();
+    // The schedd's own refresh interval, when its settings could be read.
+    let rules = match &outcome.schedd {
+        Some(credd_names::ScheddRead::Read(s)) => Rules { refresh: s.refresh_interval(), ..Rules::default() },
+        _ => Rules::default(),
+    };
     for seen in &outcome.credmon {
         for f in &seen.files {
             let Some((service, dest)) = split_file_id(&f.id) else { continue };
@@ -443,7 +456,7 @@ fn judge_credmons(ctx: &Ctx<'_>, host: &str, outcome: &HostOutcome, into: &mut C
             let bastion_wrote = prior
                 .and_then(|p| if p.credmon_checked_at.is_some() { p.use_written_at } else { p.last_success })
                 .map(|t| t.timestamp());
-            let check: CredmonCheck = credmon::assess(seen, f, now, bastion_wrote, &Rules::default());
+            let check: CredmonCheck = credmon::assess(seen, f, now, bastion_wrote, &rules);
             let was = prior.and_then(|p| p.credmon);
             let alarm = check.state.is_alarm() && !was.is_some_and(CredmonState::is_alarm);
             if alarm {

@@ -29,6 +29,7 @@ mod layout;
 mod posix_rename;
 mod remove;
 mod rule;
+mod schedd;
 mod session;
 
 use std::collections::{BTreeSet, HashMap};
@@ -45,7 +46,9 @@ pub use error::DeliverError;
 pub use credmon::{CredmonProbe, CredmonSeen, FileSeen, Liveness, ProbeFile};
 pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout};
 pub use remove::{PathOutcome, Removal, remove_from_host};
+pub use schedd::read_schedd;
 
+use crate::credd_names::{self, ScheddRead};
 use crate::secret::{Secret, short_hash_bytes};
 use credmon::is_no_such_file;
 use dirs::{Dirs, realpath};
@@ -171,6 +174,25 @@ pub struct HostPlan {
     pub read_back: Vec<String>,
     /// Credmons looked at before anything is written.
     pub probe_credmon: Vec<CredmonProbe>,
+    /// Credd files whose names the schedd's credmon settings must allow; when there are any,
+    /// the settings are read (see [`crate::credd_names`]) and the files of a name the credmon
+    /// would ignore fail before anything is written.
+    pub credd_names: Vec<CreddName>,
+}
+
+/// One credd destination's name, as its `.top` file stem.
+#[derive(Clone, Debug)]
+pub struct CreddName {
+    /// Named in the error when the name is refused.
+    pub service: String,
+    /// `<stem>.top`.
+    pub stem: String,
+    /// A handle `<provider>_<handle>` that takes its parent's Vault token.
+    pub is_handle: bool,
+    /// The spool the files go to.
+    pub spool: String,
+    /// The [`RemoteFile::id`]s that fail when the name is refused.
+    pub file_ids: Vec<String>,
 }
 
 /// What happened to one file.
@@ -224,6 +246,8 @@ pub struct HostOutcome {
     pub read_back: ReadBack,
     /// [`HostPlan::probe_credmon`], as seen before anything was written.
     pub credmon: Vec<CredmonSeen>,
+    /// The schedd's credmon settings, when the plan had [`HostPlan::credd_names`].
+    pub schedd: Option<ScheddRead>,
 }
 
 impl HostOutcome {
@@ -278,9 +302,12 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
         tracing::warn!(host = %host, path = %m.path, dir_present = m.dir_present, mark_present = m.mark_present, "a file delivered earlier has disappeared");
     }
 
-    let ids = resolve_ids(&remote, plan);
+    let (ids, schedd) = resolve_ids(&remote, plan);
     let mut work: Vec<Work> = plan.files.iter().map(Work::new).collect();
     resolve_paths(&remote, &ids, &mut work);
+    if let Some(read) = &schedd {
+        refuse_names(&host, plan, read, &mut work);
+    }
     let mut dirs = Dirs::new(plan, &ids);
     dirs.judge_all(&remote, &mut work, dry_run);
     keep_present(&remote, &mut work);
@@ -337,7 +364,7 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
         })
         .collect();
 
-    HostOutcome { host, connected: Ok(()), files, signalled, missing, read_back, credmon }
+    HostOutcome { host, connected: Ok(()), files, signalled, missing, read_back, credmon, schedd }
 }
 
 fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
@@ -359,6 +386,7 @@ fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
         connected: Err(e),
         missing: Vec::new(),
         credmon: Vec::new(),
+        schedd: None,
     }
 }
 
@@ -467,8 +495,9 @@ impl<'a> Work<'a> {
 }
 
 /// Every account and group name the plan needs as a number, plus the `condor` account and
-/// group, in one exec request.
-fn resolve_ids(remote: &Remote, plan: &HostPlan) -> Ids {
+/// group, in one exec request; the schedd's credmon settings in the same request when the plan
+/// has credd names.
+fn resolve_ids(remote: &Remote, plan: &HostPlan) -> (Ids, Option<ScheddRead>) {
     let mut users = BTreeSet::from([CONDOR_USER.to_string()]);
     let mut groups = BTreeSet::from([CONDOR_GROUP.to_string()]);
     for f in &plan.files {
@@ -487,7 +516,42 @@ fn resolve_ids(remote: &Remote, plan: &HostPlan) -> Ids {
     for c in &plan.signal_credmon {
         users.insert(c.user.clone());
     }
-    Ids::resolve(remote, &users, &groups)
+    if plan.credd_names.is_empty() {
+        return (Ids::resolve(remote, &users, &groups), None);
+    }
+    let purpose = "resolve account ids and read the schedd's credmon settings";
+    let (ids, results) = Ids::resolve_with(remote, &users, &groups, purpose, schedd::commands());
+    (ids, Some(schedd::read(&remote.host, results)))
+}
+
+/// Fails the files of every credd name the schedd's credmon would ignore (or cannot be judged
+/// by), before anything is written; the host's other files go on.
+fn refuse_names(host: &str, plan: &HostPlan, read: &ScheddRead, work: &mut [Work]) {
+    match read {
+        ScheddRead::Unknown(why) => {
+            tracing::warn!(host = %host, reason = %why, "the schedd's credmon settings are unknown; credd names are judged by HTCondor's defaults")
+        }
+        ScheddRead::Read(s) => {
+            let spools: BTreeSet<&str> = plan.credd_names.iter().map(|n| n.spool.as_str()).collect();
+            for spool in spools {
+                if let Some(other) = s.other_spool(spool) {
+                    tracing::warn!(host = %host, spool = %spool, schedd_spool = %other, "the schedd's SEC_CREDENTIAL_DIRECTORY_OAUTH is not the inventory's spool");
+                }
+            }
+        }
+        ScheddRead::Refused(_) => {}
+    }
+    let settings = read.settings();
+    for name in &plan.credd_names {
+        let refusal = |path: String| match &settings {
+            Ok(s) => credd_names::judge(s, &name.stem, name.is_handle)
+                .map(|ignored| DeliverError::NameIgnored { host: host.to_string(), service: name.service.clone(), path, ignored: Box::new(ignored) }),
+            Err(e) => Some(DeliverError::ScheddSettings { service: name.service.clone(), path, source: Box::new((*e).clone()) }),
+        };
+        for w in work.iter_mut().filter(|w| w.failed.is_none() && name.file_ids.contains(&w.file.id)) {
+            w.failed = refusal(w.path.clone());
+        }
+    }
 }
 
 /// Fills `{uid}`, checks every final path and root, and finds each file's numeric owner.
@@ -839,8 +903,8 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
                 w.temp = None;
                 w.failed = Some(DeliverError::OutcomeUnknown { host: remote.host.clone(), path: w.path.clone(), detail });
             }
-            Err(batch::ItemError::Failed(detail)) => {
-                w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail });
+            Err(e @ (batch::ItemError::Failed(_) | batch::ItemError::Exited { .. })) => {
+                w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail: e.to_string() });
                 remove_temp(remote, w);
             }
         }
@@ -1067,6 +1131,7 @@ mod tests {
             }],
             signal_credmon: vec![Credmon { spool: "/spool".into(), user: "root".into() }],
             probe_credmon: vec![],
+            credd_names: vec![],
         };
         let out = push_to_host(&plan, false);
         let err = out.connected.as_ref().unwrap_err();
