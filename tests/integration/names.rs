@@ -60,6 +60,11 @@ fn refused(stack: &Stack, label: &str, knob: &str, why: &str) {
     assert_eq!(std::fs::read(top(stack)).ok(), before, "nothing written for the refused name");
 }
 
+/// Exec channels (remote commands) schedd1's sshd has started so far.
+fn exec_count(stack: &Stack) -> usize {
+    stack.host("schedd1").log_text().matches("Starting session: command").count()
+}
+
 fn delivered(stack: &Stack, label: &str) {
     let out = stack.run(label, &["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
@@ -80,7 +85,9 @@ fn provider_names_under_both_settings_of_special_char_names() {
     config.set("CREDMON_ALLOW_SPECIAL_CHAR_NAMES = True\nVAULT_CREDMON_PROVIDER_NAMES = cms\n");
     refused(&stack, "special", "VAULT_CREDMON_PROVIDER_NAMES", "provider \"cms_prod\" is not listed");
     config.set("CREDMON_ALLOW_SPECIAL_CHAR_NAMES = true\nVAULT_CREDMON_PROVIDER_NAMES = cms_prod\n");
+    let execs = exec_count(&stack);
     delivered(&stack, "special listed");
+    assert_eq!(exec_count(&stack) - execs, 1, "the settings come in the exec that resolves ids: {}", stack.host("schedd1").log_text());
 
     // The same list without the knob: the credmon refuses to start at all.
     config.set("VAULT_CREDMON_PROVIDER_NAMES = cms_prod\n");
