@@ -41,6 +41,11 @@ pub enum Command {
         /// Also fail on files the inventory names that do not exist (use on the bastion host).
         #[arg(long)]
         strict: bool,
+        /// Also connect to every host with credd destinations (host key verified, nothing
+        /// written), read its credmon settings with `condor_config_val` and report every credd
+        /// name that schedd's credmon would ignore.
+        #[arg(long)]
+        remote: bool,
     },
     /// Run one cycle now: fetch, validate and deliver for all services or the named ones.
     Run {

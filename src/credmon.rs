@@ -5,7 +5,8 @@
 //! The Vault credmon touches `<spool>/CREDMON_COMPLETE` after every scan (every 60 s, or at
 //! once on SIGHUP), keeps its pid in `<spool>/pid`, and rewrites a `.use` when the `.top` is
 //! newer or when the `.use` is older than its refresh interval (`CREDMON_OAUTH_TOKEN_REFRESH`,
-//! 20 min by default). SFTP shows mtimes only (not ctimes), so mtimes are what is compared; the
+//! 20 min by default; each schedd's own value, read by `crate::credd_names`, goes into
+//! [`Rules::refresh`]). SFTP shows mtimes only (not ctimes), so mtimes are what is compared; the
 //! host's clock is compared with this one's, within [`Rules::slack`].
 //!
 //! Pure: no IO, the clock passed in. Never sees a token or a fingerprint of one: only times.

@@ -27,6 +27,7 @@ pub(crate) use failpoint;
 
 pub mod broker;
 pub mod cli;
+pub mod credd_names;
 pub mod credmon;
 pub mod cycle;
 pub mod daemon;

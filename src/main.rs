@@ -20,6 +20,7 @@ use token_bastion::schedule::PlanOptions;
 use token_bastion::state::StateStore;
 use token_bastion::inventory::{self, InventoryError};
 use token_bastion::notify::{self, Templates};
+use token_bastion::credd_names::ScheddRead;
 use token_bastion::redact;
 
 const EXIT_OK: u8 = 0;
@@ -79,7 +80,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
     ExitCode::from(match &cli.command {
-        Command::Check { strict } => check(&cli, *strict),
+        Command::Check { strict, remote } => check(&cli, *strict, *remote),
         Command::Run { services, dry_run, wait, pushgateway, push_job } => run(
             &cli,
             CycleOptions { dry_run: *dry_run, ..CycleOptions::services(services.clone()) },
@@ -138,7 +139,7 @@ fn load_inventory(cli: &Cli) -> Option<inventory::Inventory> {
     }
 }
 
-fn check(cli: &Cli, strict: bool) -> u8 {
+fn check(cli: &Cli, strict: bool, remote: bool) -> u8 {
     let Some(inv) = load_inventory(cli) else { return EXIT_SETUP };
     let (errors, warnings) = inventory::check_local_files(&inv, strict);
     for w in &warnings {
@@ -165,7 +166,48 @@ fn check(cli: &Cli, strict: bool) -> u8 {
         destinations,
         if warnings.is_empty() { String::new() } else { format!(", {} warning(s)", warnings.len()) }
     );
-    EXIT_OK
+    if remote { check_remote(&inv) } else { EXIT_OK }
+}
+
+/// `check --remote`: what each credd host's credmon would ignore. Exit 2 when a name would be
+/// ignored or a host's settings cannot be understood, else 1 when a host could not be read.
+fn check_remote(inv: &inventory::Inventory) -> u8 {
+
+    let (mut refused, mut unreachable) = (0, 0);
+    for host in cycle::check_remote(inv) {
+        match &host.read {
+            Err(e) => {
+                eprintln!("host {}: cannot read the schedd's credmon settings: {e}", host.host);
+                unreachable += 1;
+                continue;
+            }
+            Ok(ScheddRead::Refused(e)) => {
+                eprintln!("{e}");
+                refused += 1;
+                continue;
+            }
+            Ok(ScheddRead::Unknown(why)) => {
+                eprintln!("host {}: warning: the schedd's credmon settings are unknown ({why}); names judged by HTCondor's defaults", host.host)
+            }
+            Ok(ScheddRead::Read(s)) => {
+                if let Some(other) = host.spool.as_deref().and_then(|spool| s.other_spool(spool)) {
+                    eprintln!("host {}: warning: the schedd's SEC_CREDENTIAL_DIRECTORY_OAUTH is {other}, not the inventory's spool", host.host);
+                }
+            }
+        }
+        for (service, ignored) in &host.ignored {
+            eprintln!("host {}: service {service}: {ignored}", host.host);
+        }
+        refused += host.ignored.len();
+        println!("host {}: {} credd name(s), {} the credmon would ignore", host.host, host.names, host.ignored.len());
+    }
+    if refused > 0 {
+        EXIT_SETUP
+    } else if unreachable > 0 {
+        EXIT_NOT_DELIVERED
+    } else {
+        EXIT_OK
+    }
 }
 
 /// The inventory with its local files checked, printing what is wrong; `None` means exit 2. A

@@ -422,6 +422,7 @@ fn configure_host(target: deliver::HostTarget, path: &str, root: &str, denial: &
         expect_present: Vec::new(),
         read_back: Vec::new(),
         probe_credmon: Vec::new(),
+        credd_names: Vec::new(),
     };
     let outcome = deliver::push_to_host(&plan, false);
     outcome.connected.map_err(|e| error_chain(&e))?;

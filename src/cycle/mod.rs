@@ -10,12 +10,14 @@ mod idtoken;
 mod ledger;
 mod lifecycle;
 mod mail;
+mod names;
 mod obtain;
 mod plan;
 
 pub use ledger::{holders_of, LedgerError};
 pub use lifecycle::{kept_alive_by, revoke, settle_host, KeptAlive, RevokeReport};
 pub use idtoken::{IdTokenDrillReport, revoke_idtoken};
+pub use names::{HostNames, check_remote};
 pub use mail::{channels, credmon_not_refreshing, expiring, notify_setup_failure, send_outbox, smtp_config, tell_admins};
 
 use std::collections::{BTreeMap, BTreeSet};

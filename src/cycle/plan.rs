@@ -23,6 +23,7 @@ use tracing::{info, warn, Instrument};
 
 use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
 use super::{access_request, error_chain, CredmonReport, Ctx, DestinationKind, FileContent, Obtained};
+use crate::credd_names;
 use crate::credmon::{self, CredmonCheck, CredmonState, Rules};
 use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, Opened, Opening, RemoteFile, TopFile};
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
@@ -100,7 +101,7 @@ fn plan_hosts(ctx: &Ctx<'_>, ready: &[(&ServiceSpec, &Obtained)], only: &str) ->
             if !plans.hosts.contains_key(&host.name) {
                 match host_target(host) {
                     Ok(target) => {
-                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new(), read_back: Vec::new(), probe_credmon: Vec::new() });
+                        plans.hosts.insert(host.name.clone(), HostPlan { target, dirs: Vec::new(), files: Vec::new(), signal_credmon: Vec::new(), expect_present: Vec::new(), read_back: Vec::new(), probe_credmon: Vec::new(), credd_names: Vec::new() });
                     }
                     Err(e) => {
                         host_errors.insert(host.name.clone(), e.clone());
@@ -129,6 +130,13 @@ fn plan_hosts(ctx: &Ctx<'_>, ready: &[(&ServiceSpec, &Obtained)], only: &str) ->
                     if credd_checks(ctx, &key, spool, &top_path, &files[1].path, &mut plan.probe_credmon, &mut plan.expect_present) {
                         plans.expected.insert((host.name.clone(), top_path), key.clone());
                     }
+                    plan.credd_names.push(deliver::CreddName {
+                        service: spec.name.clone(),
+                        stem: spec.oauth_service.clone(),
+                        is_handle: false,
+                        spool: spool.to_string(),
+                        file_ids: ["top", "use"].iter().map(|part| file_id(&spec.name, &dest.id, part)).collect(),
+                    });
                     for (mut f, part) in files.into_iter().zip(["top", "use"]) {
                         f.id = file_id(&spec.name, &dest.id, part);
                         if part == "top" && !ctx.dry_run {
@@ -216,7 +224,7 @@ fn credd_checks(
 /// cannot be reached as configured (its plan then fails every destination there).
 fn opening(ctx: &Ctx<'_>, host: &HostSpec, specs: &[&ServiceSpec]) -> Option<Opening> {
     let target = host_target(host).ok()?;
-    let mut o = Opening { target, probe_credmon: Vec::new(), expect_present: Vec::new(), owners: Vec::new(), accounts: Vec::new() };
+    let mut o = Opening { target, probe_credmon: Vec::new(), expect_present: Vec::new(), owners: Vec::new(), accounts: Vec::new(), read_schedd: false };
     for spec in specs {
         for dest in spec.destinations.iter().filter(|d| d.host == host.name && delivered_here(ctx, d)) {
             let key = (spec.name.clone(), dest.id.clone());
@@ -226,6 +234,7 @@ fn opening(ctx: &Ctx<'_>, host: &HostSpec, specs: &[&ServiceSpec]) -> Option<Ope
                     let (_, top, use_file) = deliver::credd_paths(spool, &spec.account, &spec.oauth_service);
                     credd_checks(ctx, &key, spool, &top, &use_file, &mut o.probe_credmon, &mut o.expect_present);
                     o.owners.push(owner(&host.spool_owner));
+                    o.read_schedd = true;
                     if host.signal_credmon {
                         o.accounts.push(host.spool_owner.user.clone());
                     }
@@ -649,6 +658,11 @@ impl Collected {
 /// logs a change of state once.
 fn judge_credmons(ctx: &Ctx<'_>, host: &str, outcome: &HostOutcome, into: &mut Credmons) {
     let now = super::now_unix();
+    // The schedd's own refresh interval, when its settings could be read.
+    let rules = match &outcome.schedd {
+        Some(credd_names::ScheddRead::Read(s)) => Rules { refresh: s.refresh_interval(), ..Rules::default() },
+        _ => Rules::default(),
+    };
     for seen in &outcome.credmon {
         for f in &seen.files {
             let Some((service, dest)) = split_file_id(&f.id) else { continue };
@@ -659,7 +673,7 @@ fn judge_credmons(ctx: &Ctx<'_>, host: &str, outcome: &HostOutcome, into: &mut C
             let bastion_wrote = prior
                 .and_then(|p| if p.credmon_checked_at.is_some() { p.use_written_at } else { p.last_success })
                 .map(|t| t.timestamp());
-            let check: CredmonCheck = credmon::assess(seen, f, now, bastion_wrote, &Rules::default());
+            let check: CredmonCheck = credmon::assess(seen, f, now, bastion_wrote, &rules);
             let was = prior.and_then(|p| p.credmon);
             let alarm = check.state.is_alarm() && !was.is_some_and(CredmonState::is_alarm);
             if alarm {

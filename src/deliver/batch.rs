@@ -21,8 +21,10 @@ const MAX_SCRIPT: usize = 16 * 1024;
 /// Why one command of a batch did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ItemError {
-    /// It ran and exited non-zero, or its batch could not be started: it did nothing.
+    /// Its batch could not be started: it did nothing.
     Failed(String),
+    /// It ran and exited non-zero; its output.
+    Exited { status: i32, output: String },
     /// No status came back (the channel or the connection broke): it may or may not have run.
     Unknown(String),
 }
@@ -31,6 +33,7 @@ impl std::fmt::Display for ItemError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ItemError::Failed(d) => f.write_str(d),
+            ItemError::Exited { status, output } => write!(f, "exit status {status}: {output}"),
             ItemError::Unknown(d) => write!(f, "outcome unknown: {d}"),
         }
     }
@@ -71,7 +74,7 @@ fn run_one(remote: &Remote, purpose: &str, batch: &Batch) -> Vec<Result<String, 
             .into_iter()
             .map(|r| match r.status {
                 Some(0) => Ok(r.output),
-                Some(status) => Err(ItemError::Failed(format!("exit status {status}: {}", r.output))),
+                Some(status) => Err(ItemError::Exited { status, output: r.output }),
                 None => Err(ItemError::Unknown(format!("the remote shell did not report a result: {}", one_line(&out.stderr)))),
             })
             .collect(),

@@ -135,6 +135,17 @@ pub enum DeliverError {
     #[error("host {host}: cannot signal credmon pid {pid} named in {path}: {detail}")]
     Signal { host: String, path: String, pid: u32, detail: String },
 
+    #[error("host {host}: service {service}: {ignored}; {path} not written")]
+    NameIgnored { host: String, service: String, path: String, ignored: Box<crate::credd_names::Ignored> },
+
+    #[error("service {service}: {path} not written: the schedd's credmon settings cannot be judged")]
+    ScheddSettings {
+        service: String,
+        path: String,
+        #[source]
+        source: Box<crate::credd_names::NamesError>,
+    },
+
     #[error("host {host}: {path} not attempted: the connection to the host failed")]
     NotAttempted { host: String, path: String },
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Owner;
-use super::batch::{self, one_line};
+use super::batch::{self, ItemError, one_line};
 use super::session::{Remote, sh_quote};
 
 /// The group the credmon gives the credential spool.
@@ -27,6 +27,18 @@ pub(crate) struct Ids {
 impl Ids {
     /// Resolves every name in one exec request (a few, for a very long list).
     pub fn resolve(remote: &Remote, users: &BTreeSet<String>, groups: &BTreeSet<String>) -> Ids {
+        Ids::resolve_with(remote, users, groups, "resolve account ids", Vec::new()).0
+    }
+
+    /// [`Ids::resolve`], with `extra` commands run in the same exec request; their results, in
+    /// order, come back beside the ids.
+    pub fn resolve_with(
+        remote: &Remote,
+        users: &BTreeSet<String>,
+        groups: &BTreeSet<String>,
+        purpose: &str,
+        extra: Vec<String>,
+    ) -> (Ids, Vec<Result<String, ItemError>>) {
         let mut ids = Ids::default();
         let mut commands = Vec::new();
         let mut asked: Vec<(bool, String)> = Vec::new();
@@ -46,17 +58,19 @@ impl Ids {
             commands.push(format!("getent group {}", sh_quote(group)));
             asked.push((false, group.clone()));
         }
-        if commands.is_empty() {
-            return ids;
+        if commands.is_empty() && extra.is_empty() {
+            return (ids, Vec::new());
         }
-        for ((is_user, name), result) in asked.into_iter().zip(batch::run(remote, "resolve account ids", commands)) {
+        commands.extend(extra);
+        let mut results = batch::run(remote, purpose, commands).into_iter();
+        for ((is_user, name), result) in asked.into_iter().zip(results.by_ref()) {
             if is_user {
                 ids.users.insert(name, result.map_err(|e| e.to_string()).and_then(|out| parse_id_pair(&out)));
             } else {
                 ids.groups.insert(name, result.map_err(|_| "no such group".to_string()).and_then(|out| parse_group(&out)));
             }
         }
-        ids
+        (ids, results.collect())
     }
 
     pub fn user(&self, name: &str) -> Result<(u32, u32), String> {

@@ -30,6 +30,7 @@ mod layout;
 mod posix_rename;
 mod remove;
 mod rule;
+mod schedd;
 mod session;
 
 use std::collections::{BTreeSet, HashMap};
@@ -46,7 +47,9 @@ pub use error::DeliverError;
 pub use credmon::{CredmonProbe, CredmonSeen, FileSeen, Liveness, ProbeFile};
 pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout, credd_paths};
 pub use remove::{PathOutcome, Removal, remove_from_host};
+pub use schedd::read_schedd;
 
+use crate::credd_names::{self, ScheddRead};
 use crate::secret::{Secret, short_hash_bytes};
 use credmon::is_no_such_file;
 use dirs::{Dirs, realpath};
@@ -176,6 +179,25 @@ pub struct HostPlan {
     pub read_back: Vec<String>,
     /// Credmons looked at before anything is written.
     pub probe_credmon: Vec<CredmonProbe>,
+    /// Credd files whose names the schedd's credmon settings must allow; when there are any,
+    /// the settings are read (see [`crate::credd_names`]) and the files of a name the credmon
+    /// would ignore fail before anything is written.
+    pub credd_names: Vec<CreddName>,
+}
+
+/// One credd destination's name, as its `.top` file stem.
+#[derive(Clone, Debug)]
+pub struct CreddName {
+    /// Named in the error when the name is refused.
+    pub service: String,
+    /// `<stem>.top`.
+    pub stem: String,
+    /// A handle `<provider>_<handle>` that takes its parent's Vault token.
+    pub is_handle: bool,
+    /// The spool the files go to.
+    pub spool: String,
+    /// The [`RemoteFile::id`]s that fail when the name is refused.
+    pub file_ids: Vec<String>,
 }
 
 /// What a host's session can do before any token is known (all of it comes from the
@@ -192,6 +214,8 @@ pub struct Opening {
     pub owners: Vec<Owner>,
     /// Accounts whose uid fills `{uid}` or whose credmon is signalled.
     pub accounts: Vec<String>,
+    /// Read the schedd's credmon settings with the ids (the host takes credd destinations).
+    pub read_schedd: bool,
 }
 
 /// A host's open session, and what it showed before anything was written.
@@ -200,6 +224,8 @@ pub struct Opened {
     ids: Ids,
     credmon: Vec<CredmonSeen>,
     missing: Vec<Missing>,
+    /// The schedd's credmon settings, read with the ids when [`Opening::read_schedd`] asked.
+    schedd: Option<ScheddRead>,
 }
 
 /// What happened to one file.
@@ -254,6 +280,8 @@ pub struct HostOutcome {
     pub read_back: ReadBack,
     /// [`HostPlan::probe_credmon`], as seen before anything was written.
     pub credmon: Vec<CredmonSeen>,
+    /// The schedd's credmon settings, when the plan had [`HostPlan::credd_names`].
+    pub schedd: Option<ScheddRead>,
 }
 
 impl HostOutcome {
@@ -292,6 +320,7 @@ impl Opening {
             expect_present: plan.expect_present.clone(),
             owners: plan.files.iter().filter_map(|f| f.owner.clone()).chain(plan.dirs.iter().filter_map(|d| d.owner.clone())).collect(),
             accounts: plan.files.iter().filter_map(|f| f.uid_of.clone()).chain(plan.signal_credmon.iter().map(|c| c.user.clone())).collect(),
+            read_schedd: !plan.credd_names.is_empty(),
         }
     }
 
@@ -331,8 +360,13 @@ pub fn open(opening: &Opening) -> Result<Opened, DeliverError> {
         tracing::warn!(host = %host, path = %m.path, dir_present = m.dir_present, mark_present = m.mark_present, "a file delivered earlier has disappeared");
     }
     let (users, groups) = opening.names();
-    let ids = Ids::resolve(&remote, &users, &groups);
-    Ok(Opened { remote, ids, credmon, missing })
+    let (ids, schedd) = if opening.read_schedd {
+        let (ids, read) = read_schedd_settings(&remote, &users, &groups);
+        (ids, Some(read))
+    } else {
+        (Ids::resolve(&remote, &users, &groups), None)
+    };
+    Ok(Opened { remote, ids, credmon, missing, schedd })
 }
 
 /// Carries out `plan` on the session [`open`] made for its host (a failed opening fails every
@@ -344,7 +378,7 @@ pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_ru
     let span = tracing::info_span!("push", host = %host, dry_run);
     let _entered = span.enter();
 
-    let Opened { remote, mut ids, mut credmon, mut missing } = match opened {
+    let Opened { remote, mut ids, mut credmon, mut missing, schedd } = match opened {
         Ok(opened) => opened,
         Err(e) => {
             tracing::debug!(host = %host, error = %e, "host failed before anything was written");
@@ -364,8 +398,18 @@ pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_ru
     if !users.is_empty() || !groups.is_empty() {
         ids.extend(Ids::resolve(&remote, &users, &groups));
     }
+    // Read with the ids when the host was opened; a plan with credd names whose opening did
+    // not read them (an opening made without that plan) reads them now.
+    let schedd = match schedd {
+        Some(read) => Some(read),
+        None if !plan.credd_names.is_empty() => Some(read_schedd_settings(&remote, &BTreeSet::new(), &BTreeSet::new()).1),
+        None => None,
+    };
     let mut work: Vec<Work> = plan.files.iter().map(Work::new).collect();
     resolve_paths(&remote, &ids, &mut work);
+    if let Some(read) = &schedd {
+        refuse_names(&host, plan, read, &mut work);
+    }
     let mut dirs = Dirs::new(plan, &ids);
     dirs.judge_all(&remote, &mut work, dry_run);
     keep_present(&remote, &mut work);
@@ -423,7 +467,7 @@ pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_ru
         })
         .collect();
 
-    HostOutcome { host, connected: Ok(()), files, signalled, missing, read_back, credmon }
+    HostOutcome { host, connected: Ok(()), files, signalled, missing, read_back, credmon, schedd }
 }
 
 fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
@@ -445,6 +489,7 @@ fn host_failed(plan: &HostPlan, e: DeliverError) -> HostOutcome {
         connected: Err(e),
         missing: Vec::new(),
         credmon: Vec::new(),
+        schedd: None,
     }
 }
 
@@ -549,6 +594,43 @@ impl<'a> Work<'a> {
     /// What the temp file and, after the rename, the final path must look like.
     fn expected(&self) -> Expected {
         Expected { owner: self.owner_ids, mode: self.file.mode, size: self.file.content.expose().len() as u64 }
+    }
+}
+
+/// The ids of `users` and `groups` and the schedd's credmon settings, in one exec request.
+fn read_schedd_settings(remote: &Remote, users: &BTreeSet<String>, groups: &BTreeSet<String>) -> (Ids, ScheddRead) {
+    let purpose = "resolve account ids and read the schedd's credmon settings";
+    let (ids, results) = Ids::resolve_with(remote, users, groups, purpose, schedd::commands());
+    (ids, schedd::read(&remote.host, results))
+}
+
+/// Fails the files of every credd name the schedd's credmon would ignore (or cannot be judged
+/// by), before anything is written; the host's other files go on.
+fn refuse_names(host: &str, plan: &HostPlan, read: &ScheddRead, work: &mut [Work]) {
+    match read {
+        ScheddRead::Unknown(why) => {
+            tracing::warn!(host = %host, reason = %why, "the schedd's credmon settings are unknown; credd names are judged by HTCondor's defaults")
+        }
+        ScheddRead::Read(s) => {
+            let spools: BTreeSet<&str> = plan.credd_names.iter().map(|n| n.spool.as_str()).collect();
+            for spool in spools {
+                if let Some(other) = s.other_spool(spool) {
+                    tracing::warn!(host = %host, spool = %spool, schedd_spool = %other, "the schedd's SEC_CREDENTIAL_DIRECTORY_OAUTH is not the inventory's spool");
+                }
+            }
+        }
+        ScheddRead::Refused(_) => {}
+    }
+    let settings = read.settings();
+    for name in &plan.credd_names {
+        let refusal = |path: String| match &settings {
+            Ok(s) => credd_names::judge(s, &name.stem, name.is_handle)
+                .map(|ignored| DeliverError::NameIgnored { host: host.to_string(), service: name.service.clone(), path, ignored: Box::new(ignored) }),
+            Err(e) => Some(DeliverError::ScheddSettings { service: name.service.clone(), path, source: Box::new((*e).clone()) }),
+        };
+        for w in work.iter_mut().filter(|w| w.failed.is_none() && name.file_ids.contains(&w.file.id)) {
+            w.failed = refusal(w.path.clone());
+        }
     }
 }
 
@@ -917,8 +999,8 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
                 w.temp = None;
                 w.failed = Some(DeliverError::OutcomeUnknown { host: remote.host.clone(), path: w.path.clone(), detail });
             }
-            Err(batch::ItemError::Failed(detail)) => {
-                w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail });
+            Err(e @ (batch::ItemError::Failed(_) | batch::ItemError::Exited { .. })) => {
+                w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail: e.to_string() });
                 remove_temp(remote, w);
             }
         }
@@ -1146,6 +1228,7 @@ mod tests {
             }],
             signal_credmon: vec![Credmon { spool: "/spool".into(), user: "root".into() }],
             probe_credmon: vec![],
+            credd_names: vec![],
         };
         let out = push_to_host(&plan, false);
         let err = out.connected.as_ref().unwrap_err();

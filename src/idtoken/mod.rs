@@ -145,6 +145,7 @@ pub fn host_plan(target: HostTarget, account: &str, files: &[TokenFile], token: 
         expect_present: Vec::new(),
         read_back: Vec::new(),
         probe_credmon: Vec::new(),
+        credd_names: Vec::new(),
     }
 }
 

@@ -86,6 +86,7 @@ pub(crate) fn plan(sshd: &Sshd, user: &str, dirs: Vec<RemoteDir>, files: Vec<Rem
         read_back: Vec::new(),
         signal_credmon: spools.iter().map(|p| Credmon { spool: p.to_str().unwrap().to_string(), user: "root".into() }).collect(),
         probe_credmon: Vec::new(),
+        credd_names: Vec::new(),
     }
 }
 
@@ -684,6 +685,7 @@ fn a_host_that_never_speaks_ssh_fails_within_the_timeout() {
         read_back: Vec::new(),
         signal_credmon: vec![],
         probe_credmon: Vec::new(),
+        credd_names: Vec::new(),
     };
     let started = std::time::Instant::now();
     let outcome = push(&leaks, &host_plan, false);

@@ -22,6 +22,7 @@ mod lifecycle;
 mod kerberos;
 mod ledger;
 mod metrics;
+mod names;
 mod notify;
 mod overlap;
 mod alerting;

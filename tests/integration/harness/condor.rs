@@ -61,3 +61,32 @@ pub fn claims(token: &str) -> serde_json::Value {
     let payload = token.trim().split('.').nth(1).expect("a JWT");
     serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
+
+/// The `condor_config_val` stand-in on one host, answering from `<host>/condor/config`.
+pub struct CondorConfig {
+    state: PathBuf,
+}
+
+impl CondorConfig {
+    /// Installs the stand-in on `host` with `config` (lines `KNOB = value`).
+    pub fn install(host: &Sshd, config: &str) -> CondorConfig {
+        let state = host.dir.join("condor");
+        std::fs::create_dir_all(&state).unwrap();
+        let tool = host.dir.join("bin").join("condor_config_val");
+        std::fs::write(&tool, include_str!("condor_config_val_standin.sh")).unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let this = CondorConfig { state };
+        this.set(config);
+        this
+    }
+
+    /// Replaces the host's configuration.
+    pub fn set(&self, config: &str) {
+        std::fs::write(self.state.join("config"), config).unwrap();
+    }
+
+    /// How many times `condor_config_val` ran.
+    pub fn calls(&self) -> usize {
+        std::fs::read_to_string(self.state.join("config_val_calls")).map(|s| s.lines().count()).unwrap_or(0)
+    }
+}
