@@ -410,6 +410,17 @@ pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
         ]);
     }
     let mut text = render(&table);
+    // A handle taken out of the inventory is no longer written, and nothing removes its files:
+    // the credmon keeps refreshing its `.use` while the parent `.top` is there.
+    for r in rows.iter().filter(|r| r.health == Health::Removed && r.destination.starts_with("handle@") && !r.paths.is_empty()) {
+        text.push_str(&format!(
+            "note: {} {}: handle no longer in the inventory; still on {} unless removed by hand: {}\n",
+            r.service,
+            r.destination,
+            r.host,
+            r.paths.join(", ")
+        ));
+    }
     for r in rows.iter().filter(|r| !r.other_token_files.is_empty()) {
         text.push_str(&format!(
             "warning: {} {}: other token files in the same tokens.d: {} (HTCondor uses the first usable one in sort order)\n",

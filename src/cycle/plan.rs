@@ -15,7 +15,7 @@ use tracing::{info, warn, Instrument};
 
 use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
 use super::lifecycle::Children;
-use super::{access_request, error_chain, CredmonReport, Ctx, DestinationKind, FileContent, ServiceReport};
+use super::{access_request, error_chain, handle_access_request, CredmonReport, Ctx, DestinationKind, FileContent, ServiceReport};
 use crate::credmon::{self, CredmonCheck, CredmonState, Rules};
 use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, RemoteFile, TopFile};
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
@@ -108,7 +108,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     let spool = host.spool.as_deref().unwrap_or("/");
                     let request = access_request(spec);
                     let top = TopFile {
-                        vault_token: tokens.vault_token.clone(),
+                        vault_token: Some(tokens.vault_token.clone()),
                         vault_url: inv.top_vault_url(spec),
                         scopes: (!request.scopes.is_empty()).then(|| request.scopes.join(",")),
                         audience: spec.audience.clone(),
@@ -144,6 +144,45 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     }
                     plans.will_hold.insert(key, Delivered { vault_expiry: Some(tokens.vault_expiry), access: access_fp, vault_root: root.clone(), paths: Vec::new() });
                 }
+                DestinationKind::Handle { name } => {
+                    // Beside the service's own `.top`, which this plan writes first on the same
+                    // host; a handle whose parent fails is not put in place.
+                    let parent = file_id(&spec.name, &format!("credd@{}", host.name), "top");
+                    let (Some(handle), Some(spool)) = (spec.handle(name), host.spool.as_deref()) else { continue };
+                    let token = match tokens.handles.get(name) {
+                        Some(Ok(token)) => token,
+                        Some(Err(f)) => {
+                            plans.failed.insert(key, Err(format!("{}: {}", f.stage, f.reason)));
+                            continue;
+                        }
+                        None => {
+                            plans.failed.insert(key, Err(format!("fetch: handle `{name}`: no access token was read")));
+                            continue;
+                        }
+                    };
+                    if !plan.files.iter().any(|f| f.id == parent) {
+                        plans.failed.insert(key, Err(format!("deliver: handle `{name}`: the service's own .top is not delivered to {} in this cycle", host.name)));
+                        continue;
+                    }
+                    let request = handle_access_request(spec, handle);
+                    let top = TopFile {
+                        vault_token: None,
+                        vault_url: inv.handle_vault_url(spec, handle),
+                        scopes: Some(request.scopes.join(",")),
+                        audience: handle.audience.clone(),
+                    };
+                    let stem = spec.handle_stem(name);
+                    let (_, files) = deliver::credd_layout(spool, &spec.account, &stem, &top, &token.access_token, &owner(&host.spool_owner));
+                    for (mut f, part) in files.into_iter().zip(["top", "use"]) {
+                        f.id = file_id(&spec.name, &dest.id, part);
+                        f.after = Some(parent.clone());
+                        plan.files.push(f);
+                    }
+                    // It holds no token of its own: the parent's Vault token is what keeps it
+                    // working, so it has that expiry and no ledger row.
+                    let access = Some(token.validated.fingerprint.clone());
+                    plans.will_hold.insert(key, Delivered { vault_expiry: Some(tokens.vault_expiry), access, vault_root: None, paths: Vec::new() });
+                }
                 DestinationKind::File { path, content, owner: o, mode, .. } => {
                     let (body, expiry, access, vault_root) = match content {
                         FileContent::VaultToken => match children.get(&key) {
@@ -166,6 +205,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                         mode: *mode,
                         owner: Some(owner(o)),
                         only_if_absent: false,
+                        after: None,
                     };
                     if matches!(content, FileContent::VaultToken) && !ctx.dry_run {
                         plans.tracked.entry(host.name.clone()).or_default().push(Tracked::of(&file, &spec.name, &dest.id, &host.name, body));

@@ -134,6 +134,9 @@ pub struct RemoteFile {
     /// Write the file only where there is none, and never replace one: a credd `.use` belongs
     /// to the credmon once it exists.
     pub only_if_absent: bool,
+    /// The id of a file of the same plan that must land (or be kept) first: a handle's files
+    /// are not put in place when their parent `.top` failed.
+    pub after: Option<String>,
 }
 
 /// A directory the delivery manages: created with `mode` and `owner` when missing (its parent
@@ -466,6 +469,13 @@ impl<'a> Work<'a> {
     }
 }
 
+/// The path of the file `work[i]` must come after ([`RemoteFile::after`]), when that file
+/// failed: files are renamed in plan order, so a parent's outcome is known by then.
+fn parent_failed(work: &[Work], i: usize) -> Option<String> {
+    let after = work[i].file.after.as_deref()?;
+    work.iter().find(|o| o.file.id == after).filter(|o| o.failed.is_some()).map(|o| o.path.clone())
+}
+
 /// Every account and group name the plan needs as a number, plus the `condor` account and
 /// group, in one exec request.
 fn resolve_ids(remote: &Remote, plan: &HostPlan) -> Ids {
@@ -755,8 +765,15 @@ fn verify(st: &FileStat, e: &Expected) -> Result<(), String> {
 /// `mv -f` where the server lacks the extension), and checks each final path.
 fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
     let mut fallback: Vec<usize> = Vec::new();
-    for (i, w) in work.iter_mut().enumerate() {
+    for i in 0..work.len() {
+        let parent = parent_failed(work, i);
+        let w = &mut work[i];
         if !w.pending() {
+            continue;
+        }
+        if let Some(parent) = parent {
+            remove_temp(remote, w);
+            w.failed = Some(DeliverError::ParentNotDelivered { host: remote.host.clone(), path: w.path.clone(), parent });
             continue;
         }
         if abandon.load(Ordering::SeqCst) {
@@ -1064,6 +1081,7 @@ mod tests {
                 mode: 0o600,
                 owner: None,
                 only_if_absent: false,
+                after: None,
             }],
             signal_credmon: vec![Credmon { spool: "/spool".into(), user: "root".into() }],
             probe_credmon: vec![],
