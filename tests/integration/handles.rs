@@ -4,27 +4,16 @@
 //! handle alone. The broker here is a KV store that ignores `scopes=`, so the service reads the
 //! creds path and the handle gets its own token at the sts path.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::openbao::{JwtSpec, WLCG_ANY_AUDIENCE};
+use crate::harness::openbao::WLCG_ANY_AUDIENCE;
 use crate::harness::stack::{shown, ServiceDef, Stack, VAULT_ISSUER};
 use crate::harness::Leaks;
-
-fn spec(scope: &str) -> JwtSpec {
-    JwtSpec { scope: Some(scope.into()), ..JwtSpec::default() }
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o7777
-}
+use crate::push::{mode, spec, stdout};
 
 fn spool_file(stack: &Stack, name: &str) -> PathBuf {
     stack.host("schedd1").spool.join("acctprod").join(name)
@@ -71,7 +60,7 @@ fn a_handle_lands_beside_its_parent_with_its_own_scopes_and_no_vault_token() {
     let used = spool_file(&stack, "cms_prod_reader.use");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&top).unwrap()).unwrap();
     let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["audience", "scopes", "vault_url"], "{doc}");
+    assert_eq!(keys, ["audience", "scopes", "vault_url"], "the handle .top holds no vault_token");
     assert_eq!(doc["vault_url"], "https://htvault.example:8200/v1/secret/oauth/sts/cms/acctprod:prod");
     assert_eq!(doc["scopes"], "storage.read:/store/data");
     assert_eq!(doc["audience"], WLCG_ANY_AUDIENCE);
