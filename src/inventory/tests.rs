@@ -104,7 +104,7 @@ fn base_fixture_resolves_defaults_and_templates() {
 fn shipped_example_inventory_is_valid() {
     let inv = parse(Path::new("services.yaml"), include_str!("../../services.yaml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(inv.services.keys().collect::<Vec<_>>(), ["crab", "tier0", "wmagent"]);
-    assert_eq!(inv.services["wmagent"].destinations.len(), 5, "credd on two hosts, a file, the IDToken on two hosts");
+    assert_eq!(inv.services["wmagent"].destinations.len(), 7, "credd and its handle on two hosts, a file, the IDToken on two hosts");
     assert_eq!(inv.services["wmagent"].idtoken.as_ref().map(|i| i.key.as_str()), Some("WMAGENT"));
     assert_eq!(inv.services["tier0"].min_access_lifetime, Duration::from_secs(1800));
     assert_eq!(inv.services["crab"].min_vault_lifetime, Duration::from_secs(2 * 86400));
