@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::harness::openbao::WLCG_ANY_AUDIENCE;
 use crate::harness::stack::{shown, ServiceDef, Stack, VAULT_ISSUER};
+use crate::harness::credmon::CredmonStandin;
 use crate::harness::Leaks;
 use crate::push::{mode, spec, stdout};
 
@@ -120,5 +121,39 @@ fn a_handle_token_wider_than_the_handle_is_refused_and_the_parent_still_lands() 
     let mails = smtp.wait_for_messages(1, Duration::from_secs(10));
     assert!(mails.iter().any(|m| m.body.contains("handle@schedd1:reader") && m.body.contains("handle `reader`")), "{mails:#?}");
     smtp.record_in(&leaks);
+    leaks.assert_clean();
+}
+
+fn hangup(pid: u32) {
+    let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// What the bastion writes for a handle works with the credmon: it reads the handle's token with
+/// the parent's Vault token, and drops the handle once the parent is gone.
+#[test]
+fn the_credmon_refreshes_a_handle_with_its_parents_vault_token_and_drops_it_with_the_parent() {
+    let leaks = Leaks::default();
+    let (stack, _, _) = stack_with_handle(&leaks, "storage.read:/store/data");
+    let credmon = CredmonStandin::start(&stack.host("schedd1").spool, &stack.bao, true);
+    let out = stack.run("run", &["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let parent: Value = serde_json::from_str(&std::fs::read_to_string(spool_file(&stack, "cms_prod.top")).unwrap()).unwrap();
+    leaks.secret(parent["vault_token"].as_str().unwrap());
+
+    let (top, used) = (spool_file(&stack, "cms_prod_reader.top"), spool_file(&stack, "cms_prod_reader.use"));
+    let newer = stack.bao.mint_jwt(&spec("storage.read:/store/data"));
+    stack.bao.put_access_token(VAULT_ISSUER, "acctprod", "prod", true, &newer, Some(chrono::Utc::now() + chrono::Duration::hours(1)));
+    std::fs::remove_file(&used).unwrap();
+    hangup(credmon.pid());
+    assert!(credmon.wait_for("refreshed acctprod/cms_prod_reader.use", 1, Duration::from_secs(30)), "{}", credmon.log_text());
+    assert_eq!(std::fs::read_to_string(&used).unwrap(), format!("{newer}\n"), "read with the parent's Vault token");
+
+    // The parent goes (as the credmon deletes one whose Vault token is refused): the handle goes with it.
+    std::fs::remove_file(spool_file(&stack, "cms_prod.top")).unwrap();
+    std::fs::File::options().append(true).open(&top).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    hangup(credmon.pid());
+    assert!(credmon.wait_for("parent of acctprod/cms_prod_reader is gone", 1, Duration::from_secs(30)), "{}", credmon.log_text());
+    assert!(!top.exists() && !used.exists());
     leaks.assert_clean();
 }
