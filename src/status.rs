@@ -597,6 +597,22 @@ services:
     }
 
     #[test]
+    fn a_handle_taken_out_of_the_inventory_says_what_it_left_on_the_host() {
+        let now = Utc::now();
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
+        let mut gone = status("a", "handle@s1:reader", Some(86400), 0, now);
+        gone.paths = vec!["/spool/a/cms_reader.top".into(), "/spool/a/cms_reader.use".into()];
+        let rows = rows(Some(&inv), &[status("a", "credd@s1", Some(86400), 0, now), gone], now);
+        assert_eq!(rows.iter().find(|r| r.destination == "handle@s1:reader").map(|r| r.health), Some(Health::Removed));
+        let table = render_table(&rows, now);
+        assert!(
+            table.contains("note: a handle@s1:reader: handle no longer in the inventory; still on s1 unless removed by hand: /spool/a/cms_reader.top, /spool/a/cms_reader.use"),
+            "{table}"
+        );
+        assert_eq!(table.matches("note:").count(), 1, "{table}");
+    }
+
+    #[test]
     fn ready_only_with_more_than_the_minimum_left_and_a_credmon_seen_refreshing() {
         let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
         let now = Utc::now();
