@@ -487,20 +487,33 @@ impl StateStore {
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(open_err)?;
 
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let target = i as i64 + 1;
-            let migrate_err =
-                |source| StateError::Migrate { path: path.clone(), version: target, source };
-            let tx = conn.transaction().map_err(migrate_err)?;
-            tx.execute_batch(sql).map_err(migrate_err)?;
-            // Both header fields are written inside the transaction, so a crash leaves either
-            // the old version or the new one, never a half-migrated schema with a new number.
-            tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(migrate_err)?;
-            tx.pragma_update(None, "user_version", target).map_err(migrate_err)?;
-            tx.commit().map_err(migrate_err)?;
-            tracing::info!(path = %path.display(), version = target, "state database migrated");
-        }
+        // Each migration takes the write lock first (IMMEDIATE) and reads the version again
+        // under it: another process opening the same file at the same moment (`status` while
+        // the daemon starts) finds the migration done instead of running it a second time.
+        while version < SCHEMA_VERSION && Self::migrate_one(&mut conn, &path)? {}
         Ok(StateStore { conn, path })
+    }
+
+    /// Applies the next migration, if any is left, under the write lock; `false` once the
+    /// schema is current.
+    fn migrate_one(conn: &mut Connection, path: &Path) -> Result<bool, StateError> {
+        let begin_err = |source| StateError::Open { path: path.to_path_buf(), source };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(begin_err)?;
+        let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(begin_err)?;
+        if current > SCHEMA_VERSION {
+            return Err(StateError::TooNew { path: path.to_path_buf(), found: current });
+        }
+        let Some(sql) = MIGRATIONS.get(current as usize) else { return Ok(false) };
+        let target = current + 1;
+        let migrate_err = |source| StateError::Migrate { path: path.to_path_buf(), version: target, source };
+        tx.execute_batch(sql).map_err(migrate_err)?;
+        // Both header fields are written inside the transaction, so a crash leaves either the
+        // old version or the new one, never a half-migrated schema with a new number.
+        tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(migrate_err)?;
+        tx.pragma_update(None, "user_version", target).map_err(migrate_err)?;
+        tx.commit().map_err(migrate_err)?;
+        tracing::info!(path = %path.display(), version = target, "state database migrated");
+        Ok(true)
     }
 
     /// Opens `<state_dir>/state.db` for reading only, beside a cycle that may be writing (the
@@ -1034,6 +1047,28 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Processes that open a new state directory at the same moment (the daemon starting,
+    /// `status` run beside it) all get a current schema: no migration runs twice.
+    #[test]
+    fn opens_racing_on_a_new_database_all_succeed() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let opens: Vec<_> = (0..6)
+                .map(|_| {
+                    let (dir, start) = (dir.path().to_path_buf(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        StateStore::open(&dir).map(|s| s.conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)).unwrap())
+                    })
+                })
+                .collect();
+            for o in opens {
+                assert_eq!(o.join().unwrap().map_err(|e| e.to_string()), Ok(SCHEMA_VERSION));
+            }
+        }
     }
 
     #[test]

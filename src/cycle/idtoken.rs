@@ -417,6 +417,7 @@ fn configure_host(target: deliver::HostTarget, path: &str, root: &str, denial: &
             owner: None,
             only_if_absent: false,
             after: None,
+            keep_if_same: false,
         }],
         signal_credmon: Vec::new(),
         expect_present: Vec::new(),

@@ -728,7 +728,7 @@ mod tests {
             password: Some(Secret::new(PASSWORD)),
             timeout: Duration::from_secs(1),
         };
-        let file = RemoteFile { id: "x".into(), path: "/p".into(), root: "/".into(), uid_of: None, content: top.to_json(), mode: 0o600, owner: None, only_if_absent: false, after: None };
+        let file = RemoteFile { id: "x".into(), path: "/p".into(), root: "/".into(), uid_of: None, content: top.to_json(), mode: 0o600, owner: None, only_if_absent: false, after: None, keep_if_same: false };
         let shown = format!("{report:?}\n{top:?}\n{smtp:?}\n{file:?}\n{:?}", t.access_token);
         for secret in [VAULT, JWT, PASSWORD, "fixturevaulttoken", "fixture-signature"] {
             assert!(!shown.contains(secret), "{secret} shown in {shown}");

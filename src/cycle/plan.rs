@@ -20,7 +20,7 @@ use crate::credmon::{self, CredmonCheck, CredmonState, Rules};
 use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, RemoteFile, TopFile};
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
 use crate::secret::Secret;
-use crate::state::{Delivered, Intent, RunId, Settled, StateError};
+use crate::state::{Delivered, HoldState, Intent, RunId, Settled, StateError};
 
 /// Results keyed by (service, destination id).
 pub(super) type Results = BTreeMap<(String, String), Result<Delivered, String>>;
@@ -176,6 +176,9 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                     for (mut f, part) in files.into_iter().zip(["top", "use"]) {
                         f.id = file_id(&spec.name, &dest.id, part);
                         f.after = Some(parent.clone());
+                        // It holds nothing secret and changes only with the inventory: left alone
+                        // (and no credmon woken for it) while the host shows these very bytes.
+                        f.keep_if_same = part == "top";
                         plan.files.push(f);
                     }
                     // It holds no token of its own: the parent's Vault token is what keeps it
@@ -206,6 +209,7 @@ fn plan_hosts(ctx: &Ctx<'_>, services: &[&ServiceSpec], reports: &[ServiceReport
                         owner: Some(owner(o)),
                         only_if_absent: false,
                         after: None,
+                        keep_if_same: false,
                     };
                     if matches!(content, FileContent::VaultToken) && !ctx.dry_run {
                         plans.tracked.entry(host.name.clone()).or_default().push(Tracked::of(&file, &spec.name, &dest.id, &host.name, body));
@@ -311,6 +315,16 @@ fn push_recorded(ledger: &Ledger, run: RunId, mut plan: HostPlan, tracked: &[Tra
     for path in unsettled.iter().flatten() {
         if !plan.read_back.contains(path) {
             plan.read_back.push(path.clone());
+        }
+    }
+    // A file the ledger says holds exactly what it would be given is left as it is once the
+    // host shows those very bytes (deliver compares them): a warm cycle rewrites nothing the
+    // destination already has, and wakes no credmon for it.
+    for (t, rows) in tracked.iter().zip(&before) {
+        if rows.iter().any(|h| h.content == t.intent.content && h.state == HoldState::Holds)
+            && let Some(f) = plan.files.iter_mut().find(|f| f.id == t.file_id)
+        {
+            f.keep_if_same = true;
         }
     }
     let outcome = deliver::push_to_host_unless(&plan, dry_run, abandon);

@@ -71,6 +71,7 @@ pub fn credd_layout(
         owner: Some(owner.clone()),
         only_if_absent,
         after: None,
+        keep_if_same: false,
     };
     // The credmon owns a `.use` once there is one: a new `.top` is newer than it, so the
     // credmon rewrites it at its next scan; writing it here as well would hide a credmon that

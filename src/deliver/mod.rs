@@ -137,6 +137,10 @@ pub struct RemoteFile {
     /// The id of a file of the same plan that must land (or be kept) first: a handle's files
     /// are not put in place when their parent `.top` failed.
     pub after: Option<String>,
+    /// Leave the file alone when it already holds exactly this content with its mode and
+    /// owner (the caller knows it delivered this content before): nothing is written, and a
+    /// credmon is not woken for it.
+    pub keep_if_same: bool,
 }
 
 /// A directory the delivery manages: created with `mode` and `owner` when missing (its parent
@@ -183,7 +187,8 @@ pub struct FileOutcome {
     /// The path with `{uid}` resolved (the template if it could not be).
     pub path: String,
     pub result: Result<(), DeliverError>,
-    /// An [`RemoteFile::only_if_absent`] file was already there: nothing was written.
+    /// Nothing was written: an [`RemoteFile::only_if_absent`] file was already there, or a
+    /// [`RemoteFile::keep_if_same`] one already held this content.
     pub kept: bool,
     /// The host's mtime of the file this push put in place (seconds since the epoch).
     pub landed_mtime: Option<i64>,
@@ -287,6 +292,7 @@ pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool)
     let mut dirs = Dirs::new(plan, &ids);
     dirs.judge_all(&remote, &mut work, dry_run);
     keep_present(&remote, &mut work);
+    keep_same(&remote, &mut work);
     if !dry_run {
         sweep_stale(&remote, work.iter().filter(|w| w.pending() || w.kept).map(|w| w.path.as_str()));
         if work.iter().any(Work::pending) {
@@ -646,6 +652,22 @@ fn keep_present(remote: &Remote, work: &mut [Work]) {
             }
             Err(e) if is_no_such_file(&e) => {}
             Err(e) => w.failed = Some(DeliverError::Sftp { host: remote.host.clone(), op: "lstat of", path: w.path.clone(), source: e.into() }),
+        }
+    }
+}
+
+/// Marks every [`RemoteFile::keep_if_same`] file that already holds its content, mode and owner
+/// as kept. Anything else, an error included, leaves the file to be written as usual.
+fn keep_same(remote: &Remote, work: &mut [Work]) {
+    for w in work.iter_mut().filter(|w| w.pending() && w.file.keep_if_same) {
+        let expected = w.expected();
+        let looks_same = remote.lstat(&w.path).is_ok_and(|st| verify(&st, &expected).is_ok());
+        if looks_same
+            && let Ok(Some(held)) = read_regular(remote, &w.path, expected.size + 1)
+            && held == w.file.content.expose().as_bytes()
+        {
+            tracing::debug!(host = %remote.host, path = %w.path, "already holds this content; left as it is");
+            w.kept = true;
         }
     }
 }
@@ -1082,6 +1104,7 @@ mod tests {
                 owner: None,
                 only_if_absent: false,
                 after: None,
+                keep_if_same: false,
             }],
             signal_credmon: vec![Credmon { spool: "/spool".into(), user: "root".into() }],
             probe_credmon: vec![],

@@ -139,6 +139,7 @@ pub fn host_plan(target: HostTarget, account: &str, files: &[TokenFile], token: 
                 owner: Some(owner.clone()),
                 only_if_absent: false,
                 after: None,
+                keep_if_same: false,
             })
             .collect(),
         signal_credmon: Vec::new(),

@@ -169,6 +169,49 @@ fn a_use_the_credmon_never_rewrites_is_kept_as_it_is_and_reported() {
     leaks.assert_clean();
 }
 
+fn inode(path: &PathBuf) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// With the login token reused, a cycle's `.top` is the one already there: it is left alone
+/// (same file, not rewritten) and the credmon is not woken for it, while a new login token is
+/// delivered and wakes it.
+#[test]
+fn a_top_that_already_holds_the_kept_login_token_is_left_alone_and_wakes_no_credmon() {
+    let leaks = Leaks::default();
+    let mut stack = Stack::new(&leaks).with_hosts(1).with_smtp();
+    let mut def = ServiceDef::new("prod", &["compute.create"]);
+    def.extra = "    renew_before: 10m\n".into();
+    stack.add_service(def);
+    stack.put_token("prod", &spec());
+    stack.write_inventory();
+    let spool = stack.host("schedd1").spool.clone();
+    let credmon = CredmonStandin::start(&spool, &stack.bao, true);
+    let (top, _) = files(&stack);
+    let hups = || credmon.log_text().matches("got SIGHUP").count();
+
+    run(&stack, "first");
+    assert!(wait_until(Duration::from_secs(10), || hups() == 1), "the first delivery wakes the credmon: {}", credmon.log_text());
+    let (held, ino) = (std::fs::read(&top).unwrap(), inode(&top));
+    stack.put_token("prod", &spec());
+    run(&stack, "warm");
+    assert!(std::fs::read(&top).unwrap() == held, "the same login token");
+    assert_eq!(inode(&top), ino, "the .top there was not replaced");
+    assert!(credmon.wait_for("scan complete", 2, Duration::from_secs(20)), "{}", credmon.log_text());
+    assert_eq!(hups(), 1, "nothing new, no SIGHUP: {}", credmon.log_text());
+    let r = row(&stack);
+    assert!(r["consecutive_failures"] == 0 && r["last_success"].is_string(), "still delivered: {r:#}");
+
+    // A new login token (the kept one revoked) is delivered and wakes the credmon.
+    let doc: Value = serde_json::from_slice(&held).unwrap();
+    stack.bao.revoke(doc["vault_token"].as_str().unwrap());
+    run(&stack, "new login");
+    assert_ne!(inode(&top), ino, "a new .top");
+    assert!(wait_until(Duration::from_secs(10), || hups() == 2), "{}", credmon.log_text());
+    leaks.assert_clean();
+}
+
 /// A `.use` that is not there is written by the bastion (and only then).
 #[test]
 fn a_missing_use_is_written_again() {

@@ -74,6 +74,7 @@ pub(crate) fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, own
         owner,
         only_if_absent: false,
         after: None,
+        keep_if_same: false,
     }
 }
 
@@ -242,6 +243,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
         owner: Some(test_owner()),
         only_if_absent: false,
         after: None,
+        keep_if_same: false,
     };
     let unknown_account = RemoteFile {
         id: "ghost/bearer@schedd-test".into(),
@@ -253,6 +255,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
         owner: None,
         only_if_absent: false,
         after: None,
+        keep_if_same: false,
     };
     let outcome = push(&leaks, &plan(&sshd, "root", vec![], vec![good, unknown_account], vec![]), false);
 
@@ -575,6 +578,7 @@ fn dry_run_checks_everything_and_writes_nothing() {
         owner: None,
         only_if_absent: false,
         after: None,
+        keep_if_same: false,
     });
     let mut credmon = fake_process(tmp.path(), "condor_credmon_vault");
     std::fs::write(sshd.spool.join("pid"), format!("{}\n", credmon.pid())).unwrap();

@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
 use token_bastion::deliver::{
-    DeliverError, HostPlan, Owner, Removal, RemoteFile, credd_layout, read_back, remove_from_host,
+    Credmon, DeliverError, HostPlan, Owner, Removal, RemoteFile, credd_layout, read_back, remove_from_host,
 };
 use token_bastion::secret::short_hash_bytes;
 
@@ -99,6 +99,68 @@ fn the_sftp_log_shows_each_file_written_on_its_handle_and_renamed_atomically() {
         let opened = second.contains(&format!("{dir}/.{name}.tb-"));
         assert_eq!((opened, o.kept), (!f.only_if_absent, f.only_if_absent), "{name}:\n{second}");
     }
+    leaks.assert_clean();
+}
+
+/// A `.top` asked to be kept when it already holds its content is left alone, down to the
+/// byte: one whose bytes, mode or owner differ is replaced as usual, and the credmon is woken
+/// only for what was written.
+#[test]
+fn a_file_already_holding_its_content_is_left_alone_and_anything_else_is_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let accounts: Vec<String> = (0..3).map(|i| format!("acct{i}")).collect();
+    let mut host_plan = credd_plan(&sshd, &leaks, &accounts);
+    host_plan.signal_credmon = vec![Credmon { spool: sshd.spool.to_str().unwrap().into(), user: "root".into() }];
+    assert_all_delivered(&push(&leaks, &host_plan, false));
+    let tops: Vec<usize> = (0..host_plan.files.len()).filter(|&i| !host_plan.files[i].only_if_absent).collect();
+    for &i in &tops {
+        host_plan.files[i].keep_if_same = true;
+    }
+    let pushed_again = |plan: &HostPlan| {
+        let before = sshd.sftp_log().len();
+        let outcome = push(&leaks, plan, false);
+        assert_all_delivered(&outcome);
+        let log = sshd.sftp_log()[before..].to_string();
+        let written: Vec<bool> = plan
+            .files
+            .iter()
+            .map(|f| {
+                let (dir, name) = f.path.rsplit_once('/').unwrap();
+                log.contains(&format!("{dir}/.{name}.tb-"))
+            })
+            .collect();
+        // The credmon is looked for (its pid file read) only when something was written.
+        let woke = log.contains(&format!("{}/pid\"", sshd.spool.to_str().unwrap()));
+        (outcome, written, woke)
+    };
+
+    // Unchanged: nothing written, nothing renamed, no credmon woken.
+    let (outcome, written, woke) = pushed_again(&host_plan);
+    assert_eq!(written, vec![false; host_plan.files.len()], "nothing is rewritten");
+    assert!(outcome.files.iter().all(|o| o.kept && o.landed_mtime.is_none()), "{:?}", outcome.files);
+    assert!(!woke, "no credmon is woken when nothing was written");
+
+    // Same size, other bytes; the right bytes with another mode; with another owner.
+    let path = |i: usize| std::path::PathBuf::from(&host_plan.files[tops[i]].path);
+    let mut altered = std::fs::read(path(0)).unwrap();
+    let last = altered.len() - 2;
+    altered[last] ^= 1;
+    std::fs::write(path(0), &altered).unwrap();
+    std::fs::set_permissions(path(1), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::lchown(path(2), Some(0), Some(0)).unwrap();
+    let (outcome, written, woke) = pushed_again(&host_plan);
+    for (i, f) in host_plan.files.iter().enumerate() {
+        let rewritten = tops.contains(&i);
+        assert_eq!(written[i], rewritten, "{}: {:?}", f.path, outcome.files[i]);
+        assert_eq!(outcome.files[i].kept, !rewritten, "{}", f.path);
+        if rewritten {
+            assert_eq!(std::fs::read(&f.path).unwrap(), f.content.expose().as_bytes());
+            assert_eq!(mode_of(Path::new(&f.path)), f.mode);
+        }
+    }
+    assert!(woke, "the credmon is woken for what changed");
     leaks.assert_clean();
 }
 

@@ -86,8 +86,10 @@ fn a_handle_lands_beside_its_parent_with_its_own_scopes_and_no_vault_token() {
     // A second cycle leaves the handle's .use to the credmon, as the parent's.
     let newer = stack.bao.mint_jwt(&spec("storage.read:/store/data"));
     stack.bao.put_access_token(VAULT_ISSUER, "acctprod", "prod", true, &newer, Some(chrono::Utc::now() + chrono::Duration::hours(1)));
+    let inode = std::fs::metadata(&top).unwrap().ino();
     let out = stack.run("second run", &["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(std::fs::metadata(&top).unwrap().ino(), inode, "an unchanged handle .top is left as it is");
     assert_eq!(std::fs::read_to_string(&used).unwrap(), format!("{handle_jwt}\n"), "the .use is the credmon's once there");
 
     let status = stack.run("status", &["status", "--json"]);
