@@ -410,6 +410,17 @@ pub fn render_table(rows: &[StatusRow], now: DateTime<Utc>) -> String {
         ]);
     }
     let mut text = render(&table);
+    // A handle taken out of the inventory is no longer written, and nothing removes its files:
+    // the credmon keeps refreshing its `.use` while the parent `.top` is there.
+    for r in rows.iter().filter(|r| r.health == Health::Removed && r.destination.starts_with("handle@") && !r.paths.is_empty()) {
+        text.push_str(&format!(
+            "note: {} {}: handle no longer in the inventory; still on {} unless removed by hand: {}\n",
+            r.service,
+            r.destination,
+            r.host,
+            r.paths.join(", ")
+        ));
+    }
     for r in rows.iter().filter(|r| !r.other_token_files.is_empty()) {
         text.push_str(&format!(
             "warning: {} {}: other token files in the same tokens.d: {} (HTCondor uses the first usable one in sort order)\n",
@@ -583,6 +594,22 @@ services:
         }
         assert!(table.contains("file@s1:/tmp/vt_u1000-cms "), "{table}");
         assert_eq!(json[1]["paths"][0], "/tmp/vt_u1000-cms");
+    }
+
+    #[test]
+    fn a_handle_taken_out_of_the_inventory_says_what_it_left_on_the_host() {
+        let now = Utc::now();
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), INV).unwrap();
+        let mut gone = status("a", "handle@s1:reader", Some(86400), 0, now);
+        gone.paths = vec!["/spool/a/cms_reader.top".into(), "/spool/a/cms_reader.use".into()];
+        let rows = rows(Some(&inv), &[status("a", "credd@s1", Some(86400), 0, now), gone], now);
+        assert_eq!(rows.iter().find(|r| r.destination == "handle@s1:reader").map(|r| r.health), Some(Health::Removed));
+        let table = render_table(&rows, now);
+        assert!(
+            table.contains("note: a handle@s1:reader: handle no longer in the inventory; still on s1 unless removed by hand: /spool/a/cms_reader.top, /spool/a/cms_reader.use"),
+            "{table}"
+        );
+        assert_eq!(table.matches("note:").count(), 1, "{table}");
     }
 
     #[test]

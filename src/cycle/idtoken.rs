@@ -416,6 +416,7 @@ fn configure_host(target: deliver::HostTarget, path: &str, root: &str, denial: &
             mode: 0o644,
             owner: None,
             only_if_absent: false,
+            after: None,
             keep_if_same: false,
         }],
         signal_credmon: Vec::new(),

@@ -136,13 +136,31 @@ pub struct ServiceTokens {
     pub vault_fingerprint: Fingerprint,
     pub access_token: Secret,
     pub validated: ValidatedToken,
+    /// Each handle's access token by handle name, read with the same Vault token and validated
+    /// against the handle's own scopes; a refused one fails that handle's destinations only.
+    pub handles: BTreeMap<String, Result<HandleToken, StageFailure>>,
+}
+
+/// A handle's access token, validated against its narrower scopes.
+pub struct HandleToken {
+    pub access_token: Secret,
+    pub validated: ValidatedToken,
 }
 
 impl std::fmt::Debug for ServiceTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let handles: Vec<String> = self
+            .handles
+            .iter()
+            .map(|(name, t)| match t {
+                Ok(t) => format!("{name}={}", t.validated.fingerprint),
+                Err(e) => format!("{name}: {}", e.stage),
+            })
+            .collect();
         f.debug_struct("ServiceTokens")
             .field("vault", &self.vault_fingerprint.to_string())
             .field("access", &self.validated.fingerprint.to_string())
+            .field("handles", &handles)
             .finish()
     }
 }
@@ -269,6 +287,11 @@ fn now_unix() -> i64 {
 /// What the broker is asked for on behalf of `spec`.
 pub fn access_request(spec: &ServiceSpec) -> AccessRequest {
     spec.access_request(spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN)
+}
+
+/// The broker request for one of `spec`'s handles, asking for as much time left as the service.
+pub fn handle_access_request(spec: &ServiceSpec, handle: &crate::inventory::HandleSpec) -> AccessRequest {
+    spec.handle_request(handle, spec.min_access_lifetime.as_secs() + MINIMUM_SECONDS_MARGIN)
 }
 
 /// How often a lock wait looks at its cancellation token.
@@ -682,6 +705,7 @@ mod tests {
                 wlcg_ver: "1.0".into(),
             },
             access_token: access,
+            handles: BTreeMap::new(),
         }
     }
 
@@ -711,7 +735,7 @@ mod tests {
             broker_repeats: BTreeMap::new(),
         };
         let t = tokens();
-        let top = TopFile { vault_token: t.vault_token.clone(), vault_url: "https://v:8200/v1/x".into(), scopes: None, audience: None };
+        let top = TopFile { vault_token: Some(t.vault_token.clone()), vault_url: "https://v:8200/v1/x".into(), scopes: None, audience: None };
         let smtp = SmtpConfig {
             host: "mx".into(),
             port: 25,
@@ -721,7 +745,7 @@ mod tests {
             password: Some(Secret::new(PASSWORD)),
             timeout: Duration::from_secs(1),
         };
-        let file = RemoteFile { id: "x".into(), path: "/p".into(), root: "/".into(), uid_of: None, content: top.to_json(), mode: 0o600, owner: None, only_if_absent: false, keep_if_same: false };
+        let file = RemoteFile { id: "x".into(), path: "/p".into(), root: "/".into(), uid_of: None, content: top.to_json(), mode: 0o600, owner: None, only_if_absent: false, after: None, keep_if_same: false };
         let shown = format!("{report:?}\n{top:?}\n{smtp:?}\n{file:?}\n{:?}", t.access_token);
         for secret in [VAULT, JWT, PASSWORD, "fixturevaulttoken", "fixture-signature"] {
             assert!(!shown.contains(secret), "{secret} shown in {shown}");

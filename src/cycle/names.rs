@@ -31,7 +31,13 @@ pub fn check_remote(inv: &Inventory) -> Vec<HostNames> {
             let names: Vec<(String, String, bool)> = inv
                 .services
                 .values()
-                .flat_map(|s| s.destinations.iter().filter(|d| d.host == host.name && matches!(d.kind, DestinationKind::Credd)).map(move |_| (s.name.clone(), s.oauth_service.clone(), false)))
+                .flat_map(|s| {
+                    s.destinations.iter().filter(|d| d.host == host.name).filter_map(move |d| match &d.kind {
+                        DestinationKind::Credd => Some((s.name.clone(), s.oauth_service.clone(), false)),
+                        DestinationKind::Handle { name } => Some((s.name.clone(), s.handle_stem(name), true)),
+                        _ => None,
+                    })
+                })
                 .collect();
             (!names.is_empty()).then(|| {
                 let read = super::plan::host_target(host).and_then(|target| deliver::read_schedd(&target).map_err(|e| super::error_chain(&e)));

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::ledger::Ledger;
-use super::{access_request, error_chain, fail, fail_chain, now_unix, ServiceTokens, Stage, StageFailure, CLOCK_LEEWAY};
+use super::{access_request, error_chain, fail, fail_chain, handle_access_request, now_unix, HandleToken, ServiceTokens, Stage, StageFailure, CLOCK_LEEWAY};
 use crate::broker::{Broker, BrokerError, TokenInfo};
-use crate::inventory::ServiceSpec;
+use crate::inventory::{HandleSpec, ServiceSpec};
 use crate::jwks::JwksCache;
+use crate::scopes::Scope;
 use crate::secret::{Fingerprint, Secret};
 use crate::state::{NewToken, RunId, TokenKind, TokenState};
 use crate::validate::Expectation;
@@ -76,6 +77,12 @@ impl From<StageFailure> for AccessFailure {
     fn from(failure: StageFailure) -> AccessFailure {
         AccessFailure { failure, refused: false }
     }
+}
+
+/// What an access token read for `spec` must be: from `issuer_url`, for `audience`, granting
+/// `required` and nothing beyond `allowed`, with the service's minimum lifetime left.
+fn expectation<'a>(spec: &ServiceSpec, issuer_url: &'a str, audience: Option<&'a str>, required: &'a [Scope], allowed: &'a [Scope]) -> Expectation<'a> {
+    Expectation { issuer: issuer_url, audience, min_lifetime: spec.min_access_lifetime, required, allowed, leeway: CLOCK_LEEWAY }
 }
 
 /// Expiry (Unix seconds) of a token granted `lease` now; `None` for a token that never expires.
@@ -229,19 +236,20 @@ impl Job {
             .await
             .map_err(|e: BrokerError| AccessFailure { failure: fail_chain(Stage::Fetch, &e), refused: e.is_permission_denied() })?;
         timings.push((Stage::Fetch, started.elapsed()));
-        let expect = Expectation {
-            issuer: issuer_url,
-            audience: spec.audience.as_deref(),
-            min_lifetime: spec.min_access_lifetime,
-            required: &spec.required,
-            allowed: &spec.allowed,
-            leeway: CLOCK_LEEWAY,
-        };
+        let expect = expectation(spec, issuer_url, spec.audience.as_deref(), &spec.required, &spec.allowed);
         let started = Instant::now();
         let validated = crate::jwks::validate_token(&self.jwks, &reply.token, &expect, now_unix())
             .await
             .map_err(|e| fail_chain(Stage::Validate, &e))?;
         timings.push((Stage::Validate, started.elapsed()));
+        let mut handles = std::collections::BTreeMap::new();
+        for handle in &spec.handles {
+            let outcome = self.handle(spec, handle, issuer_url, token, timings).await;
+            if let Err(f) = &outcome {
+                warn!(handle = %handle.name, stage = %f.stage, reason = %f.reason, "the handle's access token is refused; its files are not written");
+            }
+            handles.insert(handle.name.clone(), outcome);
+        }
         Ok(ServiceTokens {
             vault_token: token.clone(),
             vault_expiry,
@@ -250,7 +258,34 @@ impl Job {
             vault_fingerprint,
             access_token: reply.token,
             validated,
+            handles,
         })
+    }
+
+    /// One handle's access token, read with the service's Vault token on the sts path with the
+    /// handle's scopes and audience, and validated as the service's own but against those: a
+    /// token that grants more than the handle's scopes is refused.
+    async fn handle(
+        &self,
+        spec: &ServiceSpec,
+        handle: &HandleSpec,
+        issuer_url: &str,
+        token: &Secret,
+        timings: &mut Vec<(Stage, Duration)>,
+    ) -> Result<HandleToken, StageFailure> {
+        let named = |mut f: StageFailure| {
+            f.reason = format!("handle `{}`: {}", handle.name, f.reason);
+            f
+        };
+        let started = Instant::now();
+        let reply = self.broker.access_token(token, &handle_access_request(spec, handle)).await.map_err(|e| named(fail_chain(Stage::Fetch, &e)))?;
+        timings.push((Stage::Fetch, started.elapsed()));
+        let expect = expectation(spec, issuer_url, handle.audience.as_deref(), &handle.scopes, &handle.scopes);
+        let started = Instant::now();
+        let validated =
+            crate::jwks::validate_token(&self.jwks, &reply.token, &expect, now_unix()).await.map_err(|e| named(fail_chain(Stage::Validate, &e)))?;
+        timings.push((Stage::Validate, started.elapsed()));
+        Ok(HandleToken { access_token: reply.token, validated })
     }
 
     /// Revokes a fresh login token nothing will hold (through the ledger, so that a failed

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
 use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
-use super::{access_request, error_chain, CredmonReport, Ctx, DestinationKind, FileContent, Obtained};
+use super::{access_request, error_chain, handle_access_request, CredmonReport, Ctx, DestinationKind, FileContent, Obtained};
 use crate::credd_names;
 use crate::credmon::{self, CredmonCheck, CredmonState, Rules};
 use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, Opened, Opening, RemoteFile, TopFile};
@@ -117,7 +117,7 @@ fn plan_hosts(ctx: &Ctx<'_>, ready: &[(&ServiceSpec, &Obtained)], only: &str) ->
                     let spool = host.spool.as_deref().unwrap_or("/");
                     let request = access_request(spec);
                     let top = TopFile {
-                        vault_token: tokens.vault_token.clone(),
+                        vault_token: Some(tokens.vault_token.clone()),
                         vault_url: inv.top_vault_url(spec),
                         scopes: (!request.scopes.is_empty()).then(|| request.scopes.join(",")),
                         audience: spec.audience.clone(),
@@ -149,6 +149,55 @@ fn plan_hosts(ctx: &Ctx<'_>, ready: &[(&ServiceSpec, &Obtained)], only: &str) ->
                     }
                     plans.will_hold.insert(key, Delivered { vault_expiry: Some(tokens.vault_expiry), access: access_fp, vault_root: root.clone(), paths: Vec::new() });
                 }
+                DestinationKind::Handle { name } => {
+                    // Beside the service's own `.top`, which this plan writes first on the same
+                    // host; a handle whose parent fails is not put in place.
+                    let parent = file_id(&spec.name, &format!("credd@{}", host.name), "top");
+                    let (Some(handle), Some(spool)) = (spec.handle(name), host.spool.as_deref()) else { continue };
+                    let token = match tokens.handles.get(name) {
+                        Some(Ok(token)) => token,
+                        Some(Err(f)) => {
+                            plans.failed.insert(key, Err(format!("{}: {}", f.stage, f.reason)));
+                            continue;
+                        }
+                        None => {
+                            plans.failed.insert(key, Err(format!("fetch: handle `{name}`: no access token was read")));
+                            continue;
+                        }
+                    };
+                    if !plan.files.iter().any(|f| f.id == parent) {
+                        plans.failed.insert(key, Err(format!("deliver: handle `{name}`: the service's own .top is not delivered to {} in this cycle", host.name)));
+                        continue;
+                    }
+                    let request = handle_access_request(spec, handle);
+                    let top = TopFile {
+                        vault_token: None,
+                        vault_url: inv.handle_vault_url(spec, handle),
+                        scopes: Some(request.scopes.join(",")),
+                        audience: handle.audience.clone(),
+                    };
+                    let stem = spec.handle_stem(name);
+                    let (_, files) = deliver::credd_layout(spool, &spec.account, &stem, &top, &token.access_token, &owner(&host.spool_owner));
+                    plan.credd_names.push(deliver::CreddName {
+                        service: spec.name.clone(),
+                        stem,
+                        is_handle: true,
+                        spool: spool.to_string(),
+                        file_ids: ["top", "use"].iter().map(|part| file_id(&spec.name, &dest.id, part)).collect(),
+                    });
+                    for (mut f, part) in files.into_iter().zip(["top", "use"]) {
+                        f.id = file_id(&spec.name, &dest.id, part);
+                        f.after = Some(parent.clone());
+                        // It holds nothing secret and changes only with the inventory: left alone
+                        // (and no credmon woken for it) while the host shows these very bytes.
+                        f.keep_if_same = part == "top";
+                        plan.files.push(f);
+                    }
+                    // It holds no token of its own: the parent's Vault token is what keeps it
+                    // working, so it has that expiry and no ledger row.
+                    let access = Some(token.validated.fingerprint.clone());
+                    plans.will_hold.insert(key, Delivered { vault_expiry: Some(tokens.vault_expiry), access, vault_root: None, paths: Vec::new() });
+                }
                 DestinationKind::File { path, content, owner: o, mode, .. } => {
                     let (body, expiry, access, vault_root) = match content {
                         FileContent::VaultToken => match children.get(&key) {
@@ -171,6 +220,7 @@ fn plan_hosts(ctx: &Ctx<'_>, ready: &[(&ServiceSpec, &Obtained)], only: &str) ->
                         mode: *mode,
                         owner: Some(owner(o)),
                         only_if_absent: false,
+                        after: None,
                         keep_if_same: false,
                     };
                     if matches!(content, FileContent::VaultToken) && !ctx.dry_run {
@@ -244,6 +294,11 @@ fn opening(ctx: &Ctx<'_>, host: &HostSpec, specs: &[&ServiceSpec]) -> Option<Ope
                     if path.contains("{uid}") {
                         o.accounts.push(spec.account.clone());
                     }
+                }
+                // Beside its parent's files, in the same spool.
+                DestinationKind::Handle { .. } => {
+                    o.owners.push(owner(&host.spool_owner));
+                    o.read_schedd = true;
                 }
                 DestinationKind::IdToken { .. } => {}
             }

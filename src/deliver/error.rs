@@ -148,6 +148,9 @@ pub enum DeliverError {
 
     #[error("host {host}: {path} not attempted: the connection to the host failed")]
     NotAttempted { host: String, path: String },
+
+    #[error("host {host}: {path} not written: {parent}, which it depends on, was not delivered")]
+    ParentNotDelivered { host: String, path: String, parent: String },
 }
 
 impl DeliverError {

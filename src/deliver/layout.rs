@@ -20,7 +20,8 @@ pub const USE_MODE: u32 = 0o400;
 /// What goes into `<service>.top`.
 #[derive(Clone, Debug)]
 pub struct TopFile {
-    pub vault_token: Secret,
+    /// `None` for a handle's `.top`: the credmon takes the parent `<provider>.top`'s.
+    pub vault_token: Option<Secret>,
     /// The creds or sts URL the credmon calls (`https://…:8200/v1/…`).
     pub vault_url: String,
     /// Comma-separated, exactly as requested and validated.
@@ -29,10 +30,12 @@ pub struct TopFile {
 }
 
 impl TopFile {
-    /// The JSON document the credmon reads, as a [`Secret`] (it contains the Vault token).
+    /// The JSON document the credmon reads, as a [`Secret`] (it contains the Vault token, if any).
     pub fn to_json(&self) -> Secret {
         let mut doc = serde_json::Map::new();
-        doc.insert("vault_token".into(), self.vault_token.expose().into());
+        if let Some(token) = &self.vault_token {
+            doc.insert("vault_token".into(), token.expose().into());
+        }
         doc.insert("vault_url".into(), self.vault_url.clone().into());
         if let Some(scopes) = &self.scopes {
             doc.insert("scopes".into(), scopes.clone().into());
@@ -67,6 +70,7 @@ pub fn credd_layout(
         mode,
         owner: Some(owner.clone()),
         only_if_absent,
+        after: None,
         keep_if_same: false,
     };
     // The credmon owns a `.use` once there is one: a new `.top` is newer than it, so the
@@ -97,7 +101,7 @@ mod tests {
     #[test]
     fn layout_paths_modes_and_contents() {
         let top = TopFile {
-            vault_token: Secret::new("hvs.VAULTTOKENabc"),
+            vault_token: Some(Secret::new("hvs.VAULTTOKENabc")),
             vault_url: "https://vault.cern.ch:8200/v1/secret/oauth/sts/cms/default:wmagent".into(),
             scopes: Some("storage.read:/,compute.create".into()),
             audience: Some("https://wlcg.cern.ch/jwt/v1/any".into()),
@@ -128,7 +132,7 @@ mod tests {
     #[test]
     fn optional_fields_are_left_out_not_null() {
         let top = TopFile {
-            vault_token: Secret::new("hvs.X"),
+            vault_token: Some(Secret::new("hvs.X")),
             vault_url: "https://v:8200/v1/secret/oauth/creds/cms/default:r".into(),
             scopes: None,
             audience: None,
@@ -139,9 +143,22 @@ mod tests {
     }
 
     #[test]
+    fn a_handle_top_holds_no_vault_token() {
+        let top = TopFile {
+            vault_token: None,
+            vault_url: "https://v:8200/v1/secret/oauth/sts/cms/default:r".into(),
+            scopes: Some("storage.read:/store".into()),
+            audience: Some("https://aud.example".into()),
+        };
+        let json: serde_json::Value = serde_json::from_str(top.to_json().expose()).unwrap();
+        let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, vec!["audience", "scopes", "vault_url"]);
+    }
+
+    #[test]
     fn nothing_secret_in_debug() {
         let top = TopFile {
-            vault_token: Secret::new("hvs.DEBUGSECRET"),
+            vault_token: Some(Secret::new("hvs.DEBUGSECRET")),
             vault_url: "https://v:8200/v1/x".into(),
             scopes: None,
             audience: None,

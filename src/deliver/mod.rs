@@ -138,6 +138,9 @@ pub struct RemoteFile {
     /// Write the file only where there is none, and never replace one: a credd `.use` belongs
     /// to the credmon once it exists.
     pub only_if_absent: bool,
+    /// The id of a file of the same plan that must land (or be kept) first: a handle's files
+    /// are not put in place when their parent `.top` failed.
+    pub after: Option<String>,
     /// Leave the file alone when it already holds exactly this content with its mode and
     /// owner (the caller knows it delivered this content before): nothing is written, and a
     /// credmon is not woken for it.
@@ -597,6 +600,13 @@ impl<'a> Work<'a> {
     }
 }
 
+/// The path of the file `work[i]` must come after ([`RemoteFile::after`]), when that file
+/// failed: files are renamed in plan order, so a parent's outcome is known by then.
+fn parent_failed(work: &[Work], i: usize) -> Option<String> {
+    let after = work[i].file.after.as_deref()?;
+    work.iter().find(|o| o.file.id == after).filter(|o| o.failed.is_some()).map(|o| o.path.clone())
+}
+
 /// The ids of `users` and `groups` and the schedd's credmon settings, in one exec request.
 fn read_schedd_settings(remote: &Remote, users: &BTreeSet<String>, groups: &BTreeSet<String>) -> (Ids, ScheddRead) {
     let purpose = "resolve account ids and read the schedd's credmon settings";
@@ -915,8 +925,15 @@ fn verify(st: &FileStat, e: &Expected) -> Result<(), String> {
 /// `mv -f` where the server lacks the extension), and checks each final path.
 fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
     let mut fallback: Vec<usize> = Vec::new();
-    for (i, w) in work.iter_mut().enumerate() {
+    for i in 0..work.len() {
+        let parent = parent_failed(work, i);
+        let w = &mut work[i];
         if !w.pending() {
+            continue;
+        }
+        if let Some(parent) = parent {
+            remove_temp(remote, w);
+            w.failed = Some(DeliverError::ParentNotDelivered { host: remote.host.clone(), path: w.path.clone(), parent });
             continue;
         }
         if abandon.load(Ordering::SeqCst) {
@@ -1224,6 +1241,7 @@ mod tests {
                 mode: 0o600,
                 owner: None,
                 only_if_absent: false,
+                after: None,
                 keep_if_same: false,
             }],
             signal_credmon: vec![Credmon { spool: "/spool".into(), user: "root".into() }],

@@ -138,6 +138,7 @@ pub fn host_plan(target: HostTarget, account: &str, files: &[TokenFile], token: 
                 mode: TOKEN_MODE,
                 owner: Some(owner.clone()),
                 only_if_absent: false,
+                after: None,
                 keep_if_same: false,
             })
             .collect(),

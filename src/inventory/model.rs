@@ -32,6 +32,11 @@ impl Inventory {
     pub fn top_vault_url(&self, spec: &ServiceSpec) -> String {
         format!("{}{}", self.broker.vault_url, crate::broker::access_path(&self.broker.issuer, &spec.access_request(0)))
     }
+
+    /// The `vault_url` of a handle's `.top`: the sts path for the handle's own scopes and audience.
+    pub fn handle_vault_url(&self, spec: &ServiceSpec, handle: &HandleSpec) -> String {
+        format!("{}{}", self.broker.vault_url, crate::broker::access_path(&self.broker.issuer, &spec.handle_request(handle, 0)))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -152,12 +157,21 @@ impl fmt::Display for FileContent {
 pub enum DestinationKind {
     /// `<spool>/<account>/<oauth_service>.top` and `.use`, spool and owner from the host.
     Credd,
+    /// `<spool>/<account>/<oauth_service>_<name>.top` and `.use` beside the service's own credd
+    /// files on the same host: the handle `name` of [`ServiceSpec::handles`], whose `.top` holds
+    /// no Vault token (the credmon takes its parent's).
+    Handle { name: String },
     /// A token file; `path` may still hold `{uid}`, resolved on the host with `id -u <account>`.
     /// `ttl`: lifetime of the child token a Vault-token file receives (never beyond its parent's).
     File { path: String, content: FileContent, owner: Owner, mode: u32, ttl: Duration },
     /// The service's HTCondor IDToken in a client's `tokens.d`, owned by the service account,
     /// mode 0600. `path` may start with `~<account>/`, resolved on the host.
     IdToken { path: String },
+}
+
+/// A handle destination's id: `handle@<host>:<name>`.
+pub fn handle_id(host: &str, name: &str) -> String {
+    format!("handle@{host}:{name}")
 }
 
 /// One place one service's tokens go: one host, one layout.
@@ -206,6 +220,19 @@ pub struct ServiceSpec {
     /// The service's HTCondor IDToken, if it has one; its destinations are among
     /// `destinations` ([`DestinationKind::IdToken`]).
     pub idtoken: Option<IdTokenSpec>,
+    /// Handles of its credd destinations, each name once; their destinations are among
+    /// `destinations` ([`DestinationKind::Handle`]).
+    pub handles: Vec<HandleSpec>,
+}
+
+/// A handle: an access token with narrower scopes (or its own audience) read with the
+/// service's Vault token, for `<oauth_service>_<name>.top`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandleSpec {
+    pub name: String,
+    /// Requested, and the most a token may grant; each inside one of the service's allowed.
+    pub scopes: Vec<Scope>,
+    pub audience: Option<String>,
 }
 
 /// What `condor_token_create` is asked for, where, and which daemons accept the token.
@@ -260,6 +287,28 @@ impl ServiceSpec {
             audiences: self.audience.iter().cloned().collect(),
             minimum_seconds,
         }
+    }
+
+    /// The broker request for one handle's access token: the sts path, the handle's scopes and
+    /// audience, the service's Vault token.
+    pub fn handle_request(&self, handle: &HandleSpec, minimum_seconds: u64) -> AccessRequest {
+        AccessRequest {
+            credkey: self.credkey.clone(),
+            role: self.role.clone(),
+            scopes: handle.scopes.iter().map(|s| s.to_string()).collect(),
+            audiences: handle.audience.iter().cloned().collect(),
+            minimum_seconds,
+        }
+    }
+
+    /// HTCondor's name for a handle's credential: the credmon finds the parent by stripping
+    /// the last `_…`.
+    pub fn handle_stem(&self, handle: &str) -> String {
+        format!("{}_{handle}", self.oauth_service)
+    }
+
+    pub fn handle(&self, name: &str) -> Option<&HandleSpec> {
+        self.handles.iter().find(|h| h.name == name)
     }
 }
 

@@ -303,6 +303,11 @@ pub(super) enum RawDestination {
     Credd {
         #[schemars(with = "Vec<String>")]
         hosts: Vec<Spanned<String>>,
+        /// Handles: `<oauth_service>_<name>.top` beside the service's own, each with narrower
+        /// scopes (or its own audience) and no Vault token of its own.
+        #[serde(default)]
+        #[schemars(with = "Vec<RawHandle>")]
+        handles: Vec<Spanned<RawHandle>>,
     },
     File {
         #[schemars(with = "Vec<String>")]
@@ -318,6 +323,21 @@ pub(super) enum RawDestination {
         #[schemars(with = "Option<DurationValue>")]
         ttl: Option<Spanned<DurationValue>>,
     },
+}
+
+/// One handle of a credd destination, as `condor_credential_storer` makes them.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Handle")]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHandle {
+    /// Letters, digits and hyphens: the part after the last `_` of the credential's name.
+    #[schemars(with = "String")]
+    pub(super) name: Spanned<String>,
+    /// Requested on the sts path; each inside one of the service's allowed scopes.
+    #[schemars(with = "Vec<String>")]
+    pub(super) scopes: Spanned<Vec<Spanned<String>>>,
+    #[schemars(with = "Option<String>")]
+    pub(super) audience: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

@@ -19,6 +19,12 @@ pub(super) fn shown(value: &str) -> Cow<'_, str> {
 // Names
 // ---------------------------------------------------------------------------------------------
 
+/// A handle's name: letters, digits and hyphens, as HTCondor 25.13+ wants provider and handle
+/// names (the credmon finds a handle's parent by stripping the last `_…`).
+pub(super) fn is_handle_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 /// Characters HTCondor allows in a credd service name.
 pub(super) fn is_credd_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-+=_.".contains(c))

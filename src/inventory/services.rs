@@ -55,16 +55,19 @@ impl Validator {
             let Some(spec) = self.service(name, s, ctx) else { continue };
             // Two services writing the same `<account>/<oauth_service>.top` would overwrite each
             // other on every cycle.
-            let key = (spec.account.clone(), spec.oauth_service.clone());
-            if let Some(other) = stems.insert(key, name.clone()) {
-                self.err(
-                    s,
-                    format!("services.{name}"),
-                    format!(
-                        "service `{other}` already delivers {}/{}.top; two services cannot share an account and oauth_service",
-                        spec.account, spec.oauth_service
-                    ),
-                );
+            // A handle's `<oauth_service>_<handle>.top` is one more such name.
+            let names = std::iter::once(spec.oauth_service.clone()).chain(spec.handles.iter().map(|h| spec.handle_stem(&h.name)));
+            for stem in names {
+                if let Some(other) = stems.insert((spec.account.clone(), stem.clone()), name.clone()) {
+                    self.err(
+                        s,
+                        format!("services.{name}"),
+                        format!(
+                            "service `{other}` already delivers {}/{stem}.top; two services cannot share an account and oauth_service (or handle)",
+                            spec.account
+                        ),
+                    );
+                }
             }
             services.insert(name.clone(), spec);
         }
@@ -153,15 +156,10 @@ impl Validator {
 
         let audience = r.audience.as_ref().map(|a| a.value.clone());
         if let Some(a) = &r.audience {
-            if let Some(problem) = rules::audience_problem(&a.value) {
-                self.err(a, format!("{field}.audience"), format!("`{}`: {problem}", shown(&a.value)));
-            } else if let Some(spec) = ctx.issuers.get(&issuer)
-                && !spec.audiences.is_empty()
-                && !spec.audiences.contains(&a.value)
-            {
-                self.err(a, format!("{field}.audience"), format!("`{}` is not among issuer `{issuer}`'s audiences ({})", shown(&a.value), spec.audiences.join(", ")));
-            }
+            self.audience(a, &format!("{field}.audience"), &issuer, ctx);
         }
+
+        let handles = self.handles(&field, r, &allowed, &issuer, ctx);
 
         let min_access_lifetime = self
             .duration(&r.min_access_lifetime, &format!("{field}.min_access_lifetime"), &rules::ACCESS_LIFETIME)
@@ -229,15 +227,76 @@ impl Validator {
             login: login?,
             destinations,
             idtoken,
+            handles,
         };
         // What the credmon will be given must be what it accepts.
         if let Some(broker) = ctx.broker {
-            let url = format!("{}{}", broker.vault_url, crate::broker::access_path(&broker.issuer, &spec.access_request(0)));
-            if let Some(problem) = rules::credmon_refuses(&url) {
-                self.err(s, field, format!("the credmon would refuse the vault_url {}: {problem}", shown(&url)));
+            let requests = std::iter::once(spec.access_request(0)).chain(spec.handles.iter().map(|h| spec.handle_request(h, 0)));
+            for request in requests {
+                let url = format!("{}{}", broker.vault_url, crate::broker::access_path(&broker.issuer, &request));
+                if let Some(problem) = rules::credmon_refuses(&url) {
+                    self.err(s, field.clone(), format!("the credmon would refuse the vault_url {}: {problem}", shown(&url)));
+                    break;
+                }
             }
         }
         (self.diags.len() == before).then_some(spec)
+    }
+
+    /// The handles of a service's credd destinations: each name once in the service, letters,
+    /// digits and hyphens (the credmon finds the parent by stripping the last `_…`), scopes
+    /// each inside one of the service's `allowed` (least privilege: a handle narrows, never
+    /// widens), an audience as for the service.
+    fn handles(&mut self, field: &str, r: &RawService, allowed: &[(Scope, usize, At)], issuer: &str, ctx: &Context<'_>) -> Vec<HandleSpec> {
+        let mut out: Vec<HandleSpec> = Vec::new();
+        for (di, dest) in r.destinations.value.iter().enumerate() {
+            let RawDestination::Credd { handles, .. } = &dest.value else { continue };
+            for (hi, h) in handles.iter().enumerate() {
+                let hfield = format!("{field}.destinations[{di}].credd.handles[{hi}]");
+                let name = &h.value.name;
+                if !rules::is_handle_name(&name.value) {
+                    self.err(name, format!("{hfield}.name"), format!("`{}` is not a handle name (letters, digits and `-`; no `_`)", shown(&name.value)));
+                } else if out.iter().any(|o| o.name == name.value) {
+                    self.err(name, format!("{hfield}.name"), format!("handle `{}` is listed twice for this service", name.value));
+                }
+                if h.value.scopes.value.is_empty() {
+                    self.err(&h.value.scopes, format!("{hfield}.scopes"), "list the handle's scopes (a handle exists to narrow them)");
+                }
+                let scopes = self.scopes(&h.value.scopes.value, &format!("{hfield}.scopes"));
+                for (scope, i, at) in &scopes {
+                    if !allowed.iter().any(|(al, _, _)| al.covers(scope)) {
+                        let list: Vec<String> = allowed.iter().map(|(a, _, _)| a.to_string()).collect();
+                        self.err_at(
+                            *at,
+                            format!("{hfield}.scopes[{i}]"),
+                            format!("`{scope}` is wider than the service allows ({}): a handle may only narrow the service's scopes", list.join(", ")),
+                        );
+                    }
+                }
+                if let Some(a) = &h.value.audience {
+                    self.audience(a, &format!("{hfield}.audience"), issuer, ctx);
+                }
+                out.push(HandleSpec {
+                    name: name.value.clone(),
+                    scopes: scopes.into_iter().map(|(s, _, _)| s).collect(),
+                    audience: h.value.audience.as_ref().map(|a| a.value.clone()),
+                });
+            }
+        }
+        out
+    }
+
+    /// An audience a service or handle asks for: well-formed, and among its issuer's audiences
+    /// when the issuer lists them.
+    fn audience(&mut self, a: &Spanned<String>, field: &str, issuer: &str, ctx: &Context<'_>) {
+        if let Some(problem) = rules::audience_problem(&a.value) {
+            self.err(a, field, format!("`{}`: {problem}", shown(&a.value)));
+        } else if let Some(spec) = ctx.issuers.get(issuer)
+            && !spec.audiences.is_empty()
+            && !spec.audiences.contains(&a.value)
+        {
+            self.err(a, field, format!("`{}` is not among issuer `{issuer}`'s audiences ({})", shown(&a.value), spec.audiences.join(", ")));
+        }
     }
 
     /// Scopes as a service declares them, each with its index in the list and its place.
@@ -409,7 +468,7 @@ impl Validator {
         for (di, dest) in r.destinations.value.iter().enumerate() {
             let dfield = format!("{field}.destinations[{di}]");
             let (hosts, kind, path_at) = match &dest.value {
-                RawDestination::Credd { hosts } => (hosts, DestinationKind::Credd, loc(dest)),
+                RawDestination::Credd { hosts, .. } => (hosts, DestinationKind::Credd, loc(dest)),
                 RawDestination::File { hosts, path, content, owner, mode, ttl } => {
                     let at = path.as_ref().map(loc).unwrap_or(loc(dest));
                     let kind = self.file_destination(&dfield, vars, at, path, content, owner, mode, ttl);
@@ -454,6 +513,7 @@ impl Validator {
                 }
                 let id = match &kind {
                     DestinationKind::Credd => format!("credd@{}", h.value),
+                    DestinationKind::Handle { name } => handle_id(&h.value, name),
                     DestinationKind::File { path, .. } => format!("file@{}:{}", h.value, path),
                     DestinationKind::IdToken { path } => format!("idtoken@{}:{}", h.value, path),
                 };
@@ -465,6 +525,13 @@ impl Validator {
                     self.file_place(name, &vars.account, host, path, path_at, &format!("{dfield}.path"));
                 }
                 out.push(Destination { id, host: h.value.clone(), kind: kind.clone() });
+                // Each handle goes beside the service's own files on the same host, after them.
+                if let RawDestination::Credd { handles, .. } = &dest.value {
+                    for handle in handles {
+                        let name = handle.value.name.value.clone();
+                        out.push(Destination { id: handle_id(&h.value, &name), host: h.value.clone(), kind: DestinationKind::Handle { name } });
+                    }
+                }
             }
         }
         out

@@ -53,8 +53,13 @@ fn parse_str(text: &str) -> Result<Inventory, Vec<Diagnostic>> {
 /// for `field` whose message contains `needle`.
 fn check(from: &str, to: &str, expected: &str, needle: &str) {
     assert!(BASE.contains(from), "fixture does not contain {from:?}");
-    let text = BASE.replacen(from, to, 1);
-    let diags = parse_str(&text).expect_err("inventory should be refused");
+    refused_once(&BASE.replacen(from, to, 1), expected, needle);
+}
+
+/// Expects exactly one diagnostic for `text`, at `line:col` and field `expected`, whose message
+/// contains `needle`.
+fn refused_once(text: &str, expected: &str, needle: &str) {
+    let diags = parse_str(text).expect_err("inventory should be refused");
     let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
     assert_eq!(diags.len(), 1, "{shown:#?}");
     let d = &shown[0];
@@ -99,7 +104,7 @@ fn base_fixture_resolves_defaults_and_templates() {
 fn shipped_example_inventory_is_valid() {
     let inv = parse(Path::new("services.yaml"), include_str!("../../services.yaml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(inv.services.keys().collect::<Vec<_>>(), ["crab", "tier0", "wmagent"]);
-    assert_eq!(inv.services["wmagent"].destinations.len(), 5, "credd on two hosts, a file, the IDToken on two hosts");
+    assert_eq!(inv.services["wmagent"].destinations.len(), 7, "credd and its handle on two hosts, a file, the IDToken on two hosts");
     assert_eq!(inv.services["wmagent"].idtoken.as_ref().map(|i| i.key.as_str()), Some("WMAGENT"));
     assert_eq!(inv.services["tier0"].min_access_lifetime, Duration::from_secs(1800));
     assert_eq!(inv.services["crab"].min_vault_lifetime, Duration::from_secs(2 * 86400));
@@ -417,11 +422,7 @@ fn with_idtoken(from: &str, to: &str) -> String {
 }
 
 fn check_idtoken(from: &str, to: &str, expected: &str, needle: &str) {
-    let diags = parse_str(&with_idtoken(from, to)).expect_err("inventory should be refused");
-    let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-    assert_eq!(diags.len(), 1, "{shown:#?}");
-    assert!(shown[0].starts_with(&format!("inv.yaml:{expected}: ")), "{}", shown[0]);
-    assert!(shown[0].contains(needle), "{} lacks {needle:?}", shown[0]);
+    refused_once(&with_idtoken(from, to), expected, needle);
 }
 
 #[test]
@@ -500,4 +501,64 @@ fn trusted_vault_hosts_entries_are_bare_host_names() {
     check(spool, &trusting("[\"vault.example:8200\"]"), &format!("21:27: {f}[0]"), "without a port");
     check(spool, &trusting("[\"vault.example, other.example\"]"), &format!("21:27: {f}[0]"), "one host per entry");
     check(spool, &trusting("[\"vault..example\"]"), &format!("21:27: {f}[0]"), "not a host name");
+}
+
+/// `BASE` with handles on its credd destination (YAML lines under `handles:`).
+fn with_handles(handles: &str) -> String {
+    BASE.replacen("          hosts: [s1]\n      - file:", &format!("          hosts: [s1]\n          handles:\n{handles}      - file:"), 1)
+}
+
+#[test]
+fn handles_narrow_the_service_and_get_a_destination_beside_its_credd_one() {
+    let text = with_handles("            - name: reader\n              scopes: [storage.read:/store/data]\n              audience: https://aud.example\n            - name: jobs\n              scopes: [compute.create]\n");
+    let inv = parse_str(&text).unwrap();
+    let s = &inv.services["prod"];
+    assert_eq!(s.handles.len(), 2);
+    assert_eq!(s.handles[0].name, "reader");
+    assert_eq!(s.handles[0].scopes, vec!["storage.read:/store/data".parse().unwrap()]);
+    assert_eq!(s.handles[0].audience.as_deref(), Some("https://aud.example"));
+    assert_eq!(s.handle_stem("reader"), "cms_production_reader");
+    let ids: Vec<&str> = s.destinations.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(&ids[..3], ["credd@s1", "handle@s1:reader", "handle@s1:jobs"], "each handle right after its parent");
+    assert_eq!(s.destinations[1].kind, DestinationKind::Handle { name: "reader".into() });
+    assert_eq!(
+        inv.handle_vault_url(s, &s.handles[0]),
+        "https://vault.example:8200/v1/secret/oauth/sts/cms/cmst1:production",
+        "the sts path; scopes and audience go in the .top's own fields"
+    );
+    let req = s.handle_request(&s.handles[0], 60);
+    assert_eq!((req.scopes, req.audiences), (vec!["storage.read:/store/data".to_string()], vec!["https://aud.example".to_string()]));
+}
+
+#[test]
+fn a_handle_wider_than_the_service_is_refused_naming_the_scope() {
+    refused_once(
+        &with_handles("            - name: reader\n              scopes: [storage.read:/store, storage.create:/store]\n"),
+        "36:45: services.prod.destinations[0].credd.handles[0].scopes[1]",
+        "`storage.create:/store` is wider than the service allows",
+    );
+    // Path prefixes follow the WLCG rules: `/` covers `/store`, `/store` does not cover `/storex`.
+    let narrow = BASE.replacen("required: [storage.read:/, compute.create]", "required: [storage.read:/store, compute.create]", 1);
+    let narrow = narrow.replacen("          hosts: [s1]\n      - file:", "          hosts: [s1]\n          handles:\n            - {name: a, scopes: [storage.read:/storex]}\n      - file:", 1);
+    let diags = parse_str(&narrow).expect_err("not under the prefix");
+    assert!(diags[0].to_string().contains("storage.read:/storex"), "{}", diags[0]);
+}
+
+#[test]
+fn a_bad_handle_is_refused_where_it_is_written() {
+    let one = |handles: &str, expected: &str, needle: &str| refused_once(&with_handles(handles), expected, needle);
+    one("            - name: read_only\n              scopes: [compute.create]\n", "35:21", "not a handle name");
+    one("            - name: a\n              scopes: [compute.create]\n            - name: a\n              scopes: [compute.create]\n", "37:21", "listed twice");
+    one("            - name: a\n              scopes: []\n", "36:23", "list the handle's scopes");
+    one("            - name: a\n              scopes: [compute.create]\n              audience: \"a,b\"\n", "37:25", "comma");
+    one("            - name: a\n              scopes: [compute.create]\n              ttl: 1h\n", "37:15", "unknown field `ttl`");
+}
+
+#[test]
+fn a_handle_cannot_take_another_services_credential_name() {
+    // `other` (default role: `cms`) with handle `production` would write prod's `cms_production.top`.
+    let text = BASE.to_string()
+        + "  other:\n    account: cmst1\n    required: [compute.create]\n    destinations:\n      - credd:\n          hosts: [s1]\n          handles:\n            - {name: production, scopes: [compute.create]}\n";
+    let diags = parse_str(&text).expect_err("same .top");
+    assert!(diags.iter().any(|d| d.to_string().contains("cmst1/cms_production.top")), "{diags:?}");
 }

@@ -73,6 +73,7 @@ pub(crate) fn plain_file(id: &str, path: &Path, content: &Secret, mode: u32, own
         mode,
         owner,
         only_if_absent: false,
+        after: None,
         keep_if_same: false,
     }
 }
@@ -170,7 +171,7 @@ pub(crate) fn temp_files(dir: &Path) -> Vec<PathBuf> {
 
 pub(crate) fn top_file(leaks: &Leaks) -> TopFile {
     TopFile {
-        vault_token: minted(leaks, "hvs.CAES"),
+        vault_token: Some(minted(leaks, "hvs.CAES")),
         vault_url: "https://htvault.cern.ch:8200/v1/secret/oauth/sts/cms/default:wmagent".into(),
         scopes: Some("storage.read:/,compute.create".into()),
         audience: Some("https://wlcg.cern.ch/jwt/v1/any".into()),
@@ -204,7 +205,7 @@ fn credd_layout_lands_with_exact_bytes_modes_and_owner() {
     }
     assert_eq!(std::fs::read(&use_path).unwrap(), format!("{}\n", access.expose()).into_bytes());
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&top_path).unwrap()).unwrap();
-    assert_eq!(json["vault_token"], top.vault_token.expose());
+    assert_eq!(json["vault_token"], top.vault_token.as_ref().unwrap().expose());
     assert_eq!(json["vault_url"], top.vault_url.as_str());
     assert_eq!(json["scopes"], "storage.read:/,compute.create");
     assert_eq!(json["audience"], "https://wlcg.cern.ch/jwt/v1/any");
@@ -242,6 +243,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
         mode: 0o600,
         owner: Some(test_owner()),
         only_if_absent: false,
+        after: None,
         keep_if_same: false,
     };
     let unknown_account = RemoteFile {
@@ -253,6 +255,7 @@ fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
         mode: 0o600,
         owner: None,
         only_if_absent: false,
+        after: None,
         keep_if_same: false,
     };
     let outcome = push(&leaks, &plan(&sshd, "root", vec![], vec![good, unknown_account], vec![]), false);
@@ -575,6 +578,7 @@ fn dry_run_checks_everything_and_writes_nothing() {
         mode: 0o600,
         owner: None,
         only_if_absent: false,
+        after: None,
         keep_if_same: false,
     });
     let mut credmon = fake_process(tmp.path(), "condor_credmon_vault");

@@ -180,6 +180,35 @@ fn a_directory_planted_at_the_final_path_fails_that_file_by_name() {
     leaks.assert_clean();
 }
 
+/// A handle's `.top` comes after its parent's: when the parent's rename fails, the handle's
+/// file is not put in place (its temp file goes), while a file that depends on nothing lands.
+#[test]
+fn a_file_whose_parent_failed_is_not_put_in_place() {
+    let scenario = FailScenario::setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let host = "schedd-parent-failed";
+    at("deliver::before_rename", host, Some(sshd.spool.join("a.top").to_str().unwrap()), |path| {
+        std::fs::create_dir(path).unwrap();
+    });
+    let token = minted(&leaks, "hvs.PARENTFAILED");
+    let handle = RemoteFile { after: Some("a.top".into()), ..spool_file(&sshd, "a_h.top", &token) };
+    let files = vec![spool_file(&sshd, "a.top", &token), handle, spool_file(&sshd, "b.top", &token)];
+    let outcome = push(&leaks, &with_host(plan(&sshd, "root", vec![], files, vec![]), host), false);
+    scenario.teardown();
+
+    assert!(matches!(outcome.files[0].result, Err(DeliverError::Rename { .. })), "{:?}", errors(&outcome));
+    match &outcome.files[1].result {
+        Err(e @ DeliverError::ParentNotDelivered { parent, .. }) => assert!(parent.ends_with("/a.top") && e.to_string().contains("a_h.top"), "{e}"),
+        other => panic!("expected the handle to wait for its parent, got {other:?}"),
+    }
+    assert!(!sshd.spool.join("a_h.top").exists(), "the handle was put in place without its parent");
+    assert!(outcome.files[2].result.is_ok(), "{:?}", errors(&outcome));
+    assert!(temp_files(&sshd.spool).is_empty(), "{:?}", temp_files(&sshd.spool));
+    leaks.assert_clean();
+}
+
 #[test]
 fn a_file_swapped_after_the_rename_is_not_reported_delivered() {
     let scenario = FailScenario::setup();

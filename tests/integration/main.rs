@@ -18,6 +18,7 @@ mod deliver;
 mod deliver_attacks;
 mod deliver_hostkeys;
 mod deliver_protocol;
+mod handles;
 mod lifecycle;
 mod kerberos;
 mod ledger;

@@ -17,15 +17,15 @@ use crate::harness::Leaks;
 
 const HOSTS: [&str; 3] = ["schedd1", "schedd2", "schedd3"];
 
-fn spec(scope: &str) -> JwtSpec {
+pub(crate) fn spec(scope: &str) -> JwtSpec {
     JwtSpec { scope: Some(scope.into()), ..JwtSpec::default() }
 }
 
-fn stdout(out: &std::process::Output) -> String {
+pub(crate) fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn mode(p: &Path) -> u32 {
+pub(crate) fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o7777
 }
 

@@ -7,7 +7,8 @@ be installed here. It behaves as the real one does where the bastion can see it:
 - for every <spool>/<user>/<name>.top, rewrites <name>.use when it is missing, when its ctime is
   older than the refresh interval, or when the .top's ctime is newer (VaultCredmon.should_renew);
 - a handle's .top (<provider>_<handle>.top) without vault_token takes the parent's token, the
-  parent being the name up to its last "_";
+  parent being the name up to its last "_"; when the parent .top is gone, the handle's .top and
+  .use are deleted;
 - reads the access token from the vault_url in the .top with X-Vault-Token, sent to the test's
   OpenBao instead of the host the URL names; a "permission denied" deletes the .top and the .use;
 - writes the .use as the bare token and a newline, mode 0400, through a temp file and a rename.
@@ -37,14 +38,29 @@ def should_renew(top, use, refresh):
     return os.stat(top).st_ctime > use_ctime
 
 
+class ParentGone(Exception):
+    pass
+
+
 def token_of(user_dir, name):
     with open(os.path.join(user_dir, name + ".top")) as f:
         doc = json.load(f)
     if "vault_token" not in doc and "_" in name:
         parent = name.rsplit("_", 1)[0]
-        with open(os.path.join(user_dir, parent + ".top")) as f:
-            doc["vault_token"] = json.load(f)["vault_token"]
+        try:
+            with open(os.path.join(user_dir, parent + ".top")) as f:
+                doc["vault_token"] = json.load(f)["vault_token"]
+        except FileNotFoundError:
+            raise ParentGone(parent)
     return doc
+
+
+def delete(*paths):
+    for p in paths:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
 
 
 def fetch(doc, bao, ctx):
@@ -83,14 +99,14 @@ def scan(spool, bao, ctx, refresh, no_refresh):
                 continue
             try:
                 token = fetch(token_of(user_dir, name), bao, ctx)
+            except ParentGone:
+                delete(top, use)
+                print("parent of %s/%s is gone: deleted it" % (user, name), flush=True)
+                continue
             except urllib.error.HTTPError as e:
                 if e.code == 403:
                     print("permission denied for %s/%s: deleting it" % (user, name), flush=True)
-                    for p in (top, use):
-                        try:
-                            os.unlink(p)
-                        except FileNotFoundError:
-                            pass
+                    delete(top, use)
                 else:
                     print("cannot refresh %s/%s: HTTP %d" % (user, name, e.code), flush=True)
                 continue
