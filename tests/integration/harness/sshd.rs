@@ -66,6 +66,13 @@ impl Sshd {
         .unwrap();
         std::fs::set_permissions(&sftp_wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
 
+        // Every session's HOME is this schedd's own (empty) directory, not the login account's
+        // home on this machine: bash started by sshd reads `~/.bashrc`, and a developer's
+        // (pyenv's init, ~0.2 CPU-s) would otherwise run at every exec and every SFTP session,
+        // which a schedd's service shell does not do.
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -84,9 +91,10 @@ impl Sshd {
                  PrintMotd no\n\
                  LogLevel VERBOSE\n\
                  MaxStartups 100:30:200\n\
-                 SetEnv PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+                 SetEnv PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME={home}\n\
                  Subsystem sftp {sftp}\n",
                 bin = dir.join("bin").display(),
+                home = home.display(),
                 sftp = sftp_wrapper.display(),
                 host_key = host_key.display(),
                 authorized = authorized.display(),
