@@ -23,7 +23,8 @@ const MAX_SCRIPT: usize = 16 * 1024;
 pub(crate) enum ItemError {
     /// Its batch could not be started: it did nothing.
     Failed(String),
-    /// It ran and exited non-zero; its output.
+    /// It ran and exited non-zero; its output (lines trimmed, blank ones left out; shown as one
+    /// bounded line).
     Exited { status: i32, output: String },
     /// No status came back (the channel or the connection broke): it may or may not have run.
     Unknown(String),
@@ -33,7 +34,7 @@ impl std::fmt::Display for ItemError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ItemError::Failed(d) => f.write_str(d),
-            ItemError::Exited { status, output } => write!(f, "exit status {status}: {output}"),
+            ItemError::Exited { status, output } => write!(f, "exit status {status}: {}", one_line(output)),
             ItemError::Unknown(d) => write!(f, "outcome unknown: {d}"),
         }
     }
@@ -141,12 +142,12 @@ impl Batch {
                     && let Some(slot) = results.get_mut(index)
                 {
                     slot.status = Some(status);
-                    slot.output = one_line(&pending);
+                    slot.output = pending.clone();
                 }
                 pending.clear();
             } else if !line.trim().is_empty() {
                 if !pending.is_empty() {
-                    pending.push_str(" | ");
+                    pending.push('\n');
                 }
                 pending.push_str(line.trim());
             }

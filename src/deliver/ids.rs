@@ -1,5 +1,6 @@
 //! Numeric ids of the accounts and groups a host plan names, resolved on the host itself (its
-//! NSS: local files, LDAP, SSSD) with `id` and `getent`, all of them in one exec request per
+//! NSS: local files, LDAP, SSSD): one `getent passwd` for all of a host's accounts and one
+//! `getent group` for its groups (a process each, not one per name), in one exec request per
 //! host. SFTP carries owners as numbers only, so every owner change and every check of an
 //! owner goes through these.
 //!
@@ -40,34 +41,34 @@ impl Ids {
         extra: Vec<String>,
     ) -> (Ids, Vec<Result<String, ItemError>>) {
         let mut ids = Ids::default();
-        let mut commands = Vec::new();
-        let mut asked: Vec<(bool, String)> = Vec::new();
-        for user in users {
-            if let Err(e) = plain_name(user) {
-                ids.users.insert(user.clone(), Err(e));
-                continue;
-            }
-            commands.push(format!("{{ id -u {q} && id -g {q}; }}", q = sh_quote(user)));
-            asked.push((true, user.clone()));
-        }
-        for group in groups {
-            if let Err(e) = plain_name(group) {
-                ids.groups.insert(group.clone(), Err(e));
-                continue;
-            }
-            commands.push(format!("getent group {}", sh_quote(group)));
-            asked.push((false, group.clone()));
-        }
-        if commands.is_empty() && extra.is_empty() {
+        let plain = |names: &BTreeSet<String>, bad: &mut dyn FnMut(&String, String)| -> Vec<String> {
+            names.iter().filter(|n| plain_name(n).map_err(|e| bad(n, e)).is_ok()).cloned().collect()
+        };
+        let user_names = plain(users, &mut |n, e| {
+            ids.users.insert(n.clone(), Err(e));
+        });
+        let group_names = plain(groups, &mut |n, e| {
+            ids.groups.insert(n.clone(), Err(e));
+        });
+        let user_chunks = chunks(&user_names);
+        let group_chunks = chunks(&group_names);
+        if user_chunks.is_empty() && group_chunks.is_empty() && extra.is_empty() {
             return (ids, Vec::new());
         }
+        let mut commands: Vec<String> = user_chunks.iter().map(|c| getent("passwd", c)).collect();
+        commands.extend(group_chunks.iter().map(|c| getent("group", c)));
         commands.extend(extra);
         let mut results = batch::run(remote, purpose, commands).into_iter();
-        for ((is_user, name), result) in asked.into_iter().zip(results.by_ref()) {
-            if is_user {
-                ids.users.insert(name, result.map_err(|e| e.to_string()).and_then(|out| parse_id_pair(&out)));
-            } else {
-                ids.groups.insert(name, result.map_err(|_| "no such group".to_string()).and_then(|out| parse_group(&out)));
+        for (chunk, result) in user_chunks.iter().zip(results.by_ref()) {
+            let found = entries(result, 7, |f| Some((f[2].parse().ok()?, f[3].parse().ok()?)));
+            for name in chunk {
+                ids.users.insert(name.clone(), lookup(&found, name, "user"));
+            }
+        }
+        for (chunk, result) in group_chunks.iter().zip(results.by_ref()) {
+            let found = entries(result, 4, |f| f[2].parse().ok());
+            for name in chunk {
+                ids.groups.insert(name.clone(), lookup(&found, name, "group"));
             }
         }
         (ids, results.collect())
@@ -114,7 +115,7 @@ impl Ids {
     }
 }
 
-/// A name `id` and `getent` take as a name: not empty, no option look-alike, nothing a shell
+/// A name `getent` takes as a name: not empty, no option look-alike, nothing a shell
 /// or a colon-separated database could split.
 fn plain_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.starts_with('-') || name.contains(|c: char| c == ':' || c.is_whitespace() || c.is_control()) {
@@ -123,21 +124,52 @@ fn plain_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `id -u` and `id -g` output: two numbers (joined with " | " by the batch runner).
-fn parse_id_pair(out: &str) -> Result<(u32, u32), String> {
-    let nums: Vec<&str> = out.split(|c: char| c == '|' || c.is_whitespace()).filter(|s| !s.is_empty()).collect();
-    match nums.as_slice() {
-        [u, g] => match (u.parse(), g.parse()) {
-            (Ok(u), Ok(g)) => Ok((u, g)),
-            _ => Err(format!("id printed no ids: {}", one_line(out))),
-        },
-        _ => Err(format!("id printed no ids: {}", one_line(out))),
-    }
+/// Names per `getent` command: one process resolves a host's accounts, however many there
+/// are, within the batch runner's script size.
+const NAMES_PER_COMMAND: usize = 256;
+
+fn chunks(names: &[String]) -> Vec<Vec<String>> {
+    names.chunks(NAMES_PER_COMMAND).map(<[String]>::to_vec).collect()
 }
 
-/// `getent group` output: `name:x:gid:members`.
-fn parse_group(out: &str) -> Result<u32, String> {
-    out.split(':').nth(2).and_then(|g| g.trim().parse().ok()).ok_or_else(|| format!("getent printed no gid: {}", one_line(out)))
+/// `getent <database> <name>…`: one line per name found, in the host's NSS order of sources.
+fn getent(database: &str, names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| sh_quote(n)).collect();
+    format!("getent {database} {}", quoted.join(" "))
+}
+
+/// What one `getent` printed, by entry name: each line of at least `fields` colon-separated
+/// fields, its value taken by `value`; the first line for a name wins, as NSS answers. Exit
+/// status 2 means some names were not found and the others printed; anything else that is
+/// not 0 is an error for every name asked.
+fn entries<T>(
+    result: Result<String, ItemError>,
+    fields: usize,
+    value: impl Fn(&[&str]) -> Option<T>,
+) -> Result<BTreeMap<String, Result<T, String>>, String> {
+    let out = match result {
+        Ok(out) | Err(ItemError::Exited { status: 2, output: out }) => out,
+        Err(e) => return Err(format!("getent: {e}")),
+    };
+    let mut found = BTreeMap::new();
+    for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < fields {
+            continue;
+        }
+        let parsed = value(&f).ok_or_else(|| format!("getent printed no ids: {}", one_line(line)));
+        found.entry(f[0].to_string()).or_insert(parsed);
+    }
+    Ok(found)
+}
+
+/// A name's entry. A name printed under another name (`getent` reads a number as an id) is
+/// not found.
+fn lookup<T: Clone>(found: &Result<BTreeMap<String, Result<T, String>>, String>, name: &str, kind: &str) -> Result<T, String> {
+    match found {
+        Err(e) => Err(e.clone()),
+        Ok(map) => map.get(name).cloned().unwrap_or_else(|| Err(format!("no such {kind}"))),
+    }
 }
 
 #[cfg(test)]
@@ -146,12 +178,24 @@ mod tests {
 
     #[test]
     fn outputs() {
-        assert_eq!(parse_id_pair("1000 | 1001"), Ok((1000, 1001)));
-        assert!(parse_id_pair("1000").is_err());
-        assert!(parse_id_pair("id: 'x': no such user").is_err());
-        assert_eq!(parse_group("condor:x:64:"), Ok(64));
-        assert_eq!(parse_group("condor:x:64:alice,bob"), Ok(64));
-        assert!(parse_group("").is_err());
+        let users = |r| entries(r, 7, |f| Some((f[2].parse::<u32>().ok()?, f[3].parse::<u32>().ok()?)));
+        let printed = "cmsprod:x:1000:1001:CMS production:/home/cmsprod:/bin/bash\n\
+                       crab:x:notanumber:5::/home/crab:/bin/sh\n\
+                       cmsprod:x:9:9::/nis/cmsprod:/bin/sh\n\
+                       daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+        let found = users(Err(ItemError::Exited { status: 2, output: printed.into() }));
+        assert_eq!(lookup(&found, "cmsprod", "user"), Ok((1000, 1001)), "the first source's entry wins");
+        assert!(lookup(&found, "crab", "user").unwrap_err().contains("no ids"));
+        assert_eq!(lookup(&found, "tier0", "user"), Err("no such user".into()));
+        // `getent passwd 1` prints daemon's entry: not an account named "1".
+        assert_eq!(lookup(&found, "1", "user"), Err("no such user".into()));
+        let broken = users(Err(ItemError::Exited { status: 3, output: "Enumeration not supported".into() }));
+        assert!(lookup(&broken, "cmsprod", "user").unwrap_err().contains("exit status 3"));
+        let groups = entries(Ok("condor:x:64:\nwheel:x:10:alice,bob\n".into()), 4, |f| f[2].parse::<u32>().ok());
+        assert_eq!(lookup(&groups, "condor", "group"), Ok(64));
+        assert_eq!(lookup(&groups, "wheel", "group"), Ok(10));
+        assert_eq!(lookup(&groups, "nobody", "group"), Err("no such group".into()));
+        assert_eq!(getent("group", &["a".into(), "b c".into()]), "getent group 'a' 'b c'");
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub(crate) fn read(host: &str, results: Vec<Result<String, ItemError>>) -> Sched
 
 fn output_of(knob: &str, result: Result<String, ItemError>) -> KnobOutput {
     match result {
+        Ok(value) if value.contains('\n') => KnobOutput::Failed(format!("printed more than one line: {}", batch::one_line(&value))),
         Ok(value) => KnobOutput::Value(value),
         Err(ItemError::Exited { status: 1, output }) if output == format!("Not defined: {knob}") => KnobOutput::Undefined,
         Err(ItemError::Exited { status: 127, .. }) => KnobOutput::NoTool,
@@ -56,6 +57,7 @@ mod tests {
     fn exit_statuses() {
         let exited = |status, output: &str| Err(ItemError::Exited { status, output: output.into() });
         assert_eq!(output_of("A", Ok("x".into())), KnobOutput::Value("x".into()));
+        assert!(matches!(output_of("A", Ok("x\ny".into())), KnobOutput::Failed(_)));
         assert_eq!(output_of("A", exited(1, "Not defined: A")), KnobOutput::Undefined);
         assert!(matches!(output_of("A", exited(1, "Not defined: B")), KnobOutput::Failed(_)));
         assert!(matches!(output_of("A", exited(1, "ERROR: cannot read config")), KnobOutput::Failed(_)));

@@ -18,8 +18,9 @@ use super::knownhosts::{KnownHosts, Verdict};
 use super::posix_rename::{PosixRename, RenameResult};
 use super::{DeliverError, HostTarget};
 
-/// Remote command output is kept for error messages only; a runaway command must not fill memory.
-const MAX_EXEC_OUTPUT: u64 = 64 * 1024;
+/// Remote command output (a host's account and group entries, its settings, error text) is
+/// read up to this much: thousands of `getent` lines fit; a runaway command must not fill memory.
+const MAX_EXEC_OUTPUT: u64 = 1024 * 1024;
 
 pub(crate) struct Remote {
     pub host: String,

@@ -161,7 +161,7 @@ pub enum DestinationKind {
     /// files on the same host: the handle `name` of [`ServiceSpec::handles`], whose `.top` holds
     /// no Vault token (the credmon takes its parent's).
     Handle { name: String },
-    /// A token file; `path` may still hold `{uid}`, resolved on the host with `id -u <account>`.
+    /// A token file; `path` may still hold `{uid}`, resolved on the host (`getent passwd <account>`).
     /// `ttl`: lifetime of the child token a Vault-token file receives (never beyond its parent's).
     File { path: String, content: FileContent, owner: Owner, mode: u32, ttl: Duration },
     /// The service's HTCondor IDToken in a client's `tokens.d`, owned by the service account,

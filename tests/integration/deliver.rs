@@ -225,7 +225,7 @@ fn credd_layout_lands_with_exact_bytes_modes_and_owner() {
 }
 
 #[test]
-fn uid_in_a_file_path_is_resolved_by_id_u_on_the_host() {
+fn uid_in_a_file_path_is_resolved_on_the_host() {
     let tmp = tempfile::tempdir().unwrap();
     let leaks = Leaks::default();
     let sshd = Sshd::start(tmp.path(), &leaks);
