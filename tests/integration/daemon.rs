@@ -429,13 +429,13 @@ fn sigterm_during_a_slow_delivery(grace: &str, slow: u32) -> Stopped {
     let before = std::fs::read_to_string(&path).unwrap();
     register_top(&leaks, &path);
 
-    stack.host_mut("schedd1").slow_down("id", slow);
+    stack.host_mut("schedd1").slow_down("getent", slow);
     // A `.use` that is there is the credmon's: with none there, this delivery writes one.
     std::fs::remove_file(path.with_extension("use")).unwrap();
     let new_jwt = stack.put_token("prod", &spec());
     let mut daemon = Daemon::start(&stack, &leaks, grace);
     assert!(wait_until(Duration::from_secs(30), || daemon.log().contains("tokens valid")), "{}", daemon.log());
-    std::thread::sleep(Duration::from_millis(1500)); // inside the slow id lookup
+    std::thread::sleep(Duration::from_millis(1500)); // inside the slow account lookup
     let signalled = Instant::now();
     daemon.signal("TERM");
     let code = daemon.wait_exit(Duration::from_secs(grace_secs(grace) + HARD_MARGIN.as_secs() + 15));
@@ -453,7 +453,7 @@ fn sigterm_during_a_slow_delivery(grace: &str, slow: u32) -> Stopped {
     let status = status_rows(&stack);
     let last_error = status.iter().find(|r| r["destination"] == "credd@schedd1").and_then(|r| r["last_error"].as_str().map(str::to_string)).unwrap_or_default();
     leaks.assert_clean();
-    eprintln!("SIGTERM with --grace {grace} during a delivery slowed by {slow} s in its id lookup: exit {code:?} after {took:?}");
+    eprintln!("SIGTERM with --grace {grace} during a delivery slowed by {slow} s in its account lookup: exit {code:?} after {took:?}");
     Stopped { code, took, before, after, used, new_jwt, last_error, temps }
 }
 

@@ -178,7 +178,7 @@ impl Sshd {
         self.child.as_ref().expect("sshd running").pid()
     }
 
-    /// Makes the next call of `command` (e.g. `id`) on this host take `secs` seconds longer: a
+    /// Makes the next call of `command` (e.g. `getent`) on this host take `secs` seconds longer: a
     /// wrapper of that name, first on the PATH of every SSH session, sleeps once and then runs
     /// the real one. For tests that need a delivery in flight for a while.
     pub fn slow_down(&mut self, command: &str, secs: u32) {
