@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::broker::{AccessRequest, Broker};
+use crate::deliver::CreddContents;
 use crate::inventory::{DestinationKind, FileContent, Inventory, ServiceSpec};
 use crate::jwks::{IssuerSource, JwksCache};
 use crate::keep::{KeepError, TokenKeeper};
@@ -139,6 +140,9 @@ pub struct ServiceTokens {
     /// Each handle's access token by handle name, read with the same Vault token and validated
     /// against the handle's own scopes; a refused one fails that handle's destinations only.
     pub handles: BTreeMap<String, Result<HandleToken, StageFailure>>,
+    /// Its credd `.top` and `.use` contents, made by the first host plan that needs them and
+    /// shared by the others.
+    pub credd_contents: std::sync::OnceLock<CreddContents>,
 }
 
 /// A handle's access token, validated against its narrower scopes.
@@ -706,6 +710,7 @@ mod tests {
             },
             access_token: access,
             handles: BTreeMap::new(),
+            credd_contents: std::sync::OnceLock::new(),
         }
     }
 

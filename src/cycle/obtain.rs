@@ -259,6 +259,7 @@ impl Job {
             access_token: reply.token,
             validated,
             handles,
+            credd_contents: std::sync::OnceLock::new(),
         })
     }
 

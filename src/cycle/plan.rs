@@ -25,7 +25,7 @@ use super::ledger::{found_at, needs_read_back, settle_file, Landing, Ledger};
 use super::{access_request, error_chain, handle_access_request, CredmonReport, Ctx, DestinationKind, FileContent, Obtained};
 use crate::credd_names;
 use crate::credmon::{self, CredmonCheck, CredmonState, Rules};
-use crate::deliver::{self, DeliverError, HostOutcome, HostPlan, HostTarget, Opened, Opening, RemoteFile, TopFile};
+use crate::deliver::{self, CreddContents, DeliverError, HostOutcome, HostPlan, HostTarget, Opened, Opening, RemoteFile, TopFile};
 use crate::inventory::{HostSpec, Owner as InvOwner, ServiceSpec};
 use crate::secret::Secret;
 use crate::state::{Delivered, HoldState, Intent, RunId, Settled, StateError};
@@ -115,14 +115,17 @@ fn plan_hosts(ctx: &Ctx<'_>, ready: &[(&ServiceSpec, &Obtained)], only: &str) ->
             match &dest.kind {
                 DestinationKind::Credd => {
                     let spool = host.spool.as_deref().unwrap_or("/");
-                    let request = access_request(spec);
-                    let top = TopFile {
-                        vault_token: Some(tokens.vault_token.clone()),
-                        vault_url: inv.top_vault_url(spec),
-                        scopes: (!request.scopes.is_empty()).then(|| request.scopes.join(",")),
-                        audience: spec.audience.clone(),
-                    };
-                    let (dir, files) = deliver::credd_layout(spool, &spec.account, &spec.oauth_service, &top, &tokens.access_token, &owner(&host.spool_owner));
+                    let contents = tokens.credd_contents.get_or_init(|| {
+                        let request = access_request(spec);
+                        let top = TopFile {
+                            vault_token: Some(tokens.vault_token.clone()),
+                            vault_url: inv.top_vault_url(spec),
+                            scopes: (!request.scopes.is_empty()).then(|| request.scopes.join(",")),
+                            audience: spec.audience.clone(),
+                        };
+                        CreddContents::new(&top, &tokens.access_token)
+                    });
+                    let (dir, files) = deliver::credd_layout(spool, &spec.account, &spec.oauth_service, contents, &owner(&host.spool_owner));
                     if !plan.dirs.iter().any(|d| d.path == dir.path) {
                         plan.dirs.push(dir);
                     }
@@ -177,7 +180,7 @@ fn plan_hosts(ctx: &Ctx<'_>, ready: &[(&ServiceSpec, &Obtained)], only: &str) ->
                         audience: handle.audience.clone(),
                     };
                     let stem = spec.handle_stem(name);
-                    let (_, files) = deliver::credd_layout(spool, &spec.account, &stem, &top, &token.access_token, &owner(&host.spool_owner));
+                    let (_, files) = deliver::credd_layout(spool, &spec.account, &stem, &CreddContents::new(&top, &token.access_token), &owner(&host.spool_owner));
                     plan.credd_names.push(deliver::CreddName {
                         service: spec.name.clone(),
                         stem,

@@ -51,22 +51,15 @@ impl TopFile {
 
 /// The directory and the two files of one credd destination. File ids are `<user>/<service>.top`
 /// and `<user>/<service>.use`; the caller may replace them with its own destination ids.
-pub fn credd_layout(
-    spool: &str,
-    user: &str,
-    service: &str,
-    top: &TopFile,
-    access_token: &Secret,
-    owner: &Owner,
-) -> (RemoteDir, Vec<RemoteFile>) {
+pub fn credd_layout(spool: &str, user: &str, service: &str, contents: &CreddContents, owner: &Owner) -> (RemoteDir, Vec<RemoteFile>) {
     let (dir, top_path, use_path) = credd_paths(spool, user, service);
     let spool = spool.trim_end_matches('/');
-    let file = |suffix: &str, path: String, content: Secret, mode: u32, only_if_absent: bool| RemoteFile {
+    let file = |suffix: &str, path: String, content: &Secret, mode: u32, only_if_absent: bool| RemoteFile {
         id: format!("{user}/{service}.{suffix}"),
         path,
         root: spool.to_string(),
         uid_of: None,
-        content,
+        content: content.clone(),
         mode,
         owner: Some(owner.clone()),
         only_if_absent,
@@ -77,10 +70,24 @@ pub fn credd_layout(
     // credmon rewrites it at its next scan; writing it here as well would hide a credmon that
     // no longer refreshes.
     let files = vec![
-        file("top", top_path, top.to_json(), TOP_MODE, false),
-        file("use", use_path, Secret::new(format!("{}\n", access_token.expose())), USE_MODE, true),
+        file("top", top_path, &contents.top, TOP_MODE, false),
+        file("use", use_path, &contents.use_file, USE_MODE, true),
     ];
     (RemoteDir { path: dir, mode: SPOOL_DIR_MODE, owner: Some(owner.clone()), clear_mark: true }, files)
+}
+
+/// What a credd destination's `.top` and `.use` hold: the same on every host a service's
+/// tokens go to, so made once per service and shared (one copy, one redact registration).
+#[derive(Clone, Debug)]
+pub struct CreddContents {
+    pub top: Secret,
+    pub use_file: Secret,
+}
+
+impl CreddContents {
+    pub fn new(top: &TopFile, access_token: &Secret) -> CreddContents {
+        CreddContents { top: top.to_json(), use_file: Secret::new(format!("{}\n", access_token.expose())) }
+    }
 }
 
 /// A credd destination's account directory `<spool>/<user>` and its `.top` and `.use` paths.
@@ -107,7 +114,7 @@ mod tests {
             audience: Some("https://wlcg.cern.ch/jwt/v1/any".into()),
         };
         let (dir, files) =
-            credd_layout("/var/lib/condor/oauth_credentials/", "cmsprod", "cms_wmagent", &top, &Secret::new("eyJ.a.b"), &root());
+            credd_layout("/var/lib/condor/oauth_credentials/", "cmsprod", "cms_wmagent", &CreddContents::new(&top, &Secret::new("eyJ.a.b")), &root());
         assert_eq!(dir.path, "/var/lib/condor/oauth_credentials/cmsprod");
         assert_eq!(dir.mode, 0o700);
         assert_eq!(files.len(), 2);
@@ -163,7 +170,7 @@ mod tests {
             scopes: None,
             audience: None,
         };
-        let (dir, files) = credd_layout("/s", "u", "svc", &top, &Secret::new("eyJDEBUGACCESS"), &root());
+        let (dir, files) = credd_layout("/s", "u", "svc", &CreddContents::new(&top, &Secret::new("eyJDEBUGACCESS")), &root());
         let shown = format!("{top:?} {dir:?} {files:?}");
         assert!(!shown.contains("DEBUGSECRET"));
         assert!(!shown.contains("DEBUGACCESS"));

@@ -45,7 +45,7 @@ use ssh2::{FileStat, OpenFlags, OpenType};
 pub use command::{homes, list_dirs, read_text, run_command, secret_output};
 pub use error::DeliverError;
 pub use credmon::{CredmonProbe, CredmonSeen, FileSeen, Liveness, ProbeFile};
-pub use layout::{SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout, credd_paths};
+pub use layout::{CreddContents, SPOOL_DIR_MODE, TOP_MODE, TopFile, USE_MODE, credd_layout, credd_paths};
 pub use remove::{PathOutcome, Removal, remove_from_host};
 pub use schedd::read_schedd;
 

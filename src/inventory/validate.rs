@@ -4,7 +4,7 @@
 //! [`super::services`] walks the services, their logins and their destinations. Single-value
 //! rules live in [`super::rules`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ pub(super) fn loc<T>(s: &Spanned<T>) -> At {
 /// Validates the parsed file at `path`: the inventory, or every problem found. Schedules must
 /// keep runs `schedule_floor` apart.
 pub(super) fn validate(path: &Path, raw: RawInventory, schedule_floor: Duration) -> Result<Inventory, Vec<Diagnostic>> {
-    let mut v = Validator { file: path.to_path_buf(), diags: Vec::new(), local_files: Vec::new(), file_paths: BTreeMap::new(), schedule_floor };
+    let mut v = Validator { file: path.to_path_buf(), diags: Vec::new(), local_files: Vec::new(), file_paths: BTreeMap::new(), schedule_floor, schedules: HashMap::new() };
     let inv = v.inventory(&raw);
     // A template in `broker.auth` is resolved once per service; its problems are reported once.
     v.diags.sort_by(|a, b| (a.line, a.col, &a.field, &a.message).cmp(&(b.line, b.col, &b.field, &b.message)));
@@ -105,6 +105,9 @@ pub(super) struct Validator {
     pub(super) file_paths: BTreeMap<(String, String), String>,
     /// The shortest time allowed between two runs of a service.
     pub(super) schedule_floor: Duration,
+    /// Each schedule expression parsed and accepted so far: services that write the same one
+    /// share it.
+    schedules: HashMap<String, Schedule>,
 }
 
 impl Validator {
@@ -253,6 +256,9 @@ impl Validator {
 
     /// A schedule that runs a service at most once a minute ([`rules::SCHEDULE_FLOOR`]).
     pub(super) fn schedule(&mut self, expr: &Spanned<String>, field: &str) -> Option<Schedule> {
+        if let Some(known) = self.schedules.get(&expr.value) {
+            return Some(known.clone());
+        }
         match Schedule::parse(&expr.value) {
             Ok(s) => match rules::shortest_gap(&s) {
                 Some(gap) if gap < self.schedule_floor => {
@@ -260,7 +266,10 @@ impl Validator {
                     self.err(expr, field, format!("`{}` runs the service {}s apart; runs must be at least {floor} apart", shown(&expr.value), gap.as_secs()));
                     None
                 }
-                _ => Some(s),
+                _ => {
+                    self.schedules.insert(expr.value.clone(), s.clone());
+                    Some(s)
+                }
             },
             Err(e) => {
                 self.err(expr, field, shown(&e.to_string()).into_owned());

@@ -40,6 +40,17 @@ impl Sshd {
     /// the shared authorized_keys). Its log is registered with `leaks`: nothing delivered may
     /// show up there.
     pub fn start(dir: &Path, leaks: &Leaks) -> Sshd {
+        Sshd::start_with(dir, leaks, true)
+    }
+
+    /// [`Sshd::start`] with SFTP served by the stock `sftp-server` as Debian's sshd_config has
+    /// it, without the per-request debug log: for measurements, where that log would be part
+    /// of what is measured. [`Sshd::sftp_log`] stays empty.
+    pub fn start_quiet(dir: &Path, leaks: &Leaks) -> Sshd {
+        Sshd::start_with(dir, leaks, false)
+    }
+
+    fn start_with(dir: &Path, leaks: &Leaks, sftp_debug_log: bool) -> Sshd {
         std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let host_key = dir.join("ssh_host_ed25519_key");
@@ -95,7 +106,7 @@ impl Sshd {
                  Subsystem sftp {sftp}\n",
                 bin = dir.join("bin").display(),
                 home = home.display(),
-                sftp = sftp_wrapper.display(),
+                sftp = if sftp_debug_log { sftp_wrapper.display().to_string() } else { "/usr/lib/openssh/sftp-server".into() },
                 host_key = host_key.display(),
                 authorized = authorized.display(),
                 pid = dir.join("sshd.pid").display(),
