@@ -396,6 +396,8 @@ fn cycle(stack: &Stack, used: &BTreeSet<&str>, expected: usize, wrap: &[&str], l
         None => Command::new(product_bin()),
     };
     cmd.arg("--config").arg(&stack.config).arg("--state-dir").arg(&stack.state_dir).arg("run");
+    // As its systemd unit runs it (ansible/roles/token_bastion/templates/token-bastion.service.j2).
+    cmd.env("MALLOC_ARENA_MAX", "2");
     cmd.env("NO_COLOR", "1").env_remove("RUST_LOG").stdin(Stdio::null()).stdout(File::create(&stdout)?).stderr(File::create(&stderr)?);
     let run = measure::run_measured(&mut cmd).with_context(|| format!("start {}", product_bin().display()))?;
     let out = std::fs::read_to_string(&stdout).unwrap_or_default();

@@ -253,8 +253,10 @@ impl Schedule {
 }
 
 impl Default for Schedule {
+    /// [`Schedule::hourly`], parsed once: every service without a schedule shares it.
     fn default() -> Self {
-        Schedule::hourly()
+        static HOURLY: std::sync::LazyLock<Schedule> = std::sync::LazyLock::new(Schedule::hourly);
+        HOURLY.clone()
     }
 }
 

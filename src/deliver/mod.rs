@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ssh2::{FileStat, OpenFlags, OpenType};
+use ssh2::{ErrorCode, FileStat, OpenFlags, OpenType};
 
 pub use command::{homes, list_dirs, read_text, run_command, secret_output};
 pub use error::DeliverError;
@@ -349,7 +349,18 @@ pub fn open(opening: &Opening) -> Result<Opened, DeliverError> {
     let remote = Remote::connect(&opening.target)?;
     let credmon: Vec<CredmonSeen> = opening.probe_credmon.iter().map(|p| credmon::probe(&remote, p)).collect();
 
-    let gone = |p: &str| matches!(remote.lstat(p), Err(ref e) if is_no_such_file(e));
+    // A `.top` the probe has just looked at is not looked at again.
+    let probed: HashMap<&str, bool> = opening
+        .probe_credmon
+        .iter()
+        .zip(&credmon)
+        .flat_map(|(p, seen)| p.files.iter().zip(&seen.files))
+        .filter_map(|(f, seen)| seen.top.as_ref().ok().map(|mtime| (f.top.as_str(), mtime.is_none())))
+        .collect();
+    let gone = |p: &str| match probed.get(p) {
+        Some(&gone) => gone,
+        None => matches!(remote.lstat(p), Err(ref e) if is_no_such_file(e)),
+    };
     let missing: Vec<Missing> = opening
         .expect_present
         .iter()
@@ -415,10 +426,11 @@ pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_ru
     }
     let mut dirs = Dirs::new(plan, &ids);
     dirs.judge_all(&remote, &mut work, dry_run);
-    keep_present(&remote, &mut work);
-    keep_same(&remote, &mut work);
+    let listed = Listings::read(&remote, work.iter().filter(|w| w.pending()).map(|w| w.path.as_str()));
+    keep_present(&remote, &listed, &mut work);
+    keep_same(&remote, &listed, &mut work);
     if !dry_run {
-        sweep_stale(&remote, work.iter().filter(|w| w.pending() || w.kept).map(|w| w.path.as_str()));
+        sweep_stale(&remote, &listed, work.iter().filter(|w| w.pending() || w.kept).map(|w| w.path.as_str()));
         if work.iter().any(Work::pending) {
             remote.prepare_rename();
         }
@@ -745,30 +757,22 @@ fn is_temp_of(entry: &str, name: &str) -> bool {
 
 /// Unlinks stale temp files (regular files named exactly like this module's temps for a file
 /// about to be written or removed) left by a killed run or a dropped connection, in the
-/// directories of `paths`.
-fn sweep_stale<'a>(remote: &Remote, paths: impl Iterator<Item = &'a str>) {
+/// directories of `paths`, as `listed` shows them.
+fn sweep_stale<'a>(remote: &Remote, listed: &Listings, paths: impl Iterator<Item = &'a str>) {
     let mut by_dir: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     for p in paths {
         let (dir, name) = split_parent(p);
         by_dir.entry(dir).or_default().insert(name);
     }
     for (dir, names) in by_dir {
-        let Ok(sftp) = remote.sftp() else { return };
-        let entries = match sftp.readdir(rpath(dir)) {
-            Ok(e) => e,
-            Err(e) => {
-                remote.note(&e);
-                tracing::warn!(host = %remote.host, path = %dir, error = %e, "cannot list directory to remove stale temp files");
-                continue;
-            }
-        };
-        for (entry, st) in entries {
-            let Some(file_name) = entry.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(entries) = listed.entries(dir) else { continue };
+        for (file_name, st) in entries {
             // readdir's attributes come from lstat: a link is never taken for a file.
-            if !is_regular(&st) || !names.iter().any(|n| is_temp_of(file_name, n)) {
+            if !is_regular(st) || !names.iter().any(|n| is_temp_of(file_name, n)) {
                 continue;
             }
             let stale = format!("{}/{file_name}", dir.trim_end_matches('/'));
+            let Ok(sftp) = remote.sftp() else { return };
             match sftp.unlink(rpath(&stale)) {
                 Ok(()) => tracing::info!(host = %remote.host, path = %stale, "removed a stale temp file"),
                 Err(e) => {
@@ -781,14 +785,14 @@ fn sweep_stale<'a>(remote: &Remote, paths: impl Iterator<Item = &'a str>) {
 }
 
 /// Marks every [`RemoteFile::only_if_absent`] file that is already there as kept.
-fn keep_present(remote: &Remote, work: &mut [Work]) {
+fn keep_present(remote: &Remote, listed: &Listings, work: &mut [Work]) {
     for w in work.iter_mut().filter(|w| w.pending() && w.file.only_if_absent) {
-        match remote.lstat(&w.path) {
-            Ok(_) => {
+        match listed.lstat(remote, &w.path) {
+            Ok(Some(_)) => {
                 tracing::debug!(host = %remote.host, path = %w.path, "already there; left to the credmon");
                 w.kept = true;
             }
-            Err(e) if is_no_such_file(&e) => {}
+            Ok(None) => {}
             Err(e) => w.failed = Some(DeliverError::Sftp { host: remote.host.clone(), op: "lstat of", path: w.path.clone(), source: e.into() }),
         }
     }
@@ -796,16 +800,92 @@ fn keep_present(remote: &Remote, work: &mut [Work]) {
 
 /// Marks every [`RemoteFile::keep_if_same`] file that already holds its content, mode and owner
 /// as kept. Anything else, an error included, leaves the file to be written as usual.
-fn keep_same(remote: &Remote, work: &mut [Work]) {
+fn keep_same(remote: &Remote, listed: &Listings, work: &mut [Work]) {
     for w in work.iter_mut().filter(|w| w.pending() && w.file.keep_if_same) {
         let expected = w.expected();
-        let looks_same = remote.lstat(&w.path).is_ok_and(|st| verify(&st, &expected).is_ok());
+        let looks_same = matches!(listed.lstat(remote, &w.path), Ok(Some(st)) if verify(&st, &expected).is_ok());
         if looks_same
             && let Ok(Some(held)) = read_regular(remote, &w.path, expected.size + 1)
             && held == w.file.content.expose().as_bytes()
         {
             tracing::debug!(host = %remote.host, path = %w.path, "already holds this content; left as it is");
             w.kept = true;
+        }
+    }
+}
+
+/// Most entries a directory may show: beyond it, files are looked at one by one and no stale
+/// temp is swept there.
+const MAX_LISTED: usize = 10_000;
+
+/// The entries of the directories a push writes in, each read once (opendir and readdir: a
+/// round trip per hundred entries) with the attributes sftp-server takes from lstat: whether a
+/// file is there and what it is, and which stale temps lie beside it. A directory that could not
+/// be listed is `None`: its files are looked at with lstat.
+struct Listings(HashMap<String, Option<HashMap<String, FileStat>>>);
+
+impl Listings {
+    fn read<'a>(remote: &Remote, paths: impl Iterator<Item = &'a str>) -> Listings {
+        let mut dirs = HashMap::new();
+        for path in paths {
+            let (dir, _) = split_parent(path);
+            if !dirs.contains_key(dir) {
+                dirs.insert(dir.to_string(), list(remote, dir));
+            }
+        }
+        Listings(dirs)
+    }
+
+    /// `path`'s attributes as listed (`None`: not there), or from the host when its directory
+    /// was not listed.
+    fn lstat(&self, remote: &Remote, path: &str) -> Result<Option<FileStat>, ssh2::Error> {
+        let (dir, name) = split_parent(path);
+        if let Some(Some(entries)) = self.0.get(dir) {
+            return Ok(entries.get(name).cloned());
+        }
+        match remote.lstat(path) {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if is_no_such_file(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The entries of `dir`, if it was listed.
+    fn entries(&self, dir: &str) -> Option<&HashMap<String, FileStat>> {
+        self.0.get(dir).and_then(Option::as_ref)
+    }
+}
+
+/// `dir`'s entries by name; empty when there is no such directory (one a dry run would create).
+fn list(remote: &Remote, dir: &str) -> Option<HashMap<String, FileStat>> {
+    let sftp = remote.sftp().ok()?;
+    let mut handle = match sftp.opendir(rpath(dir)) {
+        Ok(h) => h,
+        Err(e) if is_no_such_file(&e) => return Some(HashMap::new()),
+        Err(e) => {
+            remote.note(&e);
+            tracing::warn!(host = %remote.host, path = %dir, error = %e, "cannot list directory");
+            return None;
+        }
+    };
+    let mut entries = HashMap::new();
+    loop {
+        match handle.readdir() {
+            Ok((name, st)) => {
+                if entries.len() >= MAX_LISTED {
+                    tracing::warn!(host = %remote.host, path = %dir, "directory has more than {MAX_LISTED} entries; its files are looked at one by one");
+                    return None;
+                }
+                if let Some(name) = name.to_str() {
+                    entries.insert(name.to_string(), st);
+                }
+            }
+            Err(e) if e.code() == ErrorCode::Session(libssh2_sys::LIBSSH2_ERROR_FILE) => return Some(entries),
+            Err(e) => {
+                remote.note(&e);
+                tracing::warn!(host = %remote.host, path = %dir, error = %e, "cannot list directory");
+                return None;
+            }
         }
     }
 }

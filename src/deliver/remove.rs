@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::credmon::is_no_such_file;
 use super::ids::{CONDOR_GROUP, CONDOR_USER, Ids};
 use super::session::{Remote, rpath};
-use super::{DeliverError, HostTarget, Owner, check_path, check_root, is_regular, normalize_dir, rule, split_parent, sweep_stale};
+use super::{DeliverError, HostTarget, Listings, Owner, check_path, check_root, is_regular, normalize_dir, rule, split_parent, sweep_stale};
 
 /// A path and what happened to it.
 pub type PathOutcome = (String, Result<(), DeliverError>);
@@ -85,7 +85,8 @@ pub fn remove_from_host(target: &HostTarget, removals: &[Removal]) -> Result<Vec
         }
         out.push((r.path.clone(), result));
     }
-    sweep_stale(&remote, cleared.into_iter());
+    let listed = Listings::read(&remote, cleared.iter().copied());
+    sweep_stale(&remote, &listed, cleared.into_iter());
     Ok(out)
 }
 

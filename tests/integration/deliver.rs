@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use token_bastion::deliver::{
+    CreddContents,
     Credmon, DeliverError, HostOutcome, HostPlan, Owner, RemoteDir, RemoteFile, TopFile, credd_layout, push_to_host,
 };
 use token_bastion::secret::Secret;
@@ -187,7 +188,7 @@ fn credd_layout_lands_with_exact_bytes_modes_and_owner() {
     let top = top_file(&leaks);
     let access = minted(&leaks, "eyJhbGciOiJSUzI1NiJ9");
     let spool = sshd.spool.to_str().unwrap();
-    let (dir, files) = credd_layout(spool, "cmsprod", "cms_wmagent", &top, &access, &test_owner());
+    let (dir, files) = credd_layout(spool, "cmsprod", "cms_wmagent", &CreddContents::new(&top, &access), &test_owner());
 
     let outcome = push(&leaks, &plan(&sshd, "root", vec![dir], files, vec![]), false);
     assert_all_delivered(&outcome);
@@ -568,7 +569,7 @@ fn dry_run_checks_everything_and_writes_nothing() {
     let top = top_file(&leaks);
     let access = minted(&leaks, "eyJEUllSVU4");
     let spool = sshd.spool.to_str().unwrap();
-    let (dir, mut files) = credd_layout(spool, "cmsprod", "cms_wmagent", &top, &access, &test_owner());
+    let (dir, mut files) = credd_layout(spool, "cmsprod", "cms_wmagent", &CreddContents::new(&top, &access), &test_owner());
     files.push(RemoteFile {
         id: "bearer".into(),
         path: format!("{spool}/bt_u{{uid}}"),

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fail::FailScenario;
-use token_bastion::deliver::{DeliverError, HostOutcome, HostPlan, RemoteFile, credd_layout, failpoints, push_to_host_unless};
+use token_bastion::deliver::{CreddContents, DeliverError, HostOutcome, HostPlan, RemoteFile, credd_layout, failpoints, push_to_host_unless};
 use token_bastion::secret::Secret;
 
 use crate::deliver::{assert_all_delivered, errors, minted, plain_file, plan, push, temp_files, test_owner, test_user, top_file};
@@ -106,7 +106,7 @@ fn an_account_directory_replaced_by_a_link_before_the_write() {
     std::fs::write(elsewhere.join("cms_wmagent.top"), "not a credd file").unwrap();
     let account = sshd.spool.join("cmsprod");
     let host = "schedd-swap-dir";
-    let (dir, files) = credd_layout(sshd.spool.to_str().unwrap(), "cmsprod", "cms_wmagent", &top_file(&leaks), &minted(&leaks, "eyJ"), &test_owner());
+    let (dir, files) = credd_layout(sshd.spool.to_str().unwrap(), "cmsprod", "cms_wmagent", &CreddContents::new(&top_file(&leaks), &minted(&leaks, "eyJ")), &test_owner());
     let (account2, target) = (account.clone(), elsewhere.clone());
     at("deliver::before_write", host, None, move |_| {
         if !std::fs::symlink_metadata(&account2).unwrap().file_type().is_symlink() {

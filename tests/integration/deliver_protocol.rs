@@ -6,6 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
 use token_bastion::deliver::{
+    CreddContents,
     Credmon, DeliverError, HostPlan, Owner, Removal, RemoteFile, credd_layout, read_back, remove_from_host,
 };
 use token_bastion::secret::short_hash_bytes;
@@ -28,7 +29,7 @@ fn credd_plan(sshd: &Sshd, leaks: &Leaks, accounts: &[String]) -> HostPlan {
     let (mut dirs, mut files) = (Vec::new(), Vec::new());
     let (top, access) = (top_file(leaks), minted(leaks, "eyJ"));
     for account in accounts {
-        let (dir, f) = credd_layout(spool, account, "cms_wmagent", &top, &access, &test_owner());
+        let (dir, f) = credd_layout(spool, account, "cms_wmagent", &CreddContents::new(&top, &access), &test_owner());
         dirs.push(dir);
         files.extend(f);
     }
@@ -98,6 +99,35 @@ fn the_sftp_log_shows_each_file_written_on_its_handle_and_renamed_atomically() {
         let (dir, name) = f.path.rsplit_once('/').unwrap();
         let opened = second.contains(&format!("{dir}/.{name}.tb-"));
         assert_eq!((opened, o.kept), (!f.only_if_absent, f.only_if_absent), "{name}:\n{second}");
+    }
+    leaks.assert_clean();
+}
+
+/// A push whose files are all there already reads each directory once (the listing's lstat
+/// attributes say which files are there and what they are, and which stale temps lie beside
+/// them) instead of looking at every file by name.
+#[test]
+fn a_push_lists_each_directory_once_instead_of_looking_at_each_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    let accounts: Vec<String> = (0..3).map(|i| format!("acct{i}")).collect();
+    let mut host_plan = credd_plan(&sshd, &leaks, &accounts);
+    assert_all_delivered(&push(&leaks, &host_plan, false));
+    for f in host_plan.files.iter_mut().filter(|f| !f.only_if_absent) {
+        f.keep_if_same = true;
+    }
+    let before = sshd.sftp_log().len();
+    let outcome = push(&leaks, &host_plan, false);
+    assert_all_delivered(&outcome);
+    assert!(outcome.files.iter().all(|f| f.kept), "everything was there: {:?}", outcome.files);
+    let log = sshd.sftp_log()[before..].to_string();
+    for f in &host_plan.files {
+        assert!(!log.contains(&format!("lstat name \"{}\"", f.path)), "{} looked at by name:\n{log}", f.path);
+    }
+    for account in &accounts {
+        let dir = format!("{}/{account}", sshd.spool.display());
+        assert_eq!(log.matches(&format!("opendir \"{dir}\"")).count(), 1, "{dir}:\n{log}");
     }
     leaks.assert_clean();
 }
@@ -264,7 +294,7 @@ fn the_remote_write_rule_on_real_directories() {
     let layout = |account: &str, make: &dyn Fn(&Path)| {
         let dir = sshd.spool.join(account);
         make(&dir);
-        let (d, _) = credd_layout(&spool, account, "svc", &top_file(&leaks), &token, &test_owner());
+        let (d, _) = credd_layout(&spool, account, "svc", &CreddContents::new(&top_file(&leaks), &token), &test_owner());
         push(&leaks, &plan(&sshd, "root", vec![d], vec![file(account)], vec![]), false)
     };
     let owned_by_credd_user = layout("good", &|d| {
