@@ -72,6 +72,9 @@ struct Args {
     /// The smoke run: 10 services, 3 hosts, 1 run, a 20-file `scp` sample.
     #[arg(long)]
     quick: bool,
+    /// The inventory's `delivery.hosts_at_once`; the product's default when not given.
+    #[arg(long)]
+    hosts_at_once: Option<usize>,
     /// Runs the product under this command (split at spaces), e.g. `--wrap "heaptrack -o
     /// /tmp/tb"`: for profiling. The CPU time and peak RSS reported are then the wrapper's.
     #[arg(long)]
@@ -140,6 +143,9 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     eprintln!("starting OpenBao and {} sshd …", args.hosts);
     let mut stack = Stack::new(&leaks);
     stack.bao.use_http();
+    if let Some(n) = args.hosts_at_once {
+        stack.sections_extra = format!("delivery:\n  hosts_at_once: {n}\n");
+    }
     start_hosts(&mut stack, args.hosts);
     let direct: BTreeMap<String, (u16, PathBuf)> = stack.hosts.iter().map(|(n, h)| (n.clone(), (h.port, h.known_hosts.clone()))).collect();
     let proxies = start_proxies(&stack, &args.delay_ms);
@@ -570,8 +576,11 @@ fn report(args: &Args, rows: &[Row], machine: &str) -> String {
     writeln!(t, "\n{machine}; load average {} at the end", load.join(" ")).unwrap();
     writeln!(
         t,
-        "{} hosts, {} credd destinations per service (2 files each); medians of {} run(s).\n",
-        args.hosts, args.dests, args.runs
+        "{} hosts, {} credd destinations per service (2 files each), {} hosts at once; medians of {} run(s).\n",
+        args.hosts,
+        args.dests,
+        args.hosts_at_once.map_or_else(|| format!("{} (the default)", token_bastion::inventory::DeliverySpec::DEFAULT_HOSTS_AT_ONCE), |n| n.to_string()),
+        args.runs
     )
     .unwrap();
     writeln!(t, "| services | delay each way | cold cycle | warm cycle | warm vs 0 ms | deliveries/s (warm) | time per delivery (warm) | broker requests per service, cold / warm | SSH logins per host, cold / warm | token-bastion CPU per delivery, cold / warm | sshd CPU per file (warm) | OpenBao CPU, cold / warm | peak RSS, cold / warm |").unwrap();

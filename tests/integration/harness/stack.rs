@@ -67,6 +67,8 @@ pub struct Stack<'l> {
     pub smtp: Option<Smtp>,
     /// Raw YAML added to the `notify:` section after `smtp` (e.g. `admins`).
     pub notify_extra: String,
+    /// Top-level sections added to `services.yaml` as written (e.g. `delivery:`).
+    pub sections_extra: String,
     /// `broker.url` in the inventory: OpenBao itself unless a test puts something in front.
     pub broker_url: String,
     /// Extra environment for the product's process (e.g. `KRB5_CONFIG`).
@@ -99,6 +101,7 @@ impl<'l> Stack<'l> {
             destinations: BTreeMap::new(),
             smtp: None,
             notify_extra: String::new(),
+            sections_extra: String::new(),
         }
     }
 
@@ -188,6 +191,7 @@ impl<'l> Stack<'l> {
             writeln!(y, "notify:\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    tls: none\n    from: token-bastion@example.org", smtp.port).unwrap();
             y.push_str(&self.notify_extra);
         }
+        y.push_str(&self.sections_extra);
         writeln!(y, "defaults:\n  min_vault_lifetime: 10m\n  expiry_warning: 10m").unwrap();
         writeln!(y, "services:").unwrap();
         for def in self.defs.values() {
