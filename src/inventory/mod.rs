@@ -57,8 +57,9 @@ pub const MAX_INVENTORY_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The YAML node budget: at most this many nodes (mappings, sequences, scalars), counting every
 /// node an alias (`*name`) repeats, so that an alias bomb (aliases of aliases, each doubling the
-/// document) is refused after a bounded amount of work.
-pub const NODE_BUDGET: usize = 50_000;
+/// document) is refused after a bounded amount of work. A service takes 15 to 40 nodes, so
+/// this leaves room for some ten thousand services.
+pub const NODE_BUDGET: usize = 500_000;
 /// At most this many aliases and as many anchors in one inventory.
 pub const ALIAS_BUDGET: usize = 1_000;
 /// At most this deep a nesting of mappings and sequences.

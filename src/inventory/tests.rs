@@ -364,12 +364,36 @@ fn yaml_budgets_are_named_where_repetition_starts() {
     assert!(diags[0].message.contains("alias budget of 1000 aliases"), "{}", diags[0]);
     assert_eq!((diags[0].line, diags[0].field.as_str()), (31, "services.prod.allowed"), "{}", diags[0]);
 
+    // A long list repeated by an alias in each of many services: the node budget, counting
+    // every node the aliases repeat.
+    let (head, service) = BASE.split_once("services:\n").unwrap();
+    let list = (0..1000).map(|i| format!("s{i}")).collect::<Vec<_>>().join(", ");
+    let mut text = format!("{head}services:\n");
+    for i in 0..600 {
+        let allowed = if i == 0 { format!("&l [{list}]") } else { "*l".to_string() };
+        text.push_str(&service.replacen("  prod:", &format!("  prod{i}:"), 1).replacen("    role: production\n", &format!("    role: production\n    allowed: {allowed}\n"), 1));
+    }
+    let diags = parse_str(&text).unwrap_err();
+    assert!(diags[0].message.contains(&format!("node budget of {NODE_BUDGET} YAML nodes")), "{}", diags[0]);
+
     // Few aliases of a large value: the text budget, counting what the aliases repeat.
     let big = "x".repeat(64 * 1024);
     let text = BASE.replacen("    role: production\n", &format!("    role: production\n    audience: &a {big}\n    allowed: [{}]\n", vec!["*a"; 100].join(", ")), 1);
     let diags = parse_str(&text).unwrap_err();
     assert!(diags[0].message.contains("text budget of 4 MiB"), "{}", diags[0]);
     assert!(diags[0].to_string().len() < 300, "{}", diags[0]);
+}
+
+/// Thousands of services, with no alias, are well within every budget.
+#[test]
+fn an_inventory_of_thousands_of_services_is_within_the_budgets() {
+    let (head, service) = BASE.split_once("services:\n").unwrap();
+    let mut text = format!("{head}services:\n");
+    for i in 0..5000 {
+        text.push_str(&service.replacen("  prod:", &format!("  prod{i}:"), 1).replace("role: production", &format!("role: production{i}")));
+    }
+    let inv = parse_str(&text).unwrap_or_else(|d| panic!("{}", d[0]));
+    assert_eq!(inv.services.len(), 5000);
 }
 
 #[test]
