@@ -445,6 +445,12 @@ fn ensure_state_dir(dir: &Path) -> Result<(), StateError> {
         .map_err(|source| StateError::CreateDir { path: dir.to_path_buf(), source })
 }
 
+/// `conn.execute` through the connection's statement cache: the statements a cycle runs once
+/// per destination are parsed once per process, not once per row.
+fn execute_cached(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 fn ts(t: DateTime<Utc>) -> i64 {
     t.timestamp()
 }
@@ -512,6 +518,8 @@ impl StateStore {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(path = %path.display(), journal_mode = %mode, "state database is not in WAL mode");
         }
+        // Room for every statement a cycle repeats (see `execute_cached`).
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(open_err)?;
 
@@ -631,7 +639,8 @@ impl StateStore {
         let at = ts(at);
         // Audit row and status change commit together or not at all.
         let tx = self.conn.unchecked_transaction().map_err(self.q("record delivery"))?;
-        tx.execute(
+        execute_cached(
+            &tx,
             "INSERT INTO deliveries (run_id, service, destination, host, ok, error, dry_run,
                                      vault_expiry, access_jti, access_exp, access_hash, at, vault_root)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -654,7 +663,8 @@ impl StateStore {
         .map_err(self.q("record delivery"))?;
         if !rec.dry_run {
             if ok {
-                tx.execute(
+                execute_cached(
+                    &tx,
                     "INSERT INTO status (service, destination, host, last_attempt, last_success,
                                          vault_expiry, access_jti, access_exp, access_hash,
                                          consecutive_failures, failing_since, last_error,
@@ -684,7 +694,8 @@ impl StateStore {
             } else {
                 // A failure keeps last_success and the fingerprints: they describe what is still
                 // sitting at the destination, which is what on-call needs to judge urgency.
-                tx.execute(
+                execute_cached(
+                    &tx,
                     "INSERT INTO status (service, destination, host, last_attempt,
                                          consecutive_failures, failing_since, last_error)
                      VALUES (?1, ?2, ?3, ?4, 1, ?4, ?5)
@@ -704,8 +715,8 @@ impl StateStore {
 
     /// Records what the credmon of a destination that has a status row was seen doing.
     pub fn record_credmon(&self, rec: &CredmonRecord) -> Result<(), StateError> {
-        self.conn
-            .execute(
+        execute_cached(
+            &self.conn,
                 "UPDATE status SET credmon = ?3, credmon_reason = ?4, credmon_checked_at = ?5,
                      credmon_refreshed_at = CASE WHEN ?6 IS NOT NULL AND (credmon_refreshed_at IS NULL OR ?6 > credmon_refreshed_at)
                                                  THEN ?6 ELSE credmon_refreshed_at END,
@@ -730,7 +741,7 @@ impl StateStore {
     pub fn statuses(&self) -> Result<Vec<DestinationStatus>, StateError> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT service, destination, host, last_attempt, last_success, vault_expiry,
                         access_jti, access_exp, access_hash, consecutive_failures,
                         failing_since, last_error, vault_root, paths, credmon, credmon_reason,
@@ -845,7 +856,7 @@ impl StateStore {
 
     /// Conditions on-call was told about whose key starts with `prefix`, with when.
     pub fn alerted_with_prefix(&self, prefix: &str) -> Result<Vec<(String, DateTime<Utc>)>, StateError> {
-        let mut stmt = self.conn.prepare("SELECT key, last_sent FROM alerts WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key").map_err(self.q("read alerts"))?;
+        let mut stmt = self.conn.prepare_cached("SELECT key, last_sent FROM alerts WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key").map_err(self.q("read alerts"))?;
         let rows = stmt
             .query_map(params![prefix], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
             .map_err(self.q("read alerts"))?;
@@ -861,7 +872,7 @@ impl StateStore {
     pub fn pending_mail(&self) -> Result<Vec<QueuedMail>, StateError> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT id, created, recipients, subject, body, attempts, last_error, channel
                  FROM outbox WHERE sent_at IS NULL ORDER BY id",
             )

@@ -111,7 +111,7 @@ impl StateStore {
     pub fn idtokens(&self, service: Option<&str>) -> Result<Vec<IdTokenRecord>, StateError> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {COLUMNS} FROM idtokens WHERE ?1 IS NULL OR service = ?1 ORDER BY created, rowid"))
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM idtokens WHERE ?1 IS NULL OR service = ?1 ORDER BY created, rowid"))
             .map_err(self.q("read IDTokens"))?;
         let rows = stmt.query_map(params![service], row).map_err(self.q("read IDTokens"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.q("read IDTokens"))
@@ -146,7 +146,7 @@ impl StateStore {
 
     /// (service, destination, other files) for every IDToken destination that has neighbours.
     pub fn idtoken_neighbours(&self) -> Result<Vec<(String, String, Vec<String>)>, StateError> {
-        let mut stmt = self.conn.prepare("SELECT service, destination, others FROM idtoken_neighbours ORDER BY service, destination").map_err(self.q("read IDToken neighbours"))?;
+        let mut stmt = self.conn.prepare_cached("SELECT service, destination, others FROM idtoken_neighbours ORDER BY service, destination").map_err(self.q("read IDToken neighbours"))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
             .map_err(self.q("read IDToken neighbours"))?;

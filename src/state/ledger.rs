@@ -10,7 +10,7 @@
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::{RunId, StateError, StateStore};
+use super::{RunId, StateError, StateStore, execute_cached};
 
 /// What a token is to the bastion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -303,7 +303,7 @@ impl StateStore {
     pub fn tokens(&self) -> Result<Vec<LedgerToken>, StateError> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY service, created, hash"))
+            .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY service, created, hash"))
             .map_err(self.q("read tokens"))?;
         let rows = stmt.query_map([], token_row).map_err(self.q("read tokens"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.q("read tokens"))
@@ -313,7 +313,7 @@ impl StateStore {
     pub fn holdings(&self) -> Result<Vec<Holding>, StateError> {
         let mut stmt = self
             .conn
-            .prepare(&format!("SELECT {HOLDING_COLUMNS} FROM holdings ORDER BY service, destination, template, updated, content"))
+            .prepare_cached(&format!("SELECT {HOLDING_COLUMNS} FROM holdings ORDER BY service, destination, template, updated, content"))
             .map_err(self.q("read holdings"))?;
         let rows = stmt.query_map([], holding_row).map_err(self.q("read holdings"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.q("read holdings"))
@@ -322,7 +322,7 @@ impl StateStore {
     fn holdings_of_file(&self, service: &str, destination: &str, template: &str) -> Result<Vec<Holding>, StateError> {
         let mut stmt = self
             .conn
-            .prepare(&format!(
+            .prepare_cached(&format!(
                 "SELECT {HOLDING_COLUMNS} FROM holdings WHERE service = ?1 AND destination = ?2 AND template = ?3 ORDER BY updated, content"
             ))
             .map_err(self.q("read holdings"))?;
@@ -339,7 +339,8 @@ impl StateStore {
         let at = now();
         for i in intents {
             before.push(self.holdings_of_file(&i.service, &i.destination, &i.template)?);
-            tx.execute(
+            execute_cached(
+                &tx,
                 "INSERT INTO holdings (service, destination, template, content, host, path, token, state, run_id, updated)
                  VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, 'intended', ?7, ?8)
                  ON CONFLICT (service, destination, template, content) DO UPDATE SET
@@ -361,7 +362,8 @@ impl StateStore {
         let at = now();
         for s in settled {
             for (content, token, state) in &s.rows {
-                tx.execute(
+                execute_cached(
+                    &tx,
                     "INSERT INTO holdings (service, destination, template, content, host, path, token, state, run_id, updated)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (service, destination, template, content) DO UPDATE SET
