@@ -1,6 +1,7 @@
 //! The credmon seen over SSH. Before a delivery, [`probe`] looks at what says whether it works:
 //! `<spool>/CREDMON_COMPLETE` (touched at the end of every scan), `<spool>/pid` and whether that
-//! process exists, and the mtimes of each credd destination's `.top` and `.use`. After a
+//! process exists, and the mtimes of each credd destination's `.top` and `.use` (from the
+//! listing of their directory, which the push then goes on from). After a
 //! delivery, [`signal`] wakes it: SIGHUP to the pid only if the process behind it is owned by
 //! the credd's user and its command line is a credmon's, so that it rescans the spool at once
 //! instead of at its next periodic pass. Everything is read over SFTP (`/proc/<pid>`); only the
@@ -10,8 +11,8 @@
 //! credmon: a pid file left over from a dead credmon may point at any process by now. Never
 //! reads a `.use` or `.top` (only their attributes): judging what was seen is the caller's.
 
-use super::DeliverError;
 use super::session::Remote;
+use super::{DeliverError, Listings};
 
 /// A pid file is a number and a newline; anything bigger is not one.
 const MAX_PID_FILE: u64 = 64;
@@ -63,7 +64,7 @@ pub struct FileSeen {
 }
 
 /// Looks at a spool's credmon without changing anything.
-pub(crate) fn probe(remote: &Remote, p: &CredmonProbe) -> CredmonSeen {
+pub(super) fn probe(remote: &Remote, listed: &Listings, p: &CredmonProbe) -> CredmonSeen {
     let spool = p.spool.trim_end_matches('/');
     let process = match read_pid(remote, spool) {
         Err(detail) => Liveness::Unknown(detail),
@@ -77,15 +78,16 @@ pub(crate) fn probe(remote: &Remote, p: &CredmonProbe) -> CredmonSeen {
     let files = p
         .files
         .iter()
-        .map(|f| FileSeen { id: f.id.clone(), top: mtime(remote, &f.top), use_file: mtime(remote, &f.use_file) })
+        .map(|f| FileSeen { id: f.id.clone(), top: mtime(remote, listed, &f.top), use_file: mtime(remote, listed, &f.use_file) })
         .collect();
-    CredmonSeen { spool: p.spool.clone(), complete: mtime(remote, &format!("{spool}/CREDMON_COMPLETE")), process, files }
+    CredmonSeen { spool: p.spool.clone(), complete: mtime(remote, listed, &format!("{spool}/CREDMON_COMPLETE")), process, files }
 }
 
-fn mtime(remote: &Remote, path: &str) -> Result<Option<i64>, String> {
-    match remote.lstat(path) {
-        Ok(st) => st.mtime.map(|t| Some(t as i64)).ok_or_else(|| format!("{path}: the server sent no mtime")),
-        Err(e) if is_no_such_file(&e) => Ok(None),
+/// `path`'s mtime as listed (or looked at, where its directory was not listed).
+fn mtime(remote: &Remote, listed: &Listings, path: &str) -> Result<Option<i64>, String> {
+    match listed.lstat(remote, path) {
+        Ok(Some(st)) => st.mtime.map(|t| Some(t as i64)).ok_or_else(|| format!("{path}: the server sent no mtime")),
+        Ok(None) => Ok(None),
         Err(e) => Err(format!("cannot lstat {path}: {e}")),
     }
 }

@@ -1,17 +1,18 @@
 //! The remote-write rule applied to every directory a host plan writes into: each directory
 //! from a file's root down to its own is lstat'ed and judged ([`super::rule`]); missing managed
 //! directories are created with their final mode and given their owner with `chown -h` (one exec
-//! for all); each directory that passes has its canonical path taken before anything is written.
+//! for all); each directory a file is written in has its canonical path taken before anything is
+//! written. Directories that share a parent (a spool's account directories) are judged from one
+//! listing of it, not each by name.
 //!
 //! Must never create a directory whose parent did not pass, nor set an owner or mode by name on
 //! anything it did not just create.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use super::credmon::is_no_such_file;
 use super::ids::{CONDOR_GROUP, CONDOR_USER, Ids};
 use super::session::{Remote, rpath, sh_quote};
-use super::{DeliverError, HostPlan, RemoteDir, Work, batch, normalize_dir, rule, split_parent};
+use super::{DeliverError, HostPlan, Listings, RemoteDir, Work, batch, normalize_dir, rule, split_parent};
 
 /// The verdict of the remote-write rule on every directory the plan touches, with the managed
 /// directories it had to create, and each directory's canonical path (to see later that a temp
@@ -52,15 +53,22 @@ impl<'p> Dirs<'p> {
 
     /// Applies the rule to every pending file's directories (creating missing managed ones unless
     /// `dry_run`), then sets the owner of what it created (one exec), then fails each file whose
-    /// way is not clear, naming the directory.
-    pub fn judge_all(&mut self, remote: &Remote, work: &mut [Work], dry_run: bool) {
+    /// way is not clear, naming the directory. A directory below a root with siblings to judge
+    /// is judged as its parent's listing shows it (`listed` gains that listing).
+    pub fn judge_all(&mut self, remote: &Remote, listed: &mut Listings, work: &mut [Work], dry_run: bool) {
         let chains: Vec<Option<Vec<String>>> = work
             .iter()
             .map(|w| if w.pending() { rule::chain(&w.root, split_parent(&w.path).0) } else { None })
             .collect();
+        let below_root: BTreeSet<&str> = chains.iter().flatten().flat_map(|chain| chain.iter().skip(1).map(String::as_str)).collect();
+        let mut siblings: HashMap<&str, usize> = HashMap::new();
+        for dir in &below_root {
+            *siblings.entry(split_parent(dir).0).or_default() += 1;
+        }
+        listed.add(remote, below_root.iter().copied().filter(|dir| siblings[split_parent(dir).0] > 1));
         for chain in chains.iter().flatten() {
             for (i, dir) in chain.iter().enumerate() {
-                let verdict = self.judge(remote, dir, i == 0, dry_run);
+                let verdict = self.judge(remote, listed, dir, i == 0, dry_run);
                 if verdict.is_err() {
                     break;
                 }
@@ -80,12 +88,16 @@ impl<'p> Dirs<'p> {
                     break;
                 }
             }
-            // Where the directory really is, taken now that it passed: a link swapped in later
-            // would send the temp file elsewhere, which `write_temp` then sees.
-            if w.pending() && !dry_run {
-                let parent = split_parent(&w.path).0.to_string();
-                self.canonical.entry(parent).or_insert_with_key(|p| realpath(remote, p));
-            }
+        }
+    }
+
+    /// Takes the canonical path of each directory a pending file is about to be written in,
+    /// once it passed the rule: a link swapped in later would send the temp file elsewhere,
+    /// which `write_temp` then sees.
+    pub fn take_canonical(&mut self, remote: &Remote, work: &[Work]) {
+        for w in work.iter().filter(|w| w.pending()) {
+            let parent = split_parent(&w.path).0.to_string();
+            self.canonical.entry(parent).or_insert_with_key(|p| realpath(remote, p));
         }
     }
 
@@ -97,14 +109,14 @@ impl<'p> Dirs<'p> {
         rule::Place { is_root, condor_gid: self.condor_gid, condor_uid: self.condor_uid, managed_owner }
     }
 
-    fn judge(&mut self, remote: &Remote, dir: &str, is_root: bool, dry_run: bool) -> Result<(), String> {
+    fn judge(&mut self, remote: &Remote, listed: &Listings, dir: &str, is_root: bool, dry_run: bool) -> Result<(), String> {
         let key = (dir.to_string(), is_root);
         if let Some(v) = self.verdicts.get(&key) {
             return v.clone();
         }
-        let verdict = match remote.lstat(dir) {
-            Ok(st) => rule::judge(&st, self.place(dir, is_root)),
-            Err(e) if is_no_such_file(&e) => match self.managed.get(dir) {
+        let verdict = match listed.lstat(remote, dir) {
+            Ok(Some(st)) => rule::judge(&st, self.place(dir, is_root)),
+            Ok(None) => match self.managed.get(dir) {
                 Some(_) if is_root => Err("does not exist".into()),
                 Some(_) if dry_run => Ok(()),
                 Some(d) => {

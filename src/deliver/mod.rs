@@ -229,6 +229,8 @@ pub struct Opened {
     missing: Vec<Missing>,
     /// The schedd's credmon settings, read with the ids when [`Opening::read_schedd`] asked.
     schedd: Option<ScheddRead>,
+    /// The directories of the probed and expected files, as they were listed.
+    listed: Listings,
 }
 
 /// What happened to one file.
@@ -347,20 +349,12 @@ pub fn open(opening: &Opening) -> Result<Opened, DeliverError> {
     let span = tracing::info_span!("open", host = %host);
     let _entered = span.enter();
     let remote = Remote::connect(&opening.target)?;
-    let credmon: Vec<CredmonSeen> = opening.probe_credmon.iter().map(|p| credmon::probe(&remote, p)).collect();
-
-    // A `.top` the probe has just looked at is not looked at again.
-    let probed: HashMap<&str, bool> = opening
-        .probe_credmon
-        .iter()
-        .zip(&credmon)
-        .flat_map(|(p, seen)| p.files.iter().zip(&seen.files))
-        .filter_map(|(f, seen)| seen.top.as_ref().ok().map(|mtime| (f.top.as_str(), mtime.is_none())))
-        .collect();
-    let gone = |p: &str| match probed.get(p) {
-        Some(&gone) => gone,
-        None => matches!(remote.lstat(p), Err(ref e) if is_no_such_file(e)),
-    };
+    // Each account directory once: the probe and the look at expected files read the listing,
+    // and the push goes on from it.
+    let probed = opening.probe_credmon.iter().flat_map(|p| p.files.iter().map(|f| f.top.as_str()));
+    let listed = Listings::read(&remote, probed.chain(opening.expect_present.iter().map(String::as_str)));
+    let credmon: Vec<CredmonSeen> = opening.probe_credmon.iter().map(|p| credmon::probe(&remote, &listed, p)).collect();
+    let gone = |p: &str| matches!(listed.lstat(&remote, p), Ok(None));
     let missing: Vec<Missing> = opening
         .expect_present
         .iter()
@@ -380,7 +374,7 @@ pub fn open(opening: &Opening) -> Result<Opened, DeliverError> {
     } else {
         (Ids::resolve(&remote, &users, &groups), None)
     };
-    Ok(Opened { remote, ids, credmon, missing, schedd })
+    Ok(Opened { remote, ids, credmon, missing, schedd, listed })
 }
 
 /// Carries out `plan` on the session [`open`] made for its host (a failed opening fails every
@@ -392,7 +386,7 @@ pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_ru
     let span = tracing::info_span!("push", host = %host, dry_run);
     let _entered = span.enter();
 
-    let Opened { remote, mut ids, mut credmon, mut missing, schedd } = match opened {
+    let Opened { remote, mut ids, mut credmon, mut missing, schedd, mut listed } = match opened {
         Ok(opened) => opened,
         Err(e) => {
             tracing::debug!(host = %host, error = %e, "host failed before anything was written");
@@ -425,11 +419,12 @@ pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_ru
         refuse_names(&host, plan, read, &mut work);
     }
     let mut dirs = Dirs::new(plan, &ids);
-    dirs.judge_all(&remote, &mut work, dry_run);
-    let listed = Listings::read(&remote, work.iter().filter(|w| w.pending()).map(|w| w.path.as_str()));
+    dirs.judge_all(&remote, &mut listed, &mut work, dry_run);
+    listed.add(&remote, work.iter().filter(|w| w.pending()).map(|w| w.path.as_str()));
     keep_present(&remote, &listed, &mut work);
     keep_same(&remote, &listed, &mut work);
     if !dry_run {
+        dirs.take_canonical(&remote, &work);
         sweep_stale(&remote, &listed, work.iter().filter(|w| w.pending() || w.kept).map(|w| w.path.as_str()));
         if work.iter().any(Work::pending) {
             remote.prepare_rename();
@@ -449,7 +444,7 @@ pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_ru
         if work.iter().any(|w| matches!(w.failed, Some(DeliverError::Abandoned { .. }))) {
             tracing::warn!(host = %host, "shutting down: writes not yet renamed were abandoned");
         }
-        clear_marks(&remote, plan, &work);
+        clear_marks(&remote, &listed, plan, &work);
     }
 
     let files: Vec<FileOutcome> = work
@@ -533,9 +528,9 @@ fn read_back_on(remote: &Remote, paths: &[String]) -> ReadBack {
 
 fn read_back_one(remote: &Remote, path: &str) -> Result<Option<String>, String> {
     check_path(path).map_err(str::to_string)?;
-    let st = match remote.lstat(path) {
-        Ok(st) => st,
-        Err(e) if is_no_such_file(&e) => return Ok(None),
+    let st = match remote.lstat_opt(path) {
+        Ok(Some(st)) => st,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(format!("cannot lstat: {e}")),
     };
     if !is_regular(&st) {
@@ -567,7 +562,9 @@ fn read_regular(remote: &Remote, path: &str, cap: u64) -> Result<Option<Vec<u8>>
     if !is_regular(&opened) {
         return Err("is not a regular file".into());
     }
-    let mut bytes = Vec::new();
+    // Room for the whole file from the start: one read request and the one that finds its end.
+    let room = opened.size.map_or(0, |size| size.saturating_add(1).min(cap));
+    let mut bytes = Vec::with_capacity(room as usize);
     std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, cap), &mut bytes).map_err(|e| {
         remote.note_io();
         format!("cannot read: {e}")
@@ -818,22 +815,31 @@ fn keep_same(remote: &Remote, listed: &Listings, work: &mut [Work]) {
 /// temp is swept there.
 const MAX_LISTED: usize = 10_000;
 
-/// The entries of the directories a push writes in, each read once (opendir and readdir: a
+/// The entries of the directories a session looks at, each read once (opendir and readdir: a
 /// round trip per hundred entries) with the attributes sftp-server takes from lstat: whether a
-/// file is there and what it is, and which stale temps lie beside it. A directory that could not
-/// be listed is `None`: its files are looked at with lstat.
+/// file is there and what it is, and which stale temps lie beside it. The credd account
+/// directories are listed when the host is opened (the credmon probe reads them) and the push
+/// goes on from that listing; the spool is listed by the push, before its account directories
+/// are judged. A directory that could not be listed is `None`: its files are looked at with
+/// lstat.
+#[derive(Default)]
 struct Listings(HashMap<String, Option<HashMap<String, FileStat>>>);
 
 impl Listings {
     fn read<'a>(remote: &Remote, paths: impl Iterator<Item = &'a str>) -> Listings {
-        let mut dirs = HashMap::new();
+        let mut listed = Listings::default();
+        listed.add(remote, paths);
+        listed
+    }
+
+    /// Lists the directory of each of `paths` that was not listed yet.
+    fn add<'a>(&mut self, remote: &Remote, paths: impl Iterator<Item = &'a str>) {
         for path in paths {
             let (dir, _) = split_parent(path);
-            if !dirs.contains_key(dir) {
-                dirs.insert(dir.to_string(), list(remote, dir));
+            if !self.0.contains_key(dir) {
+                self.0.insert(dir.to_string(), list(remote, dir));
             }
         }
-        Listings(dirs)
     }
 
     /// `path`'s attributes as listed (`None`: not there), or from the host when its directory
@@ -843,11 +849,7 @@ impl Listings {
         if let Some(Some(entries)) = self.0.get(dir) {
             return Ok(entries.get(name).cloned());
         }
-        match remote.lstat(path) {
-            Ok(st) => Ok(Some(st)),
-            Err(e) if is_no_such_file(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        remote.lstat_opt(path)
     }
 
     /// The entries of `dir`, if it was listed.
@@ -1176,22 +1178,25 @@ fn check_landed(remote: &Remote, w: &mut Work) {
 
 /// Removes `<dir>.mark` of every managed directory that got a file, as `condor_store_cred`
 /// does; only a regular file (lstat), and only beside a directory that passed the rule.
-fn clear_marks(remote: &Remote, plan: &HostPlan, work: &[Work]) {
+fn clear_marks(remote: &Remote, listed: &Listings, plan: &HostPlan, work: &[Work]) {
     for d in plan.dirs.iter().filter(|d| d.clear_mark) {
         let dir = normalize_dir(&d.path);
         if !work.iter().any(|w| w.failed.is_none() && split_parent(&w.path).0 == dir) {
             continue;
         }
         let mark = format!("{dir}.mark");
-        match remote.lstat(&mark) {
-            Ok(st) if is_regular(&st) => {
+        // As the spool was listed before the push: a mark the credd makes during the push is
+        // there for its sweep, as it would be had it come a moment later.
+        match listed.lstat(remote, &mark) {
+            Ok(Some(st)) if is_regular(&st) => {
                 match remote.sftp().and_then(|s| s.unlink(rpath(&mark)).inspect_err(|e| remote.note(e))) {
                     Ok(()) => tracing::info!(host = %remote.host, path = %mark, "removed the credd's sweep mark"),
+                    Err(e) if is_no_such_file(&e) => {}
                     Err(e) => tracing::warn!(host = %remote.host, path = %mark, error = %e, "cannot remove the credd's sweep mark"),
                 }
             }
-            Ok(_) => tracing::warn!(host = %remote.host, path = %mark, "sweep mark is not a regular file; left alone"),
-            Err(e) if is_no_such_file(&e) => {}
+            Ok(Some(_)) => tracing::warn!(host = %remote.host, path = %mark, "sweep mark is not a regular file; left alone"),
+            Ok(None) => {}
             Err(e) => tracing::warn!(host = %remote.host, path = %mark, error = %e, "cannot look at the credd's sweep mark"),
         }
     }

@@ -59,9 +59,9 @@ pub fn remove_from_host(target: &HostTarget, removals: &[Removal]) -> Result<Vec
         let mut refused = None;
         for (i, dir) in chain.iter().enumerate() {
             let managed_owner = if i > 0 { dir_owner } else { None };
-            let verdict = verdicts.entry((dir.clone(), i == 0, managed_owner)).or_insert_with(|| match remote.lstat(dir) {
-                Ok(st) => rule::judge(&st, rule::Place { is_root: i == 0, condor_gid, condor_uid, managed_owner }),
-                Err(e) if is_no_such_file(&e) => Err("does not exist".into()),
+            let verdict = verdicts.entry((dir.clone(), i == 0, managed_owner)).or_insert_with(|| match remote.lstat_opt(dir) {
+                Ok(Some(st)) => rule::judge(&st, rule::Place { is_root: i == 0, condor_gid, condor_uid, managed_owner }),
+                Ok(None) => Err("does not exist".into()),
                 Err(e) => Err(format!("cannot lstat: {e}")),
             });
             if let Err(reason) = verdict {
@@ -92,11 +92,11 @@ pub fn remove_from_host(target: &HostTarget, removals: &[Removal]) -> Result<Vec
 
 /// Unlinks `path` if it is a regular file; gone already counts as removed.
 fn remove_regular(remote: &Remote, path: &str) -> Result<(), String> {
-    match remote.lstat(path) {
-        Err(e) if is_no_such_file(&e) => return Ok(()),
+    match remote.lstat_opt(path) {
+        Ok(None) => return Ok(()),
         Err(e) => return Err(format!("cannot lstat: {e}")),
-        Ok(st) if is_regular(&st) => {}
-        Ok(_) => return Err("is not a regular file; left alone".into()),
+        Ok(Some(st)) if is_regular(&st) => {}
+        Ok(Some(_)) => return Err("is not a regular file; left alone".into()),
     }
     let sftp = remote.sftp().map_err(|e| e.to_string())?;
     match sftp.unlink(rpath(path)) {

@@ -178,6 +178,15 @@ impl Remote {
         r
     }
 
+    /// [`lstat`](Self::lstat), with "no such file" as `None`.
+    pub fn lstat_opt(&self, path: &str) -> Result<Option<FileStat>, ssh2::Error> {
+        match self.lstat(path) {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if super::credmon::is_no_such_file(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Starts the channel renames go through, so that it is ready before the first temp file
     /// is written. A failure here is found again (and reported) by [`rename`](Self::rename).
     pub fn prepare_rename(&self) {

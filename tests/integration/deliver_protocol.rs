@@ -7,7 +7,7 @@ use std::path::Path;
 
 use token_bastion::deliver::{
     CreddContents,
-    Credmon, DeliverError, HostPlan, Owner, Removal, RemoteFile, credd_layout, read_back, remove_from_host,
+    Credmon, CredmonProbe, DeliverError, ProbeFile, HostPlan, Owner, Removal, RemoteFile, credd_layout, read_back, remove_from_host,
 };
 use token_bastion::secret::short_hash_bytes;
 
@@ -111,24 +111,46 @@ fn a_push_lists_each_directory_once_instead_of_looking_at_each_file() {
     let tmp = tempfile::tempdir().unwrap();
     let leaks = Leaks::default();
     let sshd = Sshd::start(tmp.path(), &leaks);
+    let spool = sshd.spool.to_str().unwrap().to_string();
     let accounts: Vec<String> = (0..3).map(|i| format!("acct{i}")).collect();
     let mut host_plan = credd_plan(&sshd, &leaks, &accounts);
     assert_all_delivered(&push(&leaks, &host_plan, false));
     for f in host_plan.files.iter_mut().filter(|f| !f.only_if_absent) {
         f.keep_if_same = true;
     }
+    // The credmon probe looks at the same `.top` and `.use` files before the push.
+    let probed: Vec<ProbeFile> = host_plan
+        .files
+        .chunks(2)
+        .map(|pair| ProbeFile { id: pair[0].id.clone(), top: pair[0].path.clone(), use_file: pair[1].path.clone() })
+        .collect();
+    host_plan.probe_credmon = vec![CredmonProbe { spool: spool.clone(), files: probed }];
     let before = sshd.sftp_log().len();
     let outcome = push(&leaks, &host_plan, false);
     assert_all_delivered(&outcome);
     assert!(outcome.files.iter().all(|f| f.kept), "everything was there: {:?}", outcome.files);
+    let seen = &outcome.credmon[0].files;
+    assert_eq!(seen.len(), accounts.len());
+    for (f, pair) in seen.iter().zip(host_plan.files.chunks(2)) {
+        let mtime = |path: &str| Ok(Some(std::fs::symlink_metadata(path).unwrap().mtime()));
+        assert_eq!((f.top.clone(), f.use_file.clone()), (mtime(&pair[0].path), mtime(&pair[1].path)), "{}", f.id);
+    }
     let log = sshd.sftp_log()[before..].to_string();
     for f in &host_plan.files {
         assert!(!log.contains(&format!("lstat name \"{}\"", f.path)), "{} looked at by name:\n{log}", f.path);
     }
+    // One listing of each account directory serves the probe and the push; one listing of the
+    // spool judges the account directories and shows their `.mark`s.
     for account in &accounts {
-        let dir = format!("{}/{account}", sshd.spool.display());
+        let dir = format!("{spool}/{account}");
         assert_eq!(log.matches(&format!("opendir \"{dir}\"")).count(), 1, "{dir}:\n{log}");
+        for looked_at in [dir.clone(), format!("{dir}.mark")] {
+            assert!(!log.contains(&format!("lstat name \"{looked_at}\"")), "{looked_at} looked at by name:\n{log}");
+        }
     }
+    assert_eq!(log.matches(&format!("opendir \"{spool}\"")).count(), 1, "{log}");
+    // Nothing is written, so no directory's canonical path is needed.
+    assert!(!log.contains("realpath"), "{log}");
     leaks.assert_clean();
 }
 
