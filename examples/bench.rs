@@ -583,7 +583,7 @@ fn report(args: &Args, rows: &[Row], machine: &str) -> String {
         args.runs
     )
     .unwrap();
-    writeln!(t, "| services | delay each way | cold cycle | warm cycle | warm vs 0 ms | deliveries/s (warm) | time per delivery (warm) | broker requests per service, cold / warm | SSH logins per host, cold / warm | token-bastion CPU per delivery, cold / warm | sshd CPU per file (warm) | OpenBao CPU, cold / warm | peak RSS, cold / warm |").unwrap();
+    writeln!(t, "| services | delay each way | cold cycle | warm cycle | warm vs 0 ms | deliveries/s (warm) | time per delivery (warm) | broker requests per service, cold / warm | SSH logins per host, cold / warm | token-bastion CPU per delivery, cold / warm | sshd CPU per file, cold / warm | OpenBao CPU, cold / warm | peak RSS, cold / warm |").unwrap();
     writeln!(t, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
     for row in rows {
         let r = &row.runs;
@@ -601,7 +601,7 @@ fn report(args: &Args, rows: &[Row], machine: &str) -> String {
         let logins = |c: &Cycle| if c.logins.0 == c.logins.1 { c.logins.1.to_string() } else { format!("{}–{}", c.logins.0, c.logins.1) };
         writeln!(
             t,
-            "| {} | {} ms | {} | {} | {} | {:.0} | {} | {:.1} / {:.1} | {} / {} | {} / {} | {} | {} / {} | {:.0} / {:.0} MB |",
+            "| {} | {} ms | {} | {} | {} | {:.0} | {} | {:.1} / {:.1} | {} / {} | {} / {} | {} / {} | {} / {} | {:.0} / {:.0} MB |",
             row.services,
             row.delay_ms,
             fmt_secs(cold),
@@ -615,6 +615,7 @@ fn report(args: &Args, rows: &[Row], machine: &str) -> String {
             logins(&r[r.len() / 2].warm),
             ms(med(r, |x| x.cold.run.cpu.as_secs_f64()) / deliveries),
             ms(med(r, |x| x.warm.run.cpu.as_secs_f64()) / deliveries),
+            ms(med(r, |x| x.cold.sshd_cpu.as_secs_f64()) / files),
             ms(med(r, |x| x.warm.sshd_cpu.as_secs_f64()) / files),
             fmt_secs(med(r, |x| x.cold.bao_cpu.as_secs_f64())),
             fmt_secs(med(r, |x| x.warm.bao_cpu.as_secs_f64())),

@@ -572,6 +572,36 @@ fn read_regular(remote: &Remote, path: &str, cap: u64) -> Result<Option<Vec<u8>>
     Ok(Some(bytes))
 }
 
+/// Whether the file at `path`, as opened, is a regular file with the expected owner, mode and
+/// size (fstat on the handle) holding exactly `content`: one read of that many bytes, since
+/// the open handle showed that there are no more.
+fn holds(remote: &Remote, path: &str, expected: &Expected, content: &[u8]) -> bool {
+    let Ok(sftp) = remote.sftp() else { return false };
+    let mut file = match sftp.open(rpath(path)) {
+        Ok(f) => f,
+        Err(e) => {
+            remote.note(&e);
+            return false;
+        }
+    };
+    match file.stat() {
+        Ok(st) if verify(&st, expected).is_ok() => {}
+        Ok(_) => return false,
+        Err(e) => {
+            remote.note(&e);
+            return false;
+        }
+    }
+    let mut held = vec![0; content.len()];
+    match std::io::Read::read_exact(&mut file, &mut held) {
+        Ok(()) => held == content,
+        Err(_) => {
+            remote.note_io();
+            false
+        }
+    }
+}
+
 const S_IFMT: u32 = 0o170_000;
 const S_IFREG: u32 = 0o100_000;
 
@@ -801,10 +831,7 @@ fn keep_same(remote: &Remote, listed: &Listings, work: &mut [Work]) {
     for w in work.iter_mut().filter(|w| w.pending() && w.file.keep_if_same) {
         let expected = w.expected();
         let looks_same = matches!(listed.lstat(remote, &w.path), Ok(Some(st)) if verify(&st, &expected).is_ok());
-        if looks_same
-            && let Ok(Some(held)) = read_regular(remote, &w.path, expected.size + 1)
-            && held == w.file.content.expose().as_bytes()
-        {
+        if looks_same && holds(remote, &w.path, &expected, w.file.content.expose().as_bytes()) {
             tracing::debug!(host = %remote.host, path = %w.path, "already holds this content; left as it is");
             w.kept = true;
         }
