@@ -354,6 +354,29 @@ fn the_remote_write_rule_on_real_directories() {
     assert_eq!(std::fs::read_to_string(victims.join("svc.top")).unwrap(), "victim");
     assert_eq!(std::fs::read_dir(&victims).unwrap().count(), 1, "nothing is written through a link");
 
+    // All four in one push: judged from one listing of the spool, with the same verdicts.
+    let accounts = ["good", "linked", "groupw", "other"];
+    let dirs = accounts.iter().map(|a| credd_layout(&spool, a, "svc", &CreddContents::new(&top_file(&leaks), &token), &test_owner()).0).collect();
+    let before = sshd.sftp_log().len();
+    let together = push(&leaks, &plan(&sshd, "root", dirs, accounts.iter().map(|a| file(a)).collect(), vec![]), false);
+    let log = sshd.sftp_log()[before..].to_string();
+    assert_eq!(log.matches(&format!("opendir \"{spool}\"")).count(), 1, "{log}");
+    for (i, account) in accounts.iter().enumerate() {
+        assert!(!log.contains(&format!("lstat name \"{spool}/{account}\"")), "{account} looked at by name:\n{log}");
+        let expected = match &together.files[i].result {
+            Ok(()) => "delivered".to_string(),
+            Err(DeliverError::UnsafeDirectory { dir, reason, .. }) if dir == &format!("{spool}/{account}") => reason.clone(),
+            Err(e) => e.to_string(),
+        };
+        let alone = match &[&owned_by_credd_user, &linked, &group_writable, &someone_elses][i].files[0].result {
+            Ok(()) => "delivered".to_string(),
+            Err(DeliverError::UnsafeDirectory { reason, .. }) => reason.clone(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(expected, alone, "{account}");
+    }
+    assert_eq!(std::fs::read_dir(&victims).unwrap().count(), 1, "nothing is written through a link");
+
     // A spool writable by a group that is not condor is refused as a whole.
     std::os::unix::fs::chown(&sshd.spool, Some(0), Some(gid)).unwrap();
     let outcome = push(&leaks, &plan(&sshd, "root", vec![], vec![file("good")], vec![]), false);
