@@ -243,14 +243,14 @@ impl StateStore {
     /// token again changes nothing.
     pub fn record_token(&self, run: Option<RunId>, t: &NewToken) -> Result<(), StateError> {
         let at = now();
-        self.conn
-            .execute(
-                "INSERT INTO tokens (hash, service, kind, parent, expiry, state, current, run_id, created, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'live', 0, ?6, ?7, ?7)
-                 ON CONFLICT (hash) DO NOTHING",
-                params![t.hash, t.service, t.kind.as_str(), t.parent, t.expiry, run.map(|r| r.0), at],
-            )
-            .map_err(self.q("record token"))?;
+        execute_cached(
+            &self.conn,
+            "INSERT INTO tokens (hash, service, kind, parent, expiry, state, current, run_id, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'live', 0, ?6, ?7, ?7)
+             ON CONFLICT (hash) DO NOTHING",
+            params![t.hash, t.service, t.kind.as_str(), t.parent, t.expiry, run.map(|r| r.0), at],
+        )
+        .map_err(self.q("record token"))?;
         Ok(())
     }
 
@@ -260,42 +260,35 @@ impl StateStore {
     pub fn set_current(&self, service: &str, hash: &str) -> Result<(), StateError> {
         let tx = self.conn.unchecked_transaction().map_err(self.q("set current token"))?;
         let eligible: bool = tx
-            .query_row(
-                "SELECT count(*) FROM tokens WHERE hash = ?1 AND service = ?2 AND kind = 'login' AND state = 'live'",
-                params![hash, service],
-                |r| r.get::<_, i64>(0),
-            )
+            .prepare_cached("SELECT count(*) FROM tokens WHERE hash = ?1 AND service = ?2 AND kind = 'login' AND state = 'live'")
+            .and_then(|mut stmt| stmt.query_row(params![hash, service], |r| r.get::<_, i64>(0)))
             .map_err(self.q("set current token"))?
             > 0;
         if !eligible {
             return Ok(());
         }
-        tx.execute("UPDATE tokens SET current = 0, updated = ?2 WHERE service = ?1 AND current = 1 AND hash <> ?3", params![service, now(), hash])
+        execute_cached(&tx, "UPDATE tokens SET current = 0, updated = ?2 WHERE service = ?1 AND current = 1 AND hash <> ?3", params![service, now(), hash])
             .map_err(self.q("set current token"))?;
-        tx.execute("UPDATE tokens SET current = 1, updated = ?2 WHERE hash = ?1", params![hash, now()]).map_err(self.q("set current token"))?;
+        execute_cached(&tx, "UPDATE tokens SET current = 1, updated = ?2 WHERE hash = ?1", params![hash, now()]).map_err(self.q("set current token"))?;
         tx.commit().map_err(self.q("set current token"))
     }
 
     /// The service's current login token, if it has one that is still live.
     pub fn current_login(&self, service: &str) -> Result<Option<LedgerToken>, StateError> {
         self.conn
-            .query_row(
-                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE service = ?1 AND current = 1 AND state = 'live'"),
-                params![service],
-                token_row,
-            )
-            .optional()
+            .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE service = ?1 AND current = 1 AND state = 'live'"))
+            .and_then(|mut stmt| stmt.query_row(params![service], token_row).optional())
             .map_err(self.q("read current token"))
     }
 
     /// Moves a token to `state`; a token that is no longer live stops being current.
     pub fn set_token_state(&self, hash: &str, state: TokenState) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "UPDATE tokens SET state = ?2, current = CASE WHEN ?2 = 'live' THEN current ELSE 0 END, updated = ?3 WHERE hash = ?1",
-                params![hash, state.as_str(), now()],
-            )
-            .map_err(self.q("update token state"))?;
+        execute_cached(
+            &self.conn,
+            "UPDATE tokens SET state = ?2, current = CASE WHEN ?2 = 'live' THEN current ELSE 0 END, updated = ?3 WHERE hash = ?1",
+            params![hash, state.as_str(), now()],
+        )
+        .map_err(self.q("update token state"))?;
         Ok(())
     }
 
