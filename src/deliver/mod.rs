@@ -549,16 +549,7 @@ fn read_back_one(remote: &Remote, path: &str) -> Result<Option<String>, String> 
 /// At most `cap` bytes of a remote regular file, over SFTP; `None` if there is no such file.
 /// Whatever the name was found to be before, the open handle is looked at too (fstat).
 fn read_regular(remote: &Remote, path: &str, cap: u64) -> Result<Option<Vec<u8>>, String> {
-    let sftp = remote.sftp().map_err(|e| e.to_string())?;
-    let mut file = match sftp.open(rpath(path)) {
-        Ok(f) => f,
-        Err(e) if is_no_such_file(&e) => return Ok(None),
-        Err(e) => {
-            remote.note(&e);
-            return Err(format!("cannot open: {e}"));
-        }
-    };
-    let opened = file.stat().inspect_err(|e| remote.note(e)).map_err(|e| format!("cannot fstat: {e}"))?;
+    let Some((mut file, opened)) = open_for_reading(remote, path)? else { return Ok(None) };
     if !is_regular(&opened) {
         return Err("is not a regular file".into());
     }
@@ -572,25 +563,29 @@ fn read_regular(remote: &Remote, path: &str, cap: u64) -> Result<Option<Vec<u8>>
     Ok(Some(bytes))
 }
 
+/// `path` opened for reading and what its handle shows (fstat: whatever the name was found to
+/// be before); `None` if there is no such file.
+fn open_for_reading(remote: &Remote, path: &str) -> Result<Option<(ssh2::File, FileStat)>, String> {
+    let sftp = remote.sftp().map_err(|e| e.to_string())?;
+    let mut file = match sftp.open(rpath(path)) {
+        Ok(f) => f,
+        Err(e) if is_no_such_file(&e) => return Ok(None),
+        Err(e) => {
+            remote.note(&e);
+            return Err(format!("cannot open: {e}"));
+        }
+    };
+    let opened = file.stat().inspect_err(|e| remote.note(e)).map_err(|e| format!("cannot fstat: {e}"))?;
+    Ok(Some((file, opened)))
+}
+
 /// Whether the file at `path`, as opened, is a regular file with the expected owner, mode and
 /// size (fstat on the handle) holding exactly `content`: one read of that many bytes, since
 /// the open handle showed that there are no more.
 fn holds(remote: &Remote, path: &str, expected: &Expected, content: &[u8]) -> bool {
-    let Ok(sftp) = remote.sftp() else { return false };
-    let mut file = match sftp.open(rpath(path)) {
-        Ok(f) => f,
-        Err(e) => {
-            remote.note(&e);
-            return false;
-        }
-    };
-    match file.stat() {
-        Ok(st) if verify(&st, expected).is_ok() => {}
-        Ok(_) => return false,
-        Err(e) => {
-            remote.note(&e);
-            return false;
-        }
+    let Ok(Some((mut file, opened))) = open_for_reading(remote, path) else { return false };
+    if verify(&opened, expected).is_err() {
+        return false;
     }
     let mut held = vec![0; content.len()];
     match std::io::Read::read_exact(&mut file, &mut held) {
