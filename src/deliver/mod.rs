@@ -27,13 +27,13 @@ mod error;
 mod ids;
 mod knownhosts;
 mod layout;
-mod posix_rename;
+mod pipe;
 mod remove;
 mod rule;
 mod schedd;
 mod session;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
@@ -822,11 +822,28 @@ fn keep_present(remote: &Remote, listed: &Listings, work: &mut [Work]) {
 
 /// Marks every [`RemoteFile::keep_if_same`] file that already holds its content, mode and owner
 /// as kept. Anything else, an error included, leaves the file to be written as usual.
+/// Several files are read at once on the session's [`pipe`] (two round trips for all), else
+/// one by one.
 fn keep_same(remote: &Remote, listed: &Listings, work: &mut [Work]) {
-    for w in work.iter_mut().filter(|w| w.pending() && w.file.keep_if_same) {
-        let expected = w.expected();
-        let looks_same = matches!(listed.lstat(remote, &w.path), Ok(Some(st)) if verify(&st, &expected).is_ok());
-        if looks_same && holds(remote, &w.path, &expected, w.file.content.expose().as_bytes()) {
+    let looks_same: Vec<usize> = (0..work.len())
+        .filter(|&i| {
+            let w = &work[i];
+            w.pending()
+                && w.file.keep_if_same
+                && matches!(listed.lstat(remote, &w.path), Ok(Some(st)) if verify(&st, &w.expected()).is_ok())
+        })
+        .collect();
+    let files: Vec<(&str, usize)> = looks_same.iter().map(|&i| (work[i].path.as_str(), work[i].file.content.expose().len())).collect();
+    let read = if files.len() > 1 || remote.has_pipe() { remote.pipelined(|p| p.read_files(&files)) } else { None };
+    for (k, &i) in looks_same.iter().enumerate() {
+        let w = &mut work[i];
+        let (expected, content) = (w.expected(), w.file.content.expose().as_bytes());
+        let same = match read.as_ref().map(|all| &all[k]) {
+            Some(Ok(Some((opened, held)))) => verify(opened, &expected).is_ok() && held == content,
+            Some(_) => false,
+            None => holds(remote, &w.path, &expected, content),
+        };
+        if same {
             tracing::debug!(host = %remote.host, path = %w.path, "already holds this content; left as it is");
             w.kept = true;
         }
@@ -854,13 +871,39 @@ impl Listings {
         listed
     }
 
-    /// Lists the directory of each of `paths` that was not listed yet.
+    /// Lists the directory of each of `paths` that was not listed yet: several at once on the
+    /// session's [`pipe`] (three round trips for all of them), else one by one.
     fn add<'a>(&mut self, remote: &Remote, paths: impl Iterator<Item = &'a str>) {
+        let mut dirs: Vec<&str> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         for path in paths {
             let (dir, _) = split_parent(path);
-            if !self.0.contains_key(dir) {
+            if !self.0.contains_key(dir) && seen.insert(dir) {
+                dirs.push(dir);
+            }
+        }
+        let pipelined = if dirs.len() > 1 || remote.has_pipe() { remote.pipelined(|p| p.list_dirs(&dirs, MAX_LISTED)) } else { None };
+        let Some(all) = pipelined else {
+            for dir in dirs {
                 self.0.insert(dir.to_string(), list(remote, dir));
             }
+            return;
+        };
+        for (dir, listed) in dirs.into_iter().zip(all) {
+            let entries = match listed {
+                pipe::Listed::Entries(entries) => Some(entries),
+                // One a dry run would create.
+                pipe::Listed::Absent => Some(HashMap::new()),
+                pipe::Listed::TooMany => {
+                    tracing::warn!(host = %remote.host, path = %dir, "directory has more than {MAX_LISTED} entries; its files are looked at one by one");
+                    None
+                }
+                pipe::Listed::Failed(e) => {
+                    tracing::warn!(host = %remote.host, path = %dir, error = %e, "cannot list directory");
+                    None
+                }
+            };
+            self.0.insert(dir.to_string(), entries);
         }
     }
 

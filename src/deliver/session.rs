@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use ssh2::{ErrorCode, FileStat, MethodType, Session, Sftp};
 
 use super::knownhosts::{KnownHosts, Verdict};
-use super::posix_rename::{PosixRename, RenameResult};
+use super::pipe::{Broken, FX_OK, FX_OP_UNSUPPORTED, Pipe, RenameStatus, status_text};
 use super::{DeliverError, HostTarget};
 
 /// Remote command output (a host's account and group entries, its settings, error text) is
@@ -27,9 +27,10 @@ pub(crate) struct Remote {
     session: Session,
     /// Always `Some` until drop, which closes it before saying goodbye to the server.
     sftp: Option<Sftp>,
-    /// The channel for `posix-rename@openssh.com`, started at the first rename; `Err` once the
-    /// server turned out not to offer it.
-    renamer: RefCell<Option<Result<PosixRename, ()>>>,
+    /// The second SFTP channel ([`Pipe`]): many requests at a time, and
+    /// `posix-rename@openssh.com`. Started at first use; `Err` once it could not be started or
+    /// broke.
+    pipe: RefCell<Option<Result<Pipe, ()>>>,
     /// Set once a request went unanswered or the connection broke: nothing more is sent, and
     /// what is left to clean up waits for the next connection.
     dead: Cell<bool>,
@@ -137,7 +138,7 @@ impl Remote {
         // Every plan needs SFTP; a host whose SFTP subsystem does not start fails as a whole.
         let sftp = session.sftp().map_err(ssh_err("SFTP subsystem start"))?;
         tracing::debug!(host = %target.name, %fingerprint, "connected, host key verified");
-        Ok(Remote { host, session, sftp: Some(sftp), renamer: RefCell::new(None), dead: Cell::new(false) })
+        Ok(Remote { host, session, sftp: Some(sftp), pipe: RefCell::new(None), dead: Cell::new(false) })
     }
 
     /// The SFTP channel, or an error once the session is dead (no request is sent over it).
@@ -187,42 +188,64 @@ impl Remote {
         }
     }
 
-    /// Starts the channel renames go through, so that it is ready before the first temp file
-    /// is written. A failure here is found again (and reported) by [`rename`](Self::rename).
-    pub fn prepare_rename(&self) {
-        let mut slot = self.renamer.borrow_mut();
-        if slot.is_some() || self.dead.get() {
-            return;
+    /// Starts the [`Pipe`] if it was not tried yet; `None` if it cannot be had.
+    fn pipe<'a>(&self, slot: &'a mut Option<Result<Pipe, ()>>) -> Option<&'a mut Pipe> {
+        if self.dead.get() {
+            return None;
         }
-        match PosixRename::start(&self.session) {
-            Ok(r) => *slot = Some(Ok(r)),
-            Err(e) => {
-                self.note(&e);
+        if slot.is_none() {
+            *slot = Some(Pipe::start(&self.session).map_err(|Broken(e)| {
+                self.note_io();
                 if !self.dead.get() {
-                    tracing::warn!(host = %self.host, error = %e, "cannot start a second SFTP channel for posix-rename");
-                    *slot = Some(Err(()));
+                    tracing::warn!(host = %self.host, error = %e, "cannot start a second SFTP channel; one request at a time");
                 }
+            }));
+        }
+        slot.as_mut().and_then(|p| p.as_mut().ok())
+    }
+
+    /// Runs `f` on the [`Pipe`]. `None` when there is none (the server refused a second
+    /// channel) or it broke during `f` (then it is not used again): the caller does the same
+    /// with one request at a time.
+    pub fn pipelined<R>(&self, f: impl FnOnce(&mut Pipe) -> Result<R, Broken>) -> Option<R> {
+        let mut slot = self.pipe.borrow_mut();
+        let pipe = self.pipe(&mut slot)?;
+        match f(pipe) {
+            Ok(r) => Some(r),
+            Err(Broken(e)) => {
+                self.note_io();
+                tracing::warn!(host = %self.host, error = %e, "the second SFTP channel broke; one request at a time");
+                *slot = Some(Err(()));
+                None
             }
         }
     }
 
+    /// Whether the [`Pipe`] is running: then even one request goes through it.
+    pub fn has_pipe(&self) -> bool {
+        matches!(*self.pipe.borrow(), Some(Ok(_)))
+    }
+
+    /// Starts the channel renames go through, so that it is ready before the first temp file
+    /// is written. A failure here is found again (and reported) by [`rename`](Self::rename).
+    pub fn prepare_rename(&self) {
+        self.pipe(&mut self.pipe.borrow_mut());
+    }
+
     /// Atomically replaces `to` by `from` with `posix-rename@openssh.com`.
     pub fn rename(&self, from: &str, to: &str) -> Renamed {
-        self.prepare_rename();
         if self.dead.get() {
             return Renamed::Refused("the connection was lost earlier in this session".into());
         }
-        let mut slot = self.renamer.borrow_mut();
-        let Some(Ok(renamer)) = slot.as_ref() else { return Renamed::Unsupported };
-        match renamer.rename(from, to) {
-            RenameResult::Done => Renamed::Done,
-            RenameResult::Unsupported => {
-                *slot = Some(Err(()));
-                Renamed::Unsupported
-            }
-            RenameResult::Refused { status, message } => Renamed::Refused(format!("SFTP status {status}: {message}")),
-            RenameResult::Unknown { message } => {
+        let mut slot = self.pipe.borrow_mut();
+        let Some(pipe) = self.pipe(&mut slot) else { return Renamed::Unsupported };
+        match pipe.posix_rename(from, to) {
+            Ok(RenameStatus::Status(FX_OK)) => Renamed::Done,
+            Ok(RenameStatus::Unsupported | RenameStatus::Status(FX_OP_UNSUPPORTED)) => Renamed::Unsupported,
+            Ok(RenameStatus::Status(code)) => Renamed::Refused(status_text(code)),
+            Err(Broken(message)) => {
                 self.dead.set(true);
+                *slot = Some(Err(()));
                 Renamed::Unknown(message)
             }
         }
@@ -254,7 +277,17 @@ impl Remote {
             self.note(&e);
             fail(e.to_string())
         };
-        let mut channel = self.session.channel_session().map_err(fail)?;
+        let mut channel = match self.session.channel_session() {
+            Ok(channel) => channel,
+            // The server allows fewer channels at once than this session keeps open (sshd's
+            // `MaxSessions`): the second SFTP channel gives its place up for good.
+            Err(e) if !is_fatal(&e) && self.has_pipe() => {
+                tracing::warn!(host = %self.host, error = %e, "the server refused another channel; closing the second SFTP channel");
+                self.pipe.borrow_mut().replace(Err(()));
+                self.session.channel_session().map_err(fail)?
+            }
+            Err(e) => return Err(fail(e)),
+        };
         channel.exec(&format!("sh -c {}", sh_quote(script))).map_err(fail)?;
         // The commands run here print a few lines at most, far below the channel window, so
         // reading stdout to the end before stderr cannot stall the remote side.
@@ -278,7 +311,7 @@ impl Remote {
 
 impl Drop for Remote {
     fn drop(&mut self) {
-        self.renamer.get_mut().take();
+        self.pipe.get_mut().take();
         self.sftp = None;
         if !self.dead.get() {
             let _ = self.session.disconnect(None, "token-bastion done", None);

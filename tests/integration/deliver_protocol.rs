@@ -37,6 +37,20 @@ fn credd_plan(sshd: &Sshd, leaks: &Leaks, accounts: &[String]) -> HostPlan {
 }
 
 /// Index of the first log line at or after `from` that contains every needle.
+/// Every `.top` of a [`credd_plan`] to be kept when it already holds its content, and the
+/// credmon probe looking at each `.top` and `.use` before the push.
+fn keep_and_probe(host_plan: &mut HostPlan, spool: &str) {
+    for f in host_plan.files.iter_mut().filter(|f| !f.only_if_absent) {
+        f.keep_if_same = true;
+    }
+    let probed: Vec<ProbeFile> = host_plan
+        .files
+        .chunks(2)
+        .map(|pair| ProbeFile { id: pair[0].id.clone(), top: pair[0].path.clone(), use_file: pair[1].path.clone() })
+        .collect();
+    host_plan.probe_credmon = vec![CredmonProbe { spool: spool.to_string(), files: probed }];
+}
+
 fn line_with(lines: &[&str], from: usize, needles: &[&str]) -> Option<usize> {
     (from..lines.len()).find(|&i| needles.iter().all(|n| lines[i].contains(n)))
 }
@@ -115,16 +129,8 @@ fn a_push_lists_each_directory_once_instead_of_looking_at_each_file() {
     let accounts: Vec<String> = (0..3).map(|i| format!("acct{i}")).collect();
     let mut host_plan = credd_plan(&sshd, &leaks, &accounts);
     assert_all_delivered(&push(&leaks, &host_plan, false));
-    for f in host_plan.files.iter_mut().filter(|f| !f.only_if_absent) {
-        f.keep_if_same = true;
-    }
     // The credmon probe looks at the same `.top` and `.use` files before the push.
-    let probed: Vec<ProbeFile> = host_plan
-        .files
-        .chunks(2)
-        .map(|pair| ProbeFile { id: pair[0].id.clone(), top: pair[0].path.clone(), use_file: pair[1].path.clone() })
-        .collect();
-    host_plan.probe_credmon = vec![CredmonProbe { spool: spool.clone(), files: probed }];
+    keep_and_probe(&mut host_plan, &spool);
     let before = sshd.sftp_log().len();
     let outcome = push(&leaks, &host_plan, false);
     assert_all_delivered(&outcome);
@@ -152,8 +158,47 @@ fn a_push_lists_each_directory_once_instead_of_looking_at_each_file() {
         }
     }
     assert_eq!(log.matches(&format!("opendir \"{spool}\"")).count(), 1, "{log}");
+    // Many requests at a time: every account directory is opened before the first is read, and
+    // every kept `.top` before the first of them is read.
+    let at = |needle: String| log.find(&needle).unwrap_or_else(|| panic!("{needle}:\n{log}"));
+    let last_opendir = accounts.iter().map(|a| at(format!("opendir \"{spool}/{a}\""))).max().unwrap();
+    let first_readdir = accounts.iter().map(|a| at(format!("readdir \"{spool}/{a}\""))).min().unwrap();
+    assert!(last_opendir < first_readdir, "directories listed one after another:\n{log}");
+    let kept: Vec<&str> = host_plan.files.iter().filter(|f| f.keep_if_same).map(|f| f.path.as_str()).collect();
+    let last_open = kept.iter().map(|p| at(format!("open \"{p}\" flags READ"))).max().unwrap();
+    let first_read = kept.iter().map(|p| at(format!("read \"{p}\""))).min().unwrap();
+    assert!(last_open < first_read, "kept files compared one after another:\n{log}");
     // Nothing is written, so no directory's canonical path is needed.
     assert!(!log.contains("realpath"), "{log}");
+    leaks.assert_clean();
+}
+
+/// A server that allows only two channels at once (sshd's `MaxSessions 2`) cannot have the
+/// second SFTP channel open beside SFTP and a command: the second channel makes way, and the
+/// host gets every file delivered, looked at and compared one request at a time.
+#[test]
+fn a_server_allowing_two_channels_gets_its_files_one_request_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let mut sshd = Sshd::start(tmp.path(), &leaks);
+    sshd.limit_sessions(2);
+    let spool = sshd.spool.to_str().unwrap().to_string();
+    let accounts: Vec<String> = (0..3).map(|i| format!("acct{i}")).collect();
+    let mut host_plan = credd_plan(&sshd, &leaks, &accounts);
+    assert_all_delivered(&push(&leaks, &host_plan, false));
+    // The probe's listing starts the second channel before the account ids are looked up.
+    keep_and_probe(&mut host_plan, &spool);
+    let outcome = push(&leaks, &host_plan, false);
+    assert_all_delivered(&outcome);
+    assert!(outcome.files.iter().all(|f| f.kept), "everything was there: {:?}", outcome.files);
+    assert_eq!(outcome.credmon[0].files.len(), accounts.len());
+    // A changed `.top` is written again, without the second channel.
+    let top = host_plan.files.iter().position(|f| !f.only_if_absent).unwrap();
+    std::fs::write(&host_plan.files[top].path, "changed").unwrap();
+    let outcome = push(&leaks, &host_plan, false);
+    assert_all_delivered(&outcome);
+    assert!(!outcome.files[top].kept, "{:?}", outcome.files[top]);
+    assert_eq!(std::fs::read(&host_plan.files[top].path).unwrap(), host_plan.files[top].content.expose().as_bytes());
     leaks.assert_clean();
 }
 

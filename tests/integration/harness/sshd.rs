@@ -220,6 +220,14 @@ impl Sshd {
         self.restart();
     }
 
+    /// Allows at most `n` channels at once per connection (sshd's `MaxSessions`). Restarts sshd.
+    pub fn limit_sessions(&mut self, n: u32) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(&format!("MaxSessions {n}\n"));
+        std::fs::write(&self.config, config).unwrap();
+        self.restart();
+    }
+
     /// Stops and starts again on the same port (known_hosts stays as it is).
     pub fn restart(&mut self) {
         self.stop();
