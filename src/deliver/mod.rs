@@ -308,8 +308,9 @@ pub fn push_to_host(plan: &HostPlan, dry_run: bool) -> HostOutcome {
     push_to_host_unless(plan, dry_run, &AtomicBool::new(false))
 }
 
-/// [`push_to_host`] that gives up once `abandon` is set: it is looked at before each file's
-/// write and before each rename, so shutdown waits for one file's round trips at most. Files not
+/// [`push_to_host`] that gives up once `abandon` is set: it is looked at before the writes of
+/// each group of files and before each rename, so shutdown waits for one group's round trips at
+/// most. Files not
 /// yet renamed fail with [`DeliverError::Abandoned`], their temp files are removed and the old
 /// files stay.
 pub fn push_to_host_unless(plan: &HostPlan, dry_run: bool, abandon: &AtomicBool) -> HostOutcome {
@@ -429,17 +430,7 @@ pub fn push_opened(opened: Result<Opened, DeliverError>, plan: &HostPlan, dry_ru
         if work.iter().any(Work::pending) {
             remote.prepare_rename();
         }
-        for w in work.iter_mut().filter(|w| w.pending()) {
-            if abandon.load(Ordering::SeqCst) {
-                w.failed = Some(DeliverError::Abandoned { host: host.clone(), path: w.path.clone() });
-                continue;
-            }
-            if !remote.alive() {
-                w.failed = Some(DeliverError::SessionLost { host: host.clone(), path: w.path.clone() });
-                continue;
-            }
-            write_temp(&remote, &dirs, w);
-        }
+        write_temps(&remote, &dirs, &mut work, abandon);
         rename_all(&remote, &mut work, abandon);
         if work.iter().any(|w| matches!(w.failed, Some(DeliverError::Abandoned { .. }))) {
             tracing::warn!(host = %host, "shutting down: writes not yet renamed were abandoned");
@@ -957,6 +948,114 @@ fn list(remote: &Remote, dir: &str) -> Option<HashMap<String, FileStat>> {
     }
 }
 
+/// Writes the temp file of every pending file, [`pipe::MAX_OPEN`] files at a time: on the
+/// session's [`pipe`] each step goes out for all of them at once (create; realpath; write,
+/// fsync, owner and close: three round trips), else one file after another ([`write_temp`]).
+/// The same checks either way: nothing is written into a temp file that is not where it was
+/// meant to be, and a temp file that failed is removed.
+fn write_temps(remote: &Remote, dirs: &Dirs, work: &mut [Work], abandon: &AtomicBool) {
+    let pending: Vec<usize> = (0..work.len()).filter(|&i| work[i].pending()).collect();
+    for chunk in pending.chunks(pipe::MAX_OPEN) {
+        let mut ready = Vec::new();
+        for &i in chunk {
+            let w = &mut work[i];
+            if abandon.load(Ordering::SeqCst) {
+                w.failed = Some(DeliverError::Abandoned { host: remote.host.clone(), path: w.path.clone() });
+            } else if !remote.alive() {
+                w.failed = Some(DeliverError::SessionLost { host: remote.host.clone(), path: w.path.clone() });
+            } else {
+                ready.push(i);
+            }
+        }
+        let pipelined = ready.len() > 1 || remote.has_pipe();
+        if !(pipelined && remote.pipelined(|p| Ok(p.can_fsync())).unwrap_or(false) && write_pipelined(remote, dirs, work, &ready)) {
+            for i in ready {
+                if work[i].pending() && work[i].temp.is_none() {
+                    write_temp(remote, dirs, &mut work[i]);
+                }
+            }
+        }
+    }
+}
+
+/// [`write_temps`] on the [`pipe`] for the files `ready`. `false` if the pipe could not be
+/// used before anything was created: the caller writes them one by one.
+fn write_pipelined(remote: &Remote, dirs: &Dirs, work: &mut [Work], ready: &[usize]) -> bool {
+    let mut temps = Vec::with_capacity(ready.len());
+    for &i in ready {
+        let w = &work[i];
+        failpoint!("deliver::before_write", remote.host, w.path);
+        let (dir, name) = split_parent(&w.path);
+        temps.push((format!("{}/{}", dir.trim_end_matches('/'), temp_name(name)), dir.to_string()));
+    }
+    let specs: Vec<(&str, u32)> = temps.iter().zip(ready).map(|((temp, _), &i)| (temp.as_str(), work[i].file.mode)).collect();
+    let Some(created) = remote.pipelined(|p| p.create(&specs)) else { return false };
+    let mut fills = Vec::new();
+    let mut filled = Vec::new();
+    for ((created, (temp, dir)), &i) in created.into_iter().zip(temps).zip(ready) {
+        let w = &mut work[i];
+        let created = match created {
+            Ok(c) => c,
+            Err(detail) => {
+                let source = std::io::Error::other(detail);
+                w.failed = Some(DeliverError::Sftp { host: remote.host.clone(), op: "create of temp file", path: temp, source });
+                continue;
+            }
+        };
+        w.temp = Some(temp.clone());
+        // As in `write_temp`: nothing is written until the temp file is known to be where it
+        // was meant to be.
+        let expected = dirs.canonical(&dir).map(|c| format!("{}/{}", c.trim_end_matches('/'), split_parent(&temp).1));
+        match (expected, created.realpath) {
+            (Ok(expected), Ok(actual)) if expected == actual => {
+                if w.owner_ids.is_some() {
+                    failpoint!("deliver::before_fsetstat", remote.host, temp);
+                }
+                fills.push((created.handle, Some((w.file.content.expose().as_bytes(), w.owner_ids))));
+            }
+            (expected, actual) => {
+                let detail = match (expected, actual) {
+                    (Ok(_), Ok(actual)) => format!("the temp file was created at {actual}: a directory on the way was replaced"),
+                    (Err(e), _) | (_, Err(e)) => e,
+                };
+                w.failed = Some(DeliverError::TempChanged { host: remote.host.clone(), path: w.path.clone(), detail });
+                fills.push((created.handle, None));
+            }
+        }
+        filled.push(i);
+    }
+    let results = remote.pipelined(|p| p.fill(fills));
+    for (k, &i) in filled.iter().enumerate() {
+        let w = &mut work[i];
+        let temp = w.temp.clone().unwrap_or_default();
+        let sftp_err = |op: &'static str, detail: String| DeliverError::Sftp {
+            host: remote.host.clone(),
+            op,
+            path: temp.clone(),
+            source: std::io::Error::other(detail),
+        };
+        let failed = match results.as_ref().map(|r| &r[k]) {
+            _ if w.failed.is_some() => None,
+            Some(Ok(())) => None,
+            None => Some(sftp_err("write of", "the second SFTP channel broke".into())),
+            Some(Err((pipe::Step::Owner, detail))) => {
+                let (uid, gid) = w.owner_ids.unwrap_or_default();
+                let owner = w.file.owner.as_ref().map(Owner::to_string).unwrap_or_default();
+                Some(DeliverError::Owner { host: remote.host.clone(), path: w.path.clone(), owner, detail: format!("fsetstat {uid}:{gid} refused: {detail}") })
+            }
+            Some(Err((pipe::Step::Fsync, detail))) => Some(sftp_err("fsync of", detail.clone())),
+            Some(Err((_, detail))) => Some(sftp_err("write of", detail.clone())),
+        };
+        if let Some(e) = failed {
+            w.failed = Some(e);
+        }
+        if w.failed.is_some() {
+            remove_temp(remote, w);
+        }
+    }
+    true
+}
+
 /// Creates `w`'s temp file exclusively with its final mode, checks it is where it was meant to
 /// be, writes, fsyncs and sets its owner on the open handle.
 fn write_temp(remote: &Remote, dirs: &Dirs, w: &mut Work) {
@@ -1071,28 +1170,18 @@ fn verify(st: &FileStat, e: &Expected) -> Result<(), String> {
 /// Puts every written temp file in place, one atomic `posix-rename@openssh.com` each (batched
 /// `mv -f` where the server lacks the extension), and checks each final path.
 fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
+    if work.iter().filter(|w| w.pending() && w.temp.is_some()).count() > 1 && remote.pipelined(|p| Ok(p.can_posix_rename())).unwrap_or(false) {
+        rename_pipelined(remote, work, abandon);
+    }
     let mut fallback: Vec<usize> = Vec::new();
     for i in 0..work.len() {
         let parent = parent_failed(work, i);
         let w = &mut work[i];
-        if !w.pending() {
+        // Renamed already (on the pipe), or never written.
+        if !w.pending() || w.temp.is_none() {
             continue;
         }
-        if let Some(parent) = parent {
-            remove_temp(remote, w);
-            w.failed = Some(DeliverError::ParentNotDelivered { host: remote.host.clone(), path: w.path.clone(), parent });
-            continue;
-        }
-        if abandon.load(Ordering::SeqCst) {
-            remove_temp(remote, w);
-            w.failed = Some(DeliverError::Abandoned { host: remote.host.clone(), path: w.path.clone() });
-            continue;
-        }
-        if !remote.alive() {
-            w.failed = Some(DeliverError::SessionLost { host: remote.host.clone(), path: w.path.clone() });
-            continue;
-        }
-        if !temp_intact(remote, w) {
+        if !may_rename(remote, w, parent, abandon) || !temp_intact(remote, w) {
             continue;
         }
         failpoint!("deliver::before_rename", remote.host, w.path);
@@ -1120,18 +1209,8 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
                 );
                 fallback.push(i);
             }
-            Renamed::Refused(detail) => {
-                w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail });
-                remove_temp(remote, w);
-            }
-            Renamed::Unknown(detail) => {
-                w.temp = None;
-                w.failed = Some(DeliverError::OutcomeUnknown {
-                    host: remote.host.clone(),
-                    path: w.path.clone(),
-                    detail: format!("the rename was sent and no answer came ({detail}); the connection is given up"),
-                });
-            }
+            Renamed::Refused(detail) => refused(remote, w, detail),
+            Renamed::Unknown(detail) => unanswered(remote, w, &detail),
         }
     }
     if fallback.is_empty() {
@@ -1166,6 +1245,135 @@ fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
             Err(e @ (batch::ItemError::Failed(_) | batch::ItemError::Exited { .. })) => {
                 w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail: e.to_string() });
                 remove_temp(remote, w);
+            }
+        }
+    }
+}
+
+/// A rename the server refused: the old file stays, the temp file goes.
+fn refused(remote: &Remote, w: &mut Work, detail: String) {
+    w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail });
+    remove_temp(remote, w);
+}
+
+/// A rename sent without an answer: the file may be in place or not, and the temp file is no
+/// longer known to be at its name.
+fn unanswered(remote: &Remote, w: &mut Work, detail: &str) {
+    w.temp = None;
+    w.failed = Some(DeliverError::OutcomeUnknown {
+        host: remote.host.clone(),
+        path: w.path.clone(),
+        detail: format!("the rename was sent and no answer came ({detail}); the connection is given up"),
+    });
+}
+
+/// Whether `w` (whose temp file is written) goes on to its rename: not if the file it must come
+/// after failed (`parent`), the push is abandoned or the session is lost. Fails it otherwise.
+fn may_rename(remote: &Remote, w: &mut Work, parent: Option<String>, abandon: &AtomicBool) -> bool {
+    if let Some(parent) = parent {
+        remove_temp(remote, w);
+        w.failed = Some(DeliverError::ParentNotDelivered { host: remote.host.clone(), path: w.path.clone(), parent });
+        return false;
+    }
+    if abandon.load(Ordering::SeqCst) {
+        remove_temp(remote, w);
+        w.failed = Some(DeliverError::Abandoned { host: remote.host.clone(), path: w.path.clone() });
+        return false;
+    }
+    if !remote.alive() {
+        w.failed = Some(DeliverError::SessionLost { host: remote.host.clone(), path: w.path.clone() });
+        return false;
+    }
+    true
+}
+
+/// [`rename_all`] on the [`pipe`], in rounds: each round takes every file whose parent (the
+/// file it comes after) is settled, and sends a step for all of them at once: lstat of the temp
+/// files, the renames in plan order, lstat of the final paths. Three round trips per round, the
+/// same checks as one file at a time. Whatever is left (a pipe that broke before the renames
+/// were sent) goes on one file at a time.
+fn rename_pipelined(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
+    let unrenamed = |w: &Work| w.pending() && w.temp.is_some();
+    loop {
+        let round: Vec<usize> = (0..work.len())
+            .filter(|&i| unrenamed(&work[i]))
+            .filter(|&i| {
+                let after = work[i].file.after.as_deref();
+                !work.iter().any(|o| Some(o.file.id.as_str()) == after && unrenamed(o))
+            })
+            .collect();
+        if round.is_empty() {
+            return;
+        }
+        let temps: Vec<&str> = round.iter().map(|&i| work[i].temp.as_deref().unwrap_or_default()).collect();
+        let Some(stats) = remote.pipelined(|p| p.lstat_each(&temps)) else { return };
+        // File by file, as one at a time would: a shutdown asked for during one file's turn
+        // leaves the files after it as they were.
+        let mut intact = Vec::new();
+        for (st, i) in stats.into_iter().zip(round) {
+            let parent = parent_failed(work, i);
+            if !may_rename(remote, &mut work[i], parent, abandon) {
+                continue;
+            }
+            if judge_temp(remote, &mut work[i], st.map_err(|code| format!("cannot lstat it: {}", pipe::status_text(code)))) {
+                failpoint!("deliver::before_rename", remote.host, work[i].path);
+                intact.push(i);
+            }
+        }
+        let renames: Vec<(&str, &str, bool)> =
+            intact.iter().map(|&i| (work[i].temp.as_deref().unwrap_or_default(), work[i].path.as_str(), !work[i].file.only_if_absent)).collect();
+        let Some(statuses) = remote.rename_each(&renames) else { return };
+        let mut look = Vec::new();
+        for (status, i) in statuses.into_iter().zip(intact) {
+            let w = &mut work[i];
+            let renamed = match status {
+                Some(pipe::FX_OK) => Renamed::Done,
+                Some(code) => Renamed::Refused(pipe::status_text(code)),
+                None => Renamed::Unknown("the connection broke before the answer came".into()),
+            };
+            #[cfg(feature = "failpoints")]
+            let renamed = if w.file.only_if_absent { renamed } else { after_rename_before_reply(renamed, &remote.host, &w.path) };
+            match renamed {
+                Renamed::Done => {
+                    w.temp = None;
+                    failpoint!("deliver::after_rename", remote.host, w.path);
+                    look.push(i);
+                }
+                // Something is there already: the credmon's, if the final path shows a file.
+                Renamed::Refused(_) if w.file.only_if_absent && remote.alive() => look.push(i),
+                r @ (Renamed::Refused(_) | Renamed::Unsupported) => {
+                    let detail = match r {
+                        Renamed::Refused(detail) => detail,
+                        _ => "the server does not offer posix-rename@openssh.com".into(),
+                    };
+                    refused(remote, w, detail);
+                }
+                Renamed::Unknown(detail) if w.file.only_if_absent => {
+                    w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail });
+                }
+                Renamed::Unknown(detail) => unanswered(remote, w, &detail),
+            }
+        }
+        let finals: Vec<&str> = look.iter().map(|&i| work[i].path.as_str()).collect();
+        let stats = remote.pipelined(|p| p.lstat_each(&finals));
+        for (k, i) in look.into_iter().enumerate() {
+            let w = &mut work[i];
+            let st = match stats.as_ref().map(|s| &s[k]) {
+                Some(Ok(st)) => Ok(st.clone()),
+                Some(Err(code)) => Err(format!("cannot lstat it: {}", pipe::status_text(*code))),
+                None => Err("cannot lstat it: the second SFTP channel broke".into()),
+            };
+            if w.temp.is_some() {
+                // An only-if-absent file whose rename was refused.
+                if st.is_ok() {
+                    tracing::debug!(host = %remote.host, path = %w.path, "appeared meanwhile; left to the credmon");
+                    w.kept = true;
+                } else {
+                    w.failed = Some(DeliverError::Rename { host: remote.host.clone(), path: w.path.clone(), detail: "the rename was refused".into() });
+                }
+                remove_temp(remote, w);
+            } else {
+                judge_landed(remote, w, st);
             }
         }
     }
@@ -1207,11 +1415,14 @@ fn after_rename_before_reply(renamed: Renamed, host: &str, path: &str) -> Rename
 /// swapped in under its name since. Fails the file (removing what is at the temp name) if not.
 fn temp_intact(remote: &Remote, w: &mut Work) -> bool {
     let temp = w.temp.clone().expect("pending files have a temp file");
-    let verdict = match remote.lstat(&temp) {
-        Ok(st) => verify(&st, &w.expected()),
-        Err(e) => Err(format!("cannot lstat it: {e}")),
-    };
-    match verdict {
+    let st = remote.lstat(&temp).map_err(|e| format!("cannot lstat it: {e}"));
+    judge_temp(remote, w, st)
+}
+
+/// [`temp_intact`]'s verdict on the temp file's lstat.
+fn judge_temp(remote: &Remote, w: &mut Work, st: Result<FileStat, String>) -> bool {
+    let temp = w.temp.clone().expect("pending files have a temp file");
+    match st.and_then(|st| verify(&st, &w.expected())) {
         Ok(()) => true,
         Err(detail) => {
             w.failed = Some(DeliverError::TempChanged { host: remote.host.clone(), path: w.path.clone(), detail: format!("{temp} {detail}") });
@@ -1225,13 +1436,15 @@ fn temp_intact(remote: &Remote, w: &mut Work) -> bool {
 /// size before the file counts as delivered.
 fn check_landed(remote: &Remote, w: &mut Work) {
     failpoint!("deliver::after_rename", remote.host, w.path);
-    let verdict = match remote.lstat(&w.path) {
-        Ok(st) => {
-            w.landed_mtime = st.mtime.map(|t| t as i64);
-            verify(&st, &w.expected())
-        }
-        Err(e) => Err(format!("cannot lstat it: {e}")),
-    };
+    judge_landed(remote, w, remote.lstat(&w.path).map_err(|e| format!("cannot lstat it: {e}")));
+}
+
+/// [`check_landed`]'s verdict on the final path's lstat.
+fn judge_landed(remote: &Remote, w: &mut Work, st: Result<FileStat, String>) {
+    let verdict = st.and_then(|st| {
+        w.landed_mtime = st.mtime.map(|t| t as i64);
+        verify(&st, &w.expected())
+    });
     if let Err(detail) = verdict {
         w.failed = Some(DeliverError::OutcomeUnknown {
             host: remote.host.clone(),

@@ -1,16 +1,18 @@
 //! SFTP requests many at a time, on a second `sftp` channel of the session. libssh2's blocking
-//! SFTP calls (what the ssh2 crate binds) send one request and wait for its answer, so looking
-//! at a host's credd account directories and kept files costs a round trip per request, about
-//! eight per destination. OpenSSH's sftp-server takes each request as it comes and answers in
-//! turn; this module speaks SFTP version 3 (draft-ietf-secsh-filexfer-02) itself and sends the
-//! same step for every directory or file at once: listing any number of directories takes
-//! three round trips, comparing any number of files two. It also carries OpenSSH's
-//! `posix-rename@openssh.com`, which the ssh2 crate does not bind.
+//! SFTP calls (what the ssh2 crate binds) send one request and wait for its answer, so a push
+//! would cost a round trip per request: about eight per credd destination to look at, nine per
+//! file to write. OpenSSH's sftp-server takes each request as it comes and answers in turn; this
+//! module speaks SFTP version 3 (draft-ietf-secsh-filexfer-02) itself and sends the same step for
+//! every directory or file at once: listing any number of directories takes three round trips,
+//! comparing any number of files two, writing up to [`MAX_OPEN`] temp files three. It also
+//! carries OpenSSH's `posix-rename@openssh.com`, which the ssh2 crate does not bind.
 //!
-//! Must never send a request that changes anything but the one rename it is asked for (files
-//! are opened for reading only), trust a length or a count from the server beyond the packet it
-//! came in, or take an answer to a request it did not send: then the channel is given up
-//! ([`Broken`]) and the caller does the same with one request at a time.
+//! The checks stay with the caller (`deliver`): this module only sends what it is asked and
+//! reports each answer. Must never trust a length or a count from the server beyond the packet
+//! it came in, take an answer to a request it did not send, or send anything after the channel
+//! broke ([`Broken`]: no answer in time, the connection lost, or something that is not an
+//! answer); then the caller goes on one request at a time, or, if a rename was left without an
+//! answer, not at all.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -22,9 +24,14 @@ const FXP_VERSION: u8 = 2;
 const FXP_OPEN: u8 = 3;
 const FXP_CLOSE: u8 = 4;
 const FXP_READ: u8 = 5;
+const FXP_WRITE: u8 = 6;
+const FXP_LSTAT: u8 = 7;
 const FXP_FSTAT: u8 = 8;
+const FXP_FSETSTAT: u8 = 10;
 const FXP_OPENDIR: u8 = 11;
 const FXP_READDIR: u8 = 12;
+const FXP_REALPATH: u8 = 16;
+const FXP_RENAME: u8 = 18;
 const FXP_EXTENDED: u8 = 200;
 const FXP_STATUS: u8 = 101;
 const FXP_HANDLE: u8 = 102;
@@ -35,9 +42,13 @@ const FXP_ATTRS: u8 = 105;
 pub(crate) const FX_OK: u32 = 0;
 const FX_EOF: u32 = 1;
 pub(crate) const FX_NO_SUCH_FILE: u32 = 2;
+const FX_BAD_MESSAGE: u32 = 5;
 pub(crate) const FX_OP_UNSUPPORTED: u32 = 8;
 
 const FXF_READ: u32 = 0x1;
+const FXF_WRITE: u32 = 0x2;
+const FXF_CREAT: u32 = 0x8;
+const FXF_EXCL: u32 = 0x20;
 
 const ATTR_SIZE: u32 = 0x1;
 const ATTR_UIDGID: u32 = 0x2;
@@ -46,6 +57,9 @@ const ATTR_ACMODTIME: u32 = 0x8;
 const ATTR_EXTENDED: u32 = 0x8000_0000;
 
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
+const FSYNC: &str = "fsync@openssh.com";
+/// The most bytes one write request carries.
+const WRITE_CHUNK: usize = 32 * 1024;
 
 /// The largest packet taken from the server: sftp-server's own limit on what it sends.
 const MAX_PACKET: usize = 256 * 1024;
@@ -54,7 +68,7 @@ const MAX_PACKET: usize = 256 * 1024;
 const MAX_IN_FLIGHT: usize = 128;
 
 /// Directories or files open on the server at once: sftp-server holds a descriptor for each.
-const MAX_OPEN: usize = 64;
+pub(crate) const MAX_OPEN: usize = 64;
 
 /// The channel is not to be used again: no answer in time, the connection broke, or the server
 /// sent something that is not an answer to what was asked.
@@ -102,6 +116,7 @@ pub(crate) struct Pipe<S = Channel> {
     channel: S,
     next_id: u32,
     posix_rename: bool,
+    fsync: bool,
 }
 
 impl Pipe {
@@ -112,7 +127,7 @@ impl Pipe {
         channel.subsystem("sftp")?;
         // What the server writes on stderr is dropped: unread, it would fill the window.
         channel.handle_extended_data(ExtendedData::Ignore)?;
-        let mut pipe = Pipe { channel, next_id: 0, posix_rename: false };
+        let mut pipe = Pipe { channel, next_id: 0, posix_rename: false, fsync: false };
         let mut init = Vec::new();
         put_u32(&mut init, 5);
         init.push(FXP_INIT);
@@ -126,6 +141,7 @@ impl Pipe {
         while !p.0.is_empty() {
             let (name, _data) = (p.string()?, p.string()?);
             pipe.posix_rename |= name == POSIX_RENAME.as_bytes();
+            pipe.fsync |= name == FSYNC.as_bytes();
         }
         Ok(pipe)
     }
@@ -151,6 +167,28 @@ impl<S: Read + Write> Pipe<S> {
         Ok(tasks.into_iter().map(|t| t.outcome.unwrap_or_else(|| Err("no answer".into()))).collect())
     }
 
+    /// Whether the server offers `fsync@openssh.com`, without which no token file is written.
+    pub fn can_fsync(&self) -> bool {
+        self.fsync
+    }
+
+    /// Creates each temp file (path, mode) exclusively with its mode in the open itself, and
+    /// asks where it was created (realpath). At most [`MAX_OPEN`] at a time: each stays open
+    /// until [`fill`](Self::fill) closes it.
+    pub fn create(&mut self, files: &[(&str, u32)]) -> Result<Vec<Result<Created, String>>, Broken> {
+        let mut tasks: Vec<Create> = files.iter().map(|&(path, mode)| Create { path, mode, handle: None, outcome: None }).collect();
+        self.run(&mut tasks)?;
+        Ok(tasks.into_iter().map(|t| t.outcome.unwrap_or_else(|| Err("no answer".into()))).collect())
+    }
+
+    /// For each created file: writes its content, fsyncs it and sets its owner on the handle
+    /// (`Some`), then closes it; `None` only closes. The first step that failed, if any.
+    pub fn fill(&mut self, files: Vec<(Handle, Contents<'_>)>) -> Result<Vec<Filled>, Broken> {
+        let mut tasks: Vec<Fill> = files.into_iter().map(|(handle, write)| Fill { handle, write, steps: VecDeque::new(), failed: None }).collect();
+        self.run(&mut tasks)?;
+        Ok(tasks.into_iter().map(|t| t.failed.map_or(Ok(()), Err)).collect())
+    }
+
     /// rename(2) of `from` to `to` on the server, replacing `to` if it exists (a symbolic link
     /// at `to` is itself replaced, never followed). `Err`: the request may have been carried
     /// out, and the channel is not to be used again.
@@ -158,14 +196,38 @@ impl<S: Read + Write> Pipe<S> {
         if !self.posix_rename {
             return Ok(RenameStatus::Unsupported);
         }
-        let mut task = [Rename { from, to, status: None }];
-        self.run(&mut task)?;
-        let [Rename { status, .. }] = task;
-        let status = status.ok_or_else(|| Broken("the rename got no status".into()))?;
-        if status == FX_OP_UNSUPPORTED {
+        let (statuses, broken) = self.rename_each(&[(from, to, true)]);
+        if let Some(broken) = broken {
+            return Err(broken);
+        }
+        let status = statuses[0].ok_or_else(|| Broken("the rename got no status".into()))?;
+        Ok(RenameStatus::Status(status))
+    }
+
+    /// Whether the server offers `posix-rename@openssh.com`.
+    pub fn can_posix_rename(&self) -> bool {
+        self.posix_rename
+    }
+
+    /// Every rename (from, to, replace) at once, in that order: `posix-rename@openssh.com`
+    /// where `replace` (call only when [`can_posix_rename`](Self::can_posix_rename)), else the
+    /// SFTP v3 rename, which sftp-server carries out with link(2) and so never replaces. Each
+    /// one's status, `None` where no answer came; and why the channel broke, if it did (a
+    /// rename without an answer may have been carried out).
+    pub fn rename_each(&mut self, renames: &[(&str, &str, bool)]) -> (Vec<Option<u32>>, Option<Broken>) {
+        let mut tasks: Vec<Rename> = renames.iter().map(|&(from, to, replace)| Rename { from, to, replace, status: None }).collect();
+        let broken = self.run(&mut tasks).err();
+        if tasks.iter().any(|t| t.replace && t.status == Some(FX_OP_UNSUPPORTED)) {
             self.posix_rename = false;
         }
-        Ok(RenameStatus::Status(status))
+        (tasks.into_iter().map(|t| t.status).collect(), broken)
+    }
+
+    /// lstat of each path: its attributes, or the server's status.
+    pub fn lstat_each(&mut self, paths: &[&str]) -> Result<Vec<Result<FileStat, u32>>, Broken> {
+        let mut tasks: Vec<Lstat> = paths.iter().map(|&path| Lstat { path, outcome: None }).collect();
+        self.run(&mut tasks)?;
+        Ok(tasks.into_iter().map(|t| t.outcome.unwrap_or(Err(FX_BAD_MESSAGE))).collect())
     }
 
     /// Sends every task's requests, as many at a time as [`MAX_IN_FLIGHT`], until every task has
@@ -444,22 +506,169 @@ impl Task for ReadFile {
     }
 }
 
+/// What [`Pipe::fill`] puts in a created file: its content and the owner to give it (`None`:
+/// the file is only closed).
+pub(crate) type Contents<'a> = Option<(&'a [u8], Option<(u32, u32)>)>;
+
+/// How a [`Pipe::fill`] ended: the first step that failed, if any.
+pub(crate) type Filled = Result<(), (Step, String)>;
+
+/// An open handle on the server.
+pub(crate) struct Handle(Vec<u8>);
+
+/// A temp file [`Pipe::create`] made: its open handle, and where it turned out to be.
+pub(crate) struct Created {
+    pub handle: Handle,
+    pub realpath: Result<String, String>,
+}
+
+/// A step of [`Pipe::fill`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Write,
+    Fsync,
+    Owner,
+    Close,
+}
+
+/// open (write, create, exclusive, with the mode), then realpath.
+struct Create<'a> {
+    path: &'a str,
+    mode: u32,
+    handle: Option<Vec<u8>>,
+    outcome: Option<Result<Created, String>>,
+}
+
+impl Task for Create<'_> {
+    fn first(&mut self) -> Vec<Request> {
+        let mut open = Request::with(FXP_OPEN, &[self.path.as_bytes()]);
+        put_u32(&mut open.body, FXF_WRITE | FXF_CREAT | FXF_EXCL);
+        put_u32(&mut open.body, ATTR_PERMISSIONS);
+        put_u32(&mut open.body, self.mode);
+        vec![open]
+    }
+
+    fn answer(&mut self, reply: Reply) -> Vec<Request> {
+        let Some(handle) = self.handle.take() else {
+            return match reply {
+                Reply::Handle(h) => {
+                    self.handle = Some(h);
+                    vec![Request::with(FXP_REALPATH, &[self.path.as_bytes()])]
+                }
+                Reply::Status(code) => {
+                    self.outcome = Some(Err(status_text(code)));
+                    Vec::new()
+                }
+                _ => {
+                    self.outcome = Some(Err("unexpected answer".into()));
+                    Vec::new()
+                }
+            };
+        };
+        let realpath = match reply {
+            Reply::Name(names) if names.len() == 1 => {
+                String::from_utf8(names.into_iter().next().expect("one name").0).map_err(|_| "realpath is not UTF-8".to_string())
+            }
+            Reply::Status(code) => Err(format!("realpath failed: {}", status_text(code))),
+            _ => Err("realpath failed: unexpected answer".into()),
+        };
+        self.outcome = Some(Ok(Created { handle: Handle(handle), realpath }));
+        Vec::new()
+    }
+}
+
+/// write, fsync, fsetstat (owner), close: sent at once, answered in that order.
+struct Fill<'a> {
+    handle: Handle,
+    write: Contents<'a>,
+    steps: VecDeque<Step>,
+    failed: Option<(Step, String)>,
+}
+
+impl Task for Fill<'_> {
+    fn first(&mut self) -> Vec<Request> {
+        let h = &self.handle.0;
+        let mut requests = Vec::new();
+        if let Some((content, owner)) = self.write {
+            for (i, chunk) in content.chunks(WRITE_CHUNK).enumerate() {
+                let mut write = Request::with(FXP_WRITE, &[h]);
+                put_u64(&mut write.body, (i * WRITE_CHUNK) as u64);
+                put_string(&mut write.body, chunk);
+                requests.push(write);
+                self.steps.push_back(Step::Write);
+            }
+            requests.push(Request::with(FXP_EXTENDED, &[FSYNC.as_bytes(), h]));
+            self.steps.push_back(Step::Fsync);
+            if let Some((uid, gid)) = owner {
+                let mut owner = Request::with(FXP_FSETSTAT, &[h]);
+                put_u32(&mut owner.body, ATTR_UIDGID);
+                put_u32(&mut owner.body, uid);
+                put_u32(&mut owner.body, gid);
+                requests.push(owner);
+                self.steps.push_back(Step::Owner);
+            }
+        }
+        requests.push(Request::with(FXP_CLOSE, &[h]));
+        self.steps.push_back(Step::Close);
+        requests
+    }
+
+    fn answer(&mut self, reply: Reply) -> Vec<Request> {
+        let step = self.steps.pop_front().unwrap_or(Step::Close);
+        let failure = match reply {
+            Reply::Status(FX_OK) => None,
+            Reply::Status(code) => Some(status_text(code)),
+            _ => Some("unexpected answer".into()),
+        };
+        // A close that fails loses nothing: what was written was fsynced.
+        if let Some(detail) = failure
+            && step != Step::Close
+            && self.failed.is_none()
+        {
+            self.failed = Some((step, detail));
+        }
+        Vec::new()
+    }
+}
+
 /// One `posix-rename@openssh.com`.
 struct Rename<'a> {
     from: &'a str,
     to: &'a str,
+    replace: bool,
     status: Option<u32>,
 }
 
 impl Task for Rename<'_> {
     fn first(&mut self) -> Vec<Request> {
-        vec![Request::with(FXP_EXTENDED, &[POSIX_RENAME.as_bytes(), self.from.as_bytes(), self.to.as_bytes()])]
+        let (from, to) = (self.from.as_bytes(), self.to.as_bytes());
+        vec![if self.replace { Request::with(FXP_EXTENDED, &[POSIX_RENAME.as_bytes(), from, to]) } else { Request::with(FXP_RENAME, &[from, to]) }]
     }
 
     fn answer(&mut self, reply: Reply) -> Vec<Request> {
-        if let Reply::Status(code) = reply {
-            self.status = Some(code);
-        }
+        // Anything but a status is no answer to a rename.
+        self.status = Some(if let Reply::Status(code) = reply { code } else { FX_BAD_MESSAGE });
+        Vec::new()
+    }
+}
+
+/// One lstat.
+struct Lstat<'a> {
+    path: &'a str,
+    outcome: Option<Result<FileStat, u32>>,
+}
+
+impl Task for Lstat<'_> {
+    fn first(&mut self) -> Vec<Request> {
+        vec![Request::with(FXP_LSTAT, &[self.path.as_bytes()])]
+    }
+
+    fn answer(&mut self, reply: Reply) -> Vec<Request> {
+        self.outcome = Some(match reply {
+            Reply::Attrs(st) => Ok(st),
+            Reply::Status(code) => Err(code),
+            _ => Err(FX_BAD_MESSAGE),
+        });
         Vec::new()
     }
 }
@@ -472,7 +681,7 @@ pub(crate) fn status_text(code: u32) -> String {
         FX_NO_SUCH_FILE => "no such file",
         3 => "permission denied",
         4 => "failure",
-        5 => "bad message",
+        FX_BAD_MESSAGE => "bad message",
         FX_OP_UNSUPPORTED => "operation unsupported",
         _ => "unknown",
     };
@@ -647,6 +856,10 @@ mod tests {
         read_dirs: HashMap<Vec<u8>, bool>,
         open: usize,
         most_open: usize,
+        /// Requests of this type are refused (permission denied).
+        refuse: Option<u8>,
+        /// Only this many requests are answered; then reads time out.
+        answered: Option<usize>,
     }
 
     impl StandIn {
@@ -669,9 +882,16 @@ mod tests {
                 let mut q = Parser(p.take(len).unwrap());
                 let (kind, id) = (q.u8().unwrap(), q.u32().unwrap());
                 kinds.push(kind);
+                if let Some(n) = &mut self.answered {
+                    if *n == 0 {
+                        continue;
+                    }
+                    *n -= 1;
+                }
                 let mut ok = Vec::new();
                 put_u32(&mut ok, FX_OK);
                 match kind {
+                    kind if Some(kind) == self.refuse => self.answer(FXP_STATUS, id, &3u32.to_be_bytes()),
                     FXP_OPENDIR | FXP_OPEN => {
                         self.open += 1;
                         self.most_open = self.most_open.max(self.open);
@@ -693,7 +913,15 @@ mod tests {
                             self.answer(FXP_NAME, id, &names);
                         }
                     }
-                    FXP_FSTAT => self.answer(FXP_ATTRS, id, &[0, 0, 0, ATTR_SIZE as u8, 0, 0, 0, 0, 0, 0, 0, 3]),
+                    FXP_REALPATH => {
+                        let mut names = Vec::new();
+                        put_u32(&mut names, 1);
+                        put_string(&mut names, q.string().unwrap());
+                        put_string(&mut names, b"");
+                        put_u32(&mut names, 0);
+                        self.answer(FXP_NAME, id, &names);
+                    }
+                    FXP_FSTAT | FXP_LSTAT => self.answer(FXP_ATTRS, id, &[0, 0, 0, ATTR_SIZE as u8, 0, 0, 0, 0, 0, 0, 0, 3]),
                     FXP_READ => {
                         let mut d = Vec::new();
                         put_string(&mut d, b"abc");
@@ -716,6 +944,9 @@ mod tests {
 
     impl Read for StandIn {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.answers.is_empty() && self.answered.is_some() {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"));
+            }
             assert!(!self.answers.is_empty(), "read with no answer due: the client would wait forever");
             let n = buf.len().min(self.answers.len());
             for (b, a) in buf.iter_mut().zip(self.answers.drain(..n)) {
@@ -727,7 +958,7 @@ mod tests {
 
     #[test]
     fn each_step_goes_out_for_every_directory_and_file_in_one_write() {
-        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: true };
+        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: true, fsync: true };
         let dirs: Vec<String> = (0..40).map(|i| format!("/spool/acct{i}")).collect();
         let listed = pipe.list_dirs(&dirs.iter().map(String::as_str).collect::<Vec<_>>(), 10).unwrap();
         assert!(listed.iter().all(|l| matches!(l, Listed::Entries(e) if e.contains_key("x.top"))));
@@ -751,8 +982,57 @@ mod tests {
     }
 
     #[test]
+    fn temp_files_are_created_checked_and_filled_a_step_for_all_at_once() {
+        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: true, fsync: true };
+        let temps: Vec<String> = (0..3).map(|i| format!("/spool/acct{i}/.x.top.tb-1")).collect();
+        let specs: Vec<(&str, u32)> = temps.iter().map(|t| (t.as_str(), 0o600)).collect();
+        let created = pipe.create(&specs).unwrap();
+        let writes = std::mem::take(&mut pipe.channel.writes);
+        assert_eq!(writes, vec![vec![FXP_OPEN; 3], vec![FXP_REALPATH; 3]]);
+        let mut fills = Vec::new();
+        for (c, t) in created.into_iter().zip(&temps) {
+            let c = c.unwrap();
+            assert_eq!(c.realpath.as_deref(), Ok(t.as_str()));
+            fills.push((c.handle, Some((&b"token"[..], Some((1000, 1000))))));
+        }
+        assert!(pipe.fill(fills).unwrap().iter().all(Result::is_ok));
+        assert_eq!(pipe.channel.writes, vec![[FXP_WRITE, FXP_EXTENDED, FXP_FSETSTAT, FXP_CLOSE].repeat(3)]);
+        assert_eq!(pipe.channel.open, 0, "every handle closed");
+
+        // A refused step is the one reported; a file only to be closed is only closed.
+        let mut pipe = Pipe { channel: StandIn { refuse: Some(FXP_FSETSTAT), ..StandIn::default() }, next_id: 0, posix_rename: true, fsync: true };
+        let mut created = pipe.create(&specs[..2]).unwrap().into_iter().map(|c| c.unwrap().handle);
+        let fills = vec![(created.next().unwrap(), Some((&b"token"[..], Some((1000, 1000))))), (created.next().unwrap(), None)];
+        pipe.channel.writes.clear();
+        let filled = pipe.fill(fills).unwrap();
+        assert!(matches!(&filled[0], Err((Step::Owner, detail)) if detail.contains("permission denied")), "{filled:?}");
+        assert!(filled[1].is_ok());
+        assert_eq!(pipe.channel.writes, vec![vec![FXP_WRITE, FXP_EXTENDED, FXP_FSETSTAT, FXP_CLOSE, FXP_CLOSE]]);
+
+        let mut pipe = Pipe { channel: StandIn { refuse: Some(FXP_OPEN), ..StandIn::default() }, next_id: 0, posix_rename: true, fsync: true };
+        assert!(matches!(&pipe.create(&specs[..1]).unwrap()[0], Err(e) if e.contains("permission denied")));
+    }
+
+    #[test]
+    fn renames_and_lstats_go_out_at_once_and_a_refusal_is_per_rename() {
+        let mut pipe = Pipe { channel: StandIn { refuse: Some(FXP_RENAME), ..StandIn::default() }, next_id: 0, posix_rename: true, fsync: true };
+        let stats = pipe.lstat_each(&["/a/.x.tb-1", "/a/.y.tb-2"]).unwrap();
+        assert!(stats.iter().all(|st| matches!(st, Ok(st) if st.size == Some(3))));
+        let (statuses, broken) = pipe.rename_each(&[("/a/.x.tb-1", "/a/x", true), ("/a/.y.tb-2", "/a/y", false)]);
+        assert!(broken.is_none());
+        assert_eq!(statuses, vec![Some(FX_OK), Some(3)], "the plain rename was refused, the posix-rename not");
+        assert_eq!(pipe.channel.writes, vec![vec![FXP_LSTAT; 2], vec![FXP_EXTENDED, FXP_RENAME]]);
+
+        // A server that stops answering: what was answered stays known, the rest is unknown.
+        let mut pipe = Pipe { channel: StandIn { answered: Some(1), ..StandIn::default() }, next_id: 0, posix_rename: true, fsync: true };
+        let (statuses, broken) = pipe.rename_each(&[("/a/.x.tb-1", "/a/x", true), ("/a/.y.tb-2", "/a/y", true)]);
+        assert_eq!(statuses, vec![Some(FX_OK), None]);
+        assert!(broken.is_some_and(|Broken(e)| e.contains("timed out")));
+    }
+
+    #[test]
     fn many_directories_go_out_in_large_writes_with_a_bounded_number_open() {
-        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: true };
+        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: true, fsync: true };
         let dirs: Vec<String> = (0..500).map(|i| format!("/spool/acct{i}")).collect();
         let listed = pipe.list_dirs(&dirs.iter().map(String::as_str).collect::<Vec<_>>(), 10).unwrap();
         assert_eq!(listed.len(), 500);
@@ -766,10 +1046,10 @@ mod tests {
 
     #[test]
     fn an_answer_to_a_request_not_sent_breaks_the_channel() {
-        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: true };
+        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: true, fsync: true };
         pipe.channel.answer(FXP_STATUS, 77, &FX_OK.to_be_bytes());
         assert!(pipe.list_dirs(&["/d"], 10).is_err());
-        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: false };
+        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: false, fsync: true };
         assert_eq!(pipe.posix_rename("/a", "/b").unwrap(), RenameStatus::Unsupported);
         assert!(pipe.channel.writes.is_empty(), "nothing sent to a server without the extension");
     }

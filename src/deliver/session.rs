@@ -251,6 +251,24 @@ impl Remote {
         }
     }
 
+    /// Every rename at once on the [`Pipe`] ([`Pipe::rename_each`]). `None` when nothing was
+    /// sent: no second channel, or a server without `posix-rename@openssh.com`. When the channel
+    /// broke, the renames without an answer may have happened, and the session is dead.
+    pub fn rename_each(&self, renames: &[(&str, &str, bool)]) -> Option<Vec<Option<u32>>> {
+        let mut slot = self.pipe.borrow_mut();
+        let pipe = self.pipe(&mut slot)?;
+        if !pipe.can_posix_rename() {
+            return None;
+        }
+        let (statuses, broken) = pipe.rename_each(renames);
+        if let Some(Broken(e)) = broken {
+            tracing::warn!(host = %self.host, error = %e, "renames sent and not all answered; the connection is given up");
+            self.dead.set(true);
+            *slot = Some(Err(()));
+        }
+        Some(statuses)
+    }
+
     /// Renames `from` to `to` only if nothing is at `to`: the plain SFTP v3 rename, which
     /// OpenSSH's sftp-server carries out with `link(2)` and so never replaces a file.
     pub fn rename_no_replace(&self, from: &str, to: &str) -> Result<(), ssh2::Error> {
@@ -284,7 +302,19 @@ impl Remote {
             Err(e) if !is_fatal(&e) && self.has_pipe() => {
                 tracing::warn!(host = %self.host, error = %e, "the server refused another channel; closing the second SFTP channel");
                 self.pipe.borrow_mut().replace(Err(()));
-                self.session.channel_session().map_err(fail)?
+                // sshd frees the place once that channel's sftp-server has exited, a moment
+                // after the close.
+                let mut waited = 0;
+                loop {
+                    match self.session.channel_session() {
+                        Ok(channel) => break channel,
+                        Err(e) if !is_fatal(&e) && waited < 10 => {
+                            waited += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(20 * waited));
+                        }
+                        Err(e) => return Err(fail(e)),
+                    }
+                }
             }
             Err(e) => return Err(fail(e)),
         };

@@ -293,12 +293,14 @@ fn a_rename_left_unanswered_is_an_unknown_outcome_and_the_next_delivery_cleans_u
     // The server never answers: its processes go before they could read the request.
     signal(&stopped.lock().unwrap(), "KILL");
 
-    match &outcome.files[0].result {
-        Err(e @ DeliverError::OutcomeUnknown { .. }) => assert!(e.may_have_landed() && e.to_string().contains("no answer"), "{e}"),
-        other => panic!("expected an unknown outcome, got {other:?}"),
+    // Both renames went out at once (a host's renames are sent together): neither answer came,
+    // so either file may be in place.
+    for f in &outcome.files {
+        match &f.result {
+            Err(e @ DeliverError::OutcomeUnknown { .. }) => assert!(e.may_have_landed() && e.to_string().contains("no answer"), "{e}"),
+            other => panic!("expected an unknown outcome, got {other:?}"),
+        }
     }
-    assert!(matches!(outcome.files[1].result, Err(DeliverError::SessionLost { .. })), "{:?}", errors(&outcome));
-    assert!(!outcome.files[1].result.as_ref().unwrap_err().may_have_landed());
     assert!(!temp_files(&sshd.spool).is_empty(), "the temp files could not be removed over the dead session");
 
     // The next connection delivers and sweeps what the dead one left.

@@ -99,6 +99,19 @@ fn the_sftp_log_shows_each_file_written_on_its_handle_and_renamed_atomically() {
         // Nothing is ever changed by name.
         assert!(!lines.iter().any(|l| l.contains("setstat name") && (l.contains(&temp) || l.contains(&f.path))), "{log}");
     }
+    // Each step goes out for all six files at once: every temp file is created before the place
+    // of the first is checked, and every place checked before the first is written.
+    let temp_lines = |step: &str| -> Vec<usize> { (0..lines.len()).filter(|&i| lines[i].contains(".tb-") && lines[i].contains(step)).collect() };
+    let (opens, realpaths, writes) = (temp_lines("open \""), temp_lines("realpath \""), temp_lines("write \""));
+    assert_eq!((opens.len(), realpaths.len(), writes.len()), (6, 6, 6), "{log}");
+    assert!(opens.iter().max() < realpaths.iter().min() && realpaths.iter().max() < writes.iter().min(), "written one file after another:\n{log}");
+    // And so do the checks of the temp files, the renames and the checks of the final paths.
+    let lines_with = |pred: &dyn Fn(&str) -> bool| -> Vec<usize> { (0..lines.len()).filter(|&i| pred(lines[i])).collect() };
+    let temp_lstats = temp_lines("lstat name ");
+    let renames = lines_with(&|l: &str| l.contains("rename old "));
+    let landed = lines_with(&|l: &str| l.contains("lstat name ") && !l.contains(".tb-") && host_plan.files.iter().any(|f| l.ends_with(&format!("\"{}\"", f.path))));
+    assert_eq!((temp_lstats.len(), renames.len(), landed.len()), (6, 6, 6), "{log}");
+    assert!(temp_lstats.iter().max() < renames.iter().min() && renames.iter().max() < landed.iter().min(), "renamed one file after another:\n{log}");
     // Two exec requests for six files: the id lookup and `chown -h` of the new account
     // directories. Once they exist, one.
     assert_eq!(exec_count(&sshd), 2, "{}", sshd.log_text());
