@@ -825,7 +825,7 @@ fn keep_same(remote: &Remote, listed: &Listings, work: &mut [Work]) {
         })
         .collect();
     let files: Vec<(&str, usize)> = looks_same.iter().map(|&i| (work[i].path.as_str(), work[i].file.content.expose().len())).collect();
-    let read = if files.len() > 1 || remote.has_pipe() { remote.pipelined(|p| p.read_files(&files)) } else { None };
+    let read = remote.pipelined_for(files.len(), |p| p.read_files(&files));
     for (k, &i) in looks_same.iter().enumerate() {
         let w = &mut work[i];
         let (expected, content) = (w.expected(), w.file.content.expose().as_bytes());
@@ -873,7 +873,7 @@ impl Listings {
                 dirs.push(dir);
             }
         }
-        let pipelined = if dirs.len() > 1 || remote.has_pipe() { remote.pipelined(|p| p.list_dirs(&dirs, MAX_LISTED)) } else { None };
+        let pipelined = remote.pipelined_for(dirs.len(), |p| p.list_dirs(&dirs, MAX_LISTED));
         let Some(all) = pipelined else {
             for dir in dirs {
                 self.0.insert(dir.to_string(), list(remote, dir));
@@ -967,8 +967,8 @@ fn write_temps(remote: &Remote, dirs: &Dirs, work: &mut [Work], abandon: &Atomic
                 ready.push(i);
             }
         }
-        let pipelined = ready.len() > 1 || remote.has_pipe();
-        if !(pipelined && remote.pipelined(|p| Ok(p.can_fsync())).unwrap_or(false) && write_pipelined(remote, dirs, work, &ready)) {
+        let pipelined = remote.pipelined_for(ready.len(), |p| Ok(p.can_fsync())).unwrap_or(false);
+        if !(pipelined && write_pipelined(remote, dirs, work, &ready)) {
             for i in ready {
                 if work[i].pending() && work[i].temp.is_none() {
                     write_temp(remote, dirs, &mut work[i]);

@@ -221,6 +221,12 @@ impl Remote {
         }
     }
 
+    /// [`pipelined`](Self::pipelined) for `n` requests of a kind: worth the second channel for
+    /// more than one, or for one once the channel runs. `None` otherwise, as when there is none.
+    pub fn pipelined_for<R>(&self, n: usize, f: impl FnOnce(&mut Pipe) -> Result<R, Broken>) -> Option<R> {
+        if n > 1 || self.has_pipe() { self.pipelined(f) } else { None }
+    }
+
     /// Whether the [`Pipe`] is running: then even one request goes through it.
     pub fn has_pipe(&self) -> bool {
         matches!(*self.pipe.borrow(), Some(Ok(_)))
