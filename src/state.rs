@@ -48,6 +48,9 @@ pub const DB_FILE: &str = "state.db";
 /// Name of the lock file inside the state directory.
 pub const LOCK_FILE: &str = "cycle.lock";
 
+/// Name of the lock file held while the outbox is being sent.
+pub const OUTBOX_LOCK_FILE: &str = "outbox.lock";
+
 /// How long a statement waits for another connection (a `status` beside a running daemon)
 /// before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -262,6 +265,12 @@ pub enum StateError {
     },
     #[error("state database {path}: {what}: unreadable stored value: {detail}")]
     Corrupt { path: PathBuf, what: &'static str, detail: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What started a run; stored as `run`, `dry-run` or `daemon`.
@@ -868,6 +877,19 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Exclusive right to send this state directory's outbox, held until dropped; waits for a
+    /// sender already at it (bounded by its channels' timeouts). Without it two senders — a
+    /// daemon notice and a cycle's end, or two processes — both read a mail as pending and both
+    /// send it. An advisory `flock`: the kernel drops it with a crashed holder.
+    pub fn lock_outbox(&self) -> Result<OutboxLock, StateError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let path = dir.join(OUTBOX_LOCK_FILE);
+        let lock_err = |source| StateError::Lock { path: path.clone(), source };
+        let file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(lock_err)?;
+        file.lock().map_err(lock_err)?;
+        Ok(OutboxLock { _file: file })
+    }
+
     /// Messages not yet sent, oldest first.
     pub fn pending_mail(&self) -> Result<Vec<QueuedMail>, StateError> {
         let mut stmt = self
@@ -925,6 +947,12 @@ impl StateStore {
             .map_err(self.q("mark mail failed"))?;
         Ok(())
     }
+}
+
+/// Held while the outbox is sent: see [`StateStore::lock_outbox`].
+#[derive(Debug)]
+pub struct OutboxLock {
+    _file: File,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -121,8 +121,10 @@ fn send_directly(channels: &Channels, runtime: &tokio::runtime::Handle, messages
     report
 }
 
-/// Sends what the outbox holds, oldest first, and marks each message sent or failed.
+/// Sends what the outbox holds, oldest first, and marks each message sent or failed; one sender
+/// at a time per state directory, so a mail goes out once however many want it sent.
 pub fn send_outbox(store: &StateStore, channels: &Channels, runtime: &tokio::runtime::Handle) -> Result<OutboxReport, StateError> {
+    let _sending = store.lock_outbox()?;
     let pending = store.pending_mail()?;
     let mut report = OutboxReport::default();
     if pending.is_empty() {

@@ -82,6 +82,16 @@ fn send_outbox(store: &StateStore, cfg: &SmtpConfig) -> notify::OutboxReport {
     token_bastion::cycle::send_outbox(store, &channels, runtime.handle()).unwrap()
 }
 
+/// A real SMTP server and a state directory under a temporary root, both watched for leaks.
+fn outbox_fixture() -> (tempfile::TempDir, Leaks, Smtp, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = leaks_with_fixtures();
+    let smtp = Smtp::start(tmp.path(), &leaks);
+    let state_dir = tmp.path().join("state");
+    leaks.path(&state_dir);
+    (tmp, leaks, smtp, state_dir)
+}
+
 fn leaks_with_fixtures() -> Leaks {
     let leaks = Leaks::default();
     leaks.secret(SMTP_PASSWORD);
@@ -155,11 +165,7 @@ fn admin_and_owner_mails_arrive_with_recipients_subjects_and_lines() {
 
 #[test]
 fn outbox_marks_sent_mail_and_keeps_failed_mail_with_attempts_counted() {
-    let tmp = tempfile::tempdir().unwrap();
-    let leaks = leaks_with_fixtures();
-    let smtp = Smtp::start(tmp.path(), &leaks);
-    let state_dir = tmp.path().join("state");
-    leaks.path(&state_dir);
+    let (_tmp, leaks, smtp, state_dir) = outbox_fixture();
     let store = StateStore::open(&state_dir).unwrap();
     let mail = |n: u32| OutgoingMail {
         to: vec![format!("owner{n}@example.org")],
@@ -211,12 +217,50 @@ fn outbox_marks_sent_mail_and_keeps_failed_mail_with_attempts_counted() {
 }
 
 #[test]
+fn senders_at_the_same_moment_send_each_queued_mail_once() {
+    let (_tmp, leaks, smtp, state_dir) = outbox_fixture();
+    let store = StateStore::open(&state_dir).unwrap();
+    let queued = 12;
+    for n in 0..queued {
+        store
+            .enqueue_mail(&OutgoingMail { to: vec![format!("oncall{n}@example.org")], subject: format!("notice {n}"), body: "b\n".into() })
+            .unwrap();
+    }
+
+    // As a daemon notice and a cycle's end do: each sender with its own connection.
+    let senders = 4;
+    let start = std::sync::Barrier::new(senders);
+    let cfg = smtp_config(smtp.port, None);
+    let sent: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..senders)
+            .map(|_| {
+                s.spawn(|| {
+                    let store = StateStore::open(&state_dir).unwrap();
+                    start.wait();
+                    send_outbox(&store, &cfg).sent
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+
+    assert_eq!(sent, queued, "each mail is sent by one sender");
+    assert!(store.pending_mail().unwrap().is_empty());
+    let got = smtp.wait_for_messages(queued, Duration::from_secs(10));
+    let mut subjects: Vec<_> = got.iter().map(|m| m.subject.clone()).collect();
+    subjects.sort();
+    let mut want: Vec<_> = (0..queued).map(|n| format!("notice {n}")).collect();
+    want.sort();
+    assert_eq!(subjects, want, "no mail twice, none missing");
+    smtp.record_in(&leaks);
+    drop(store);
+    leaks.assert_clean();
+}
+
+#[test]
 fn a_rejected_recipient_fails_that_mail_only() {
-    let tmp = tempfile::tempdir().unwrap();
-    let leaks = leaks_with_fixtures();
-    let smtp = Smtp::start(tmp.path(), &leaks);
-    let store = StateStore::open(&tmp.path().join("state")).unwrap();
-    leaks.path(&tmp.path().join("state"));
+    let (_tmp, leaks, smtp, state_dir) = outbox_fixture();
+    let store = StateStore::open(&state_dir).unwrap();
     let bad = store
         .enqueue_mail(&OutgoingMail {
             to: vec!["not an address".into()],
