@@ -30,6 +30,7 @@ const FXP_FSTAT: u8 = 8;
 const FXP_FSETSTAT: u8 = 10;
 const FXP_OPENDIR: u8 = 11;
 const FXP_READDIR: u8 = 12;
+const FXP_MKDIR: u8 = 14;
 const FXP_REALPATH: u8 = 16;
 const FXP_RENAME: u8 = 18;
 const FXP_EXTENDED: u8 = 200;
@@ -225,9 +226,25 @@ impl<S: Read + Write> Pipe<S> {
 
     /// lstat of each path: its attributes, or the server's status.
     pub fn lstat_each(&mut self, paths: &[&str]) -> Result<Vec<Result<FileStat, u32>>, Broken> {
-        let mut tasks: Vec<Lstat> = paths.iter().map(|&path| Lstat { path, outcome: None }).collect();
+        let mut tasks = OnPath::each(FXP_LSTAT, paths, lstat_answer);
         self.run(&mut tasks)?;
         Ok(tasks.into_iter().map(|t| t.outcome.unwrap_or(Err(FX_BAD_MESSAGE))).collect())
+    }
+
+    /// mkdir of each (path, mode), the mode given in the request itself, in that order. Each
+    /// one's status, `None` where no answer came; and why the channel broke, if it did (a
+    /// mkdir without an answer may have been carried out).
+    pub fn mkdir_each(&mut self, dirs: &[(&str, u32)]) -> (Vec<Option<u32>>, Option<Broken>) {
+        let mut tasks: Vec<Mkdir> = dirs.iter().map(|&(path, mode)| Mkdir { path, mode, status: None }).collect();
+        let broken = self.run(&mut tasks).err();
+        (tasks.into_iter().map(|t| t.status).collect(), broken)
+    }
+
+    /// The server's canonical path of each of `paths`.
+    pub fn realpath_each(&mut self, paths: &[&str]) -> Result<Vec<Result<String, String>>, Broken> {
+        let mut tasks = OnPath::each(FXP_REALPATH, paths, realpath_answer);
+        self.run(&mut tasks)?;
+        Ok(tasks.into_iter().map(|t| t.outcome.unwrap_or_else(|| Err("realpath failed: no answer".into()))).collect())
     }
 
     /// Sends every task's requests, as many at a time as [`MAX_IN_FLIGHT`], until every task has
@@ -565,14 +582,40 @@ impl Task for Create<'_> {
                 }
             };
         };
-        let realpath = match reply {
-            Reply::Name(names) if names.len() == 1 => {
-                String::from_utf8(names.into_iter().next().expect("one name").0).map_err(|_| "realpath is not UTF-8".to_string())
-            }
-            Reply::Status(code) => Err(format!("realpath failed: {}", status_text(code))),
-            _ => Err("realpath failed: unexpected answer".into()),
-        };
-        self.outcome = Some(Ok(Created { handle: Handle(handle), realpath }));
+        self.outcome = Some(Ok(Created { handle: Handle(handle), realpath: realpath_answer(reply) }));
+        Vec::new()
+    }
+}
+
+/// The path in the answer to a realpath request.
+fn realpath_answer(reply: Reply) -> Result<String, String> {
+    match reply {
+        Reply::Name(names) if names.len() == 1 => {
+            String::from_utf8(names.into_iter().next().expect("one name").0).map_err(|_| "realpath is not UTF-8".to_string())
+        }
+        Reply::Status(code) => Err(format!("realpath failed: {}", status_text(code))),
+        _ => Err("realpath failed: unexpected answer".into()),
+    }
+}
+
+/// One mkdir, with the directory's mode.
+struct Mkdir<'a> {
+    path: &'a str,
+    mode: u32,
+    status: Option<u32>,
+}
+
+impl Task for Mkdir<'_> {
+    fn first(&mut self) -> Vec<Request> {
+        let mut mkdir = Request::with(FXP_MKDIR, &[self.path.as_bytes()]);
+        put_u32(&mut mkdir.body, ATTR_PERMISSIONS);
+        put_u32(&mut mkdir.body, self.mode);
+        vec![mkdir]
+    }
+
+    fn answer(&mut self, reply: Reply) -> Vec<Request> {
+        // Anything but a status is no answer to a mkdir.
+        self.status = Some(if let Reply::Status(code) = reply { code } else { FX_BAD_MESSAGE });
         Vec::new()
     }
 }
@@ -652,24 +695,37 @@ impl Task for Rename<'_> {
     }
 }
 
-/// One lstat.
-struct Lstat<'a> {
+/// One request about a path (lstat, realpath), its answer read by `read`.
+struct OnPath<'a, T> {
+    kind: u8,
     path: &'a str,
-    outcome: Option<Result<FileStat, u32>>,
+    read: fn(Reply) -> T,
+    outcome: Option<T>,
 }
 
-impl Task for Lstat<'_> {
+impl<'a, T> OnPath<'a, T> {
+    fn each(kind: u8, paths: &[&'a str], read: fn(Reply) -> T) -> Vec<OnPath<'a, T>> {
+        paths.iter().map(|&path| OnPath { kind, path, read, outcome: None }).collect()
+    }
+}
+
+impl<T> Task for OnPath<'_, T> {
     fn first(&mut self) -> Vec<Request> {
-        vec![Request::with(FXP_LSTAT, &[self.path.as_bytes()])]
+        vec![Request::with(self.kind, &[self.path.as_bytes()])]
     }
 
     fn answer(&mut self, reply: Reply) -> Vec<Request> {
-        self.outcome = Some(match reply {
-            Reply::Attrs(st) => Ok(st),
-            Reply::Status(code) => Err(code),
-            _ => Err(FX_BAD_MESSAGE),
-        });
+        self.outcome = Some((self.read)(reply));
         Vec::new()
+    }
+}
+
+/// The attributes in the answer to an lstat, or the server's status.
+fn lstat_answer(reply: Reply) -> Result<FileStat, u32> {
+    match reply {
+        Reply::Attrs(st) => Ok(st),
+        Reply::Status(code) => Err(code),
+        _ => Err(FX_BAD_MESSAGE),
     }
 }
 
@@ -1028,6 +1084,34 @@ mod tests {
         let (statuses, broken) = pipe.rename_each(&[("/a/.x.tb-1", "/a/x", true), ("/a/.y.tb-2", "/a/y", true)]);
         assert_eq!(statuses, vec![Some(FX_OK), None]);
         assert!(broken.is_some_and(|Broken(e)| e.contains("timed out")));
+    }
+
+    #[test]
+    fn new_directories_are_made_with_their_mode_and_resolved_a_step_for_all_at_once() {
+        let mut pipe = Pipe { channel: StandIn::default(), next_id: 0, posix_rename: true, fsync: true };
+        let dirs: Vec<String> = (0..40).map(|i| format!("/spool/acct{i}")).collect();
+        let specs: Vec<(&str, u32)> = dirs.iter().map(|d| (d.as_str(), 0o700)).collect();
+        let (statuses, broken) = pipe.mkdir_each(&specs);
+        assert!(broken.is_none());
+        assert_eq!(statuses, vec![Some(FX_OK); 40]);
+        let paths: Vec<&str> = dirs.iter().map(String::as_str).collect();
+        let resolved = pipe.realpath_each(&paths).unwrap();
+        assert_eq!(resolved, dirs.iter().map(|d| Ok(d.clone())).collect::<Vec<_>>());
+        assert_eq!(pipe.channel.writes, vec![vec![FXP_MKDIR; 40], vec![FXP_REALPATH; 40]], "one round trip a step");
+
+        // The mode travels in the request itself: the directory is never more open.
+        let request = Mkdir { path: "/spool/acct0", mode: 0o700, status: None }.first().remove(0);
+        let mut p = Parser(&request.body);
+        assert_eq!((request.kind, p.string().unwrap(), p.u32().unwrap(), p.u32().unwrap()), (FXP_MKDIR, &b"/spool/acct0"[..], ATTR_PERMISSIONS, 0o700));
+
+        // A server that stops answering: the mkdir answered is known, the rest may have happened.
+        let mut pipe = Pipe { channel: StandIn { answered: Some(1), ..StandIn::default() }, next_id: 0, posix_rename: true, fsync: true };
+        let (statuses, broken) = pipe.mkdir_each(&specs[..3]);
+        assert_eq!(statuses, vec![Some(FX_OK), None, None]);
+        assert!(broken.is_some_and(|Broken(e)| e.contains("timed out")));
+        // A refusal is that directory's, and a failed realpath is said so.
+        let mut pipe = Pipe { channel: StandIn { refuse: Some(FXP_REALPATH), ..StandIn::default() }, next_id: 0, posix_rename: true, fsync: true };
+        assert!(matches!(&pipe.realpath_each(&paths[..1]).unwrap()[0], Err(e) if e.starts_with("realpath failed") && e.contains("permission denied")));
     }
 
     #[test]

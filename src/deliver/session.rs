@@ -261,14 +261,28 @@ impl Remote {
     /// sent: no second channel, or a server without `posix-rename@openssh.com`. When the channel
     /// broke, the renames without an answer may have happened, and the session is dead.
     pub fn rename_each(&self, renames: &[(&str, &str, bool)]) -> Option<Vec<Option<u32>>> {
-        let mut slot = self.pipe.borrow_mut();
-        let pipe = self.pipe(&mut slot)?;
-        if !pipe.can_posix_rename() {
+        self.each_with_effect("renames", |pipe| pipe.can_posix_rename().then(|| pipe.rename_each(renames)))
+    }
+
+    /// Every mkdir at once on the [`Pipe`] ([`Pipe::mkdir_each`]). `None` when nothing was sent:
+    /// no second channel, or a single directory and the channel not running yet. When the
+    /// channel broke, the mkdirs without an answer may have happened, and the session is dead.
+    pub fn mkdir_each(&self, dirs: &[(&str, u32)]) -> Option<Vec<Option<u32>>> {
+        if dirs.len() <= 1 && !self.has_pipe() {
             return None;
         }
-        let (statuses, broken) = pipe.rename_each(renames);
+        self.each_with_effect("directories to create", |pipe| Some(pipe.mkdir_each(dirs)))
+    }
+
+    /// Runs requests that change the server on the [`Pipe`] (`None` from `f`: nothing sent). A
+    /// request without an answer may have been carried out, so a broken channel gives up the
+    /// session: nothing after it could be told apart from what it did.
+    fn each_with_effect(&self, what: &str, f: impl FnOnce(&mut Pipe) -> Option<(Vec<Option<u32>>, Option<Broken>)>) -> Option<Vec<Option<u32>>> {
+        let mut slot = self.pipe.borrow_mut();
+        let pipe = self.pipe(&mut slot)?;
+        let (statuses, broken) = f(pipe)?;
         if let Some(Broken(e)) = broken {
-            tracing::warn!(host = %self.host, error = %e, "renames sent and not all answered; the connection is given up");
+            tracing::warn!(host = %self.host, error = %e, "{what} sent and not all answered; the connection is given up");
             self.dead.set(true);
             *slot = Some(Err(()));
         }

@@ -36,7 +36,6 @@ fn credd_plan(sshd: &Sshd, leaks: &Leaks, accounts: &[String]) -> HostPlan {
     plan(sshd, "root", dirs, files, vec![])
 }
 
-/// Index of the first log line at or after `from` that contains every needle.
 /// Every `.top` of a [`credd_plan`] to be kept when it already holds its content, and the
 /// credmon probe looking at each `.top` and `.use` before the push.
 fn keep_and_probe(host_plan: &mut HostPlan, spool: &str) {
@@ -51,6 +50,7 @@ fn keep_and_probe(host_plan: &mut HostPlan, spool: &str) {
     host_plan.probe_credmon = vec![CredmonProbe { spool: spool.to_string(), files: probed }];
 }
 
+/// Index of the first log line at or after `from` that contains every needle.
 fn line_with(lines: &[&str], from: usize, needles: &[&str]) -> Option<usize> {
     (from..lines.len()).find(|&i| needles.iter().all(|n| lines[i].contains(n)))
 }
@@ -126,6 +126,39 @@ fn the_sftp_log_shows_each_file_written_on_its_handle_and_renamed_atomically() {
         let (dir, name) = f.path.rsplit_once('/').unwrap();
         let opened = second.contains(&format!("{dir}/.{name}.tb-"));
         assert_eq!((opened, o.kept), (!f.only_if_absent, f.only_if_absent), "{name}:\n{second}");
+    }
+    leaks.assert_clean();
+}
+
+/// A push to a spool without the account directories creates them, looks at each before and
+/// after its owner is set, and takes its canonical path, each step for all of them over the
+/// second SFTP channel (which sends a step's requests together), not over the first (which
+/// waits for each answer before the next request).
+#[test]
+fn new_account_directories_are_created_and_looked_at_over_the_second_channel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaks = Leaks::default();
+    let sshd = Sshd::start(tmp.path(), &leaks);
+    sshd.log_sftp_per_process(&leaks);
+    let accounts: Vec<String> = (0..4).map(|i| format!("acct{i}")).collect();
+    let host_plan = credd_plan(&sshd, &leaks, &accounts);
+    assert_all_delivered(&push(&leaks, &host_plan, false));
+
+    let logs = sshd.sftp_logs_by_process();
+    assert_eq!(logs.len(), 2, "one sftp-server per channel: {logs:#?}");
+    let spool = sshd.spool.to_str().unwrap();
+    let dirs: Vec<String> = accounts.iter().map(|a| format!("\"{spool}/{a}\"")).collect();
+    let (pipe, first) = if logs[0].contains("mkdir name") { (&logs[0], &logs[1]) } else { (&logs[1], &logs[0]) };
+    let lines: Vec<&str> = pipe.lines().collect();
+    let at = |step: &str| -> Vec<usize> { (0..lines.len()).filter(|&i| lines[i].starts_with(step) && dirs.iter().any(|d| lines[i].ends_with(d.as_str()) || lines[i].contains(&format!("{d} mode")))).collect() };
+    let (mkdirs, lstats, realpaths) = (at("mkdir name "), at("lstat name "), at("realpath "));
+    assert_eq!((mkdirs.len(), lstats.len(), realpaths.len()), (4, 8, 4), "each directory made once, looked at twice, resolved once:\n{pipe}");
+    let (before, after) = lstats.split_at(4);
+    for (earlier, later) in [(&mkdirs[..], before), (before, after), (after, &realpaths[..])] {
+        assert!(earlier.iter().max() < later.iter().min(), "a step for all directories, then the next:\n{pipe}");
+    }
+    for d in &dirs {
+        assert!(!first.lines().any(|l| l.ends_with(d.as_str()) || l.contains(&format!("{d} mode"))), "{d} looked at over the first channel:\n{first}");
     }
     leaks.assert_clean();
 }

@@ -220,6 +220,34 @@ impl Sshd {
         self.restart();
     }
 
+    /// Makes each sftp-server process (one per SFTP channel) log to a file of its own in
+    /// `sftp-logs/`, read with [`Sshd::sftp_logs_by_process`], instead of the shared log: to
+    /// see which channel carried a request.
+    pub fn log_sftp_per_process(&self, leaks: &Leaks) {
+        let logs = self.dir.join("sftp-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        // Written by sftp-server as whichever account logged in.
+        std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        leaks.path(&logs);
+        let wrapper = self.dir.join("sftp-server-logged");
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l DEBUG3 2>>{}/$$.log\n", logs.display())).unwrap();
+    }
+
+    /// What each sftp-server process logged, after [`Sshd::log_sftp_per_process`], in the order
+    /// the processes started.
+    pub fn sftp_logs_by_process(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("sftp-logs")) else { return Vec::new() };
+        let mut logs: Vec<(std::time::SystemTime, String)> = entries
+            .map(|e| {
+                let path = e.unwrap().path();
+                let meta = std::fs::metadata(&path).unwrap();
+                (meta.created().or_else(|_| meta.modified()).unwrap(), std::fs::read_to_string(&path).unwrap())
+            })
+            .collect();
+        logs.sort_by_key(|(at, _)| *at);
+        logs.into_iter().map(|(_, log)| log).collect()
+    }
+
     /// Allows at most `n` channels at once per connection (sshd's `MaxSessions`). Restarts sshd.
     pub fn limit_sessions(&mut self, n: u32) {
         let mut config = std::fs::read_to_string(&self.config).unwrap();
