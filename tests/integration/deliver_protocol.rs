@@ -163,6 +163,48 @@ fn new_account_directories_are_created_and_looked_at_over_the_second_channel() {
     leaks.assert_clean();
 }
 
+/// A second SFTP channel that breaks the protocol at its first answer (an answer to a request
+/// never sent, a packet past any limit, a count past its packet, a packet type no server sends)
+/// is given up at once. Where its first request only looks (listing the account directories),
+/// the push goes on one request at a time over the first channel and every file lands with its
+/// bytes. Where it was a mkdir, which may have been carried out, the session is given up: those
+/// files fail naming their directory, and nothing is written.
+#[test]
+fn a_second_channel_breaking_the_protocol_is_given_up_and_nothing_is_taken_from_it() {
+    for mode in ["foreign", "oversize", "names", "type"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let leaks = Leaks::default();
+        let sshd = Sshd::start(tmp.path(), &leaks);
+        let accounts: Vec<String> = (0..3).map(|i| format!("acct{i}")).collect();
+        assert_all_delivered(&push(&leaks, &credd_plan(&sshd, &leaks, &accounts), false));
+
+        // New tokens for directories that are there: the second channel's first request lists them.
+        let said = sshd.hostile_second_sftp(mode);
+        let host_plan = credd_plan(&sshd, &leaks, &accounts);
+        let outcome = push(&leaks, &host_plan, false);
+        assert_all_delivered(&outcome);
+        let told = std::fs::read_to_string(&said).unwrap_or_default();
+        assert!(told.starts_with(&format!("{mode}: answered request 0 of type 11")), "{mode}: the listing did not go to the second channel: {told:?}");
+        for f in host_plan.files.iter().filter(|f| !f.only_if_absent) {
+            assert_eq!(std::fs::read(&f.path).unwrap(), f.content.expose().as_bytes(), "{mode}: {}", f.path);
+        }
+
+        // New directories: the second channel's first request is a mkdir.
+        std::fs::remove_file(&said).unwrap();
+        let said = sshd.hostile_second_sftp(mode);
+        let new: Vec<String> = (0..3).map(|i| format!("new{i}")).collect();
+        let outcome = push(&leaks, &credd_plan(&sshd, &leaks, &new), false);
+        let told = std::fs::read_to_string(&said).unwrap_or_default();
+        assert!(told.starts_with(&format!("{mode}: answered request 0 of type 14")), "{mode}: the mkdirs did not go to the second channel: {told:?}");
+        let failed = errors(&outcome);
+        assert_eq!(failed.len(), 6, "{mode}: {failed:?}");
+        assert!(failed.iter().all(|e| e.contains("is missing and cannot be created")), "{mode}: {failed:?}");
+        assert!(new.iter().all(|a| !sshd.spool.join(a).exists()), "{mode}: a directory was made");
+        assert!(temp_files(&sshd.spool).is_empty(), "{mode}: {:?}", temp_files(&sshd.spool));
+        leaks.assert_clean();
+    }
+}
+
 /// A push whose files are all there already reads each directory once (the listing's lstat
 /// attributes say which files are there and what they are, and which stale temps lie beside
 /// them) instead of looking at every file by name.

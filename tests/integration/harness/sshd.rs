@@ -248,6 +248,30 @@ impl Sshd {
         logs.into_iter().map(|(_, log)| log).collect()
     }
 
+    /// Serves the next SFTP channel opened on this sshd with the real sftp-server and every
+    /// later one with the hostile stand-in `sftp_hostile.py` in `mode`: in the next push, the
+    /// second channel breaks the protocol and the first does not. Returns the file where the
+    /// stand-in says what it did.
+    pub fn hostile_second_sftp(&self, mode: &str) -> PathBuf {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/harness/sftp_hostile.py");
+        let said = self.dir.join("sftp-hostile.log");
+        let first = self.dir.join("sftp-first-opened");
+        let _ = std::fs::remove_dir(&first);
+        let wrapper = self.dir.join("sftp-server-logged");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nif mkdir {first} 2>/dev/null; then exec /usr/lib/openssh/sftp-server -e -l DEBUG3 2>>{log}; fi\nexec /usr/bin/python3 {script} {mode} {said}\n",
+                first = first.display(),
+                log = self.sftp_log.display(),
+                script = script.display(),
+                said = said.display(),
+            ),
+        )
+        .unwrap();
+        said
+    }
+
     /// Allows at most `n` channels at once per connection (sshd's `MaxSessions`). Restarts sshd.
     pub fn limit_sessions(&mut self, n: u32) {
         let mut config = std::fs::read_to_string(&self.config).unwrap();
