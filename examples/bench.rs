@@ -601,7 +601,7 @@ fn report(args: &Args, rows: &[Row], machine: &str) -> String {
         let logins = |c: &Cycle| if c.logins.0 == c.logins.1 { c.logins.1.to_string() } else { format!("{}–{}", c.logins.0, c.logins.1) };
         writeln!(
             t,
-            "| {} | {} ms | {} | {} | {} | {:.0} | {} | {:.1} / {:.1} | {} / {} | {} / {} | {} / {} | {} / {} | {:.0} / {:.0} MB |",
+            "| {} | {} ms | {} | {} | {} | {:.0} | {} | {:.1} / {:.1} | {} / {} | {} / {} | {} / {} | {} / {} | {:.0} / {:.0} MiB |",
             row.services,
             row.delay_ms,
             fmt_secs(cold),
