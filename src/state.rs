@@ -885,7 +885,7 @@ impl StateStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let path = dir.join(OUTBOX_LOCK_FILE);
         let lock_err = |source| StateError::Lock { path: path.clone(), source };
-        let file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(lock_err)?;
+        let file = open_lock_file(&path).map_err(lock_err)?;
         file.lock().map_err(lock_err)?;
         Ok(OutboxLock { _file: file })
     }
@@ -949,6 +949,12 @@ impl StateStore {
     }
 }
 
+/// A lock file in the state directory, opened for an advisory `flock`: created 0600, never
+/// truncated (the cycle lock's holder details must survive until the lock is ours).
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
+}
+
 /// Held while the outbox is sent: see [`StateStore::lock_outbox`].
 #[derive(Debug)]
 pub struct OutboxLock {
@@ -1002,15 +1008,7 @@ impl CycleLock {
             .create(state_dir)
             .map_err(|source| LockError::Dir { path: path.clone(), source })?;
         let io_err = |source| LockError::Io { path: path.clone(), source };
-        // Not truncated on open: the current holder's details must survive until we own it.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err)?;
+        let mut file = open_lock_file(&path).map_err(io_err)?;
         let deadline = wait.map(|w| Instant::now() + w);
         loop {
             match file.try_lock() {

@@ -1170,7 +1170,8 @@ fn verify(st: &FileStat, e: &Expected) -> Result<(), String> {
 /// Puts every written temp file in place, one atomic `posix-rename@openssh.com` each (batched
 /// `mv -f` where the server lacks the extension), and checks each final path.
 fn rename_all(remote: &Remote, work: &mut [Work], abandon: &AtomicBool) {
-    if work.iter().filter(|w| w.pending() && w.temp.is_some()).count() > 1 && remote.pipelined(|p| Ok(p.can_posix_rename())).unwrap_or(false) {
+    let written = work.iter().filter(|w| w.pending() && w.temp.is_some()).count();
+    if remote.pipelined_for(written, |p| Ok(p.can_posix_rename())).unwrap_or(false) {
         rename_pipelined(remote, work, abandon);
     }
     let mut fallback: Vec<usize> = Vec::new();
